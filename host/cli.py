@@ -1,0 +1,147 @@
+"""``rkdeploy``: a thin typer adapter. Each command parses options, builds a config, and calls one
+library function by keyword. Heavy imports live inside the handlers (start-up stays fast).
+
+Known errors (``RkdeployError``) exit 1 as ``rkdeploy: error: ...`` (one line per problem);
+anything else is a bug: exit 2, traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from host.config import DEFAULT_RECIPE
+from host.errors import RkdeployError
+from host.ui import console, err_console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="HF checkpoint → Rockchip artifacts → boards → tables.")
+models_app = typer.Typer(no_args_is_help=True, help="Materialise models into the local cache.")
+calib_app = typer.Typer(no_args_is_help=True, help="Build and validate rkllm calibration JSON.")
+app.add_typer(models_app, name="models")
+app.add_typer(calib_app, name="calib")
+
+RecipeOpt = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="recipe YAML", show_default=False)
+TargetOpt = typer.Option(..., "--target", "-t", help="chip: rk3588, rk3576, rk3562, rv1126b")
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+    _state["debug"] = debug
+
+
+# --- foundation ----------------------------------------------------------------------------------
+
+@models_app.command("fetch")
+def models_fetch(
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $RKDEPLOY_CACHE/models or ~/.cache/rkdeploy/models)"),
+    force: bool = typer.Option(False, "--force", help="materialise again even when cached"),
+) -> None:
+    """Materialise the built-in models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) offline."""
+    from host.models import BUILTINS, fetch_builtin, read_record
+
+    for name in BUILTINS:
+        with err_console.status(f"materialising {name} …"):
+            path = fetch_builtin(name, cache, force=force)
+        rec = read_record(path) or {}
+        console.print(f"{name}: {path}  sha256 {rec.get('sha256', '?')[:16]}…")
+
+
+@app.command("check")
+def check_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    scheme: Optional[str] = typer.Option(None, "--scheme", "-s", help="only this scheme"),
+) -> None:
+    """Validate everything knowable before loading weights; one line per problem."""
+    from host.config import load_recipe
+    from host.targets import check
+
+    r = load_recipe(recipe)
+    check(r, target, scheme)
+    console.print(f"ok: {r.name} on {target}" + (f" ({scheme})" if scheme else ""))
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of recipes and the target table (for editors)."""
+    from host.config import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+
+
+@calib_app.command("validate")
+def calib_validate(
+    file: Path = typer.Argument(..., help="calibration JSON"),
+    recipe: Path = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="recipe model (default: its first LLM)"),
+) -> None:
+    """Check a calibration JSON: format, chat template, double BOS, length, held-out overlap."""
+    from host.calib import validate_file
+    from host.config import load_recipe
+
+    report = validate_file(file, load_recipe(recipe), model)
+    for w in report.warnings:
+        err_console.print(f"rkdeploy: warning: {w}")
+    console.print(f"ok: {file}: {report.n_items} items, longest input {report.max_tokens} tokens")
+
+
+@calib_app.command("build")
+def calib_build(
+    recipe: Path = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="recipe model (default: its first LLM)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the recipe's calibration path)"),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+) -> None:
+    """Vendor method: held-in prompts + chat template → greedy answers of the float model."""
+    from host.calib import build_calibration
+    from host.config import load_recipe
+
+    path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts, max_new_tokens=max_new_tokens)
+    console.print(f"wrote {path}")
+
+
+# --- commands of later steps (each: a thin wrapper around one module) ---------------------------
+# >>> commands: export / quality
+# <<< commands: export / quality
+# >>> commands: bench / report
+# <<< commands: bench / report
+# >>> commands: boards / push / remote doctor
+# <<< commands: boards / push / remote doctor
+# >>> commands: doctor --host / toolkits
+# <<< commands: doctor --host / toolkits
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RkdeployError as e:
+        if _state["debug"]:
+            raise
+        for line in str(e).splitlines() or ["failed"]:
+            print(f"rkdeploy: error: {line}", file=sys.stderr)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("rkdeploy: interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - the bug path: exit 2, traceback only with --debug
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        err_console.print(f"rkdeploy: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", markup=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

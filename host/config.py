@@ -1,0 +1,271 @@
+"""Typed configuration records: recipes, targets. Data only; behaviour lives elsewhere.
+
+Unknown keys are an error naming the key and the record (``extra="forbid"``). Relative paths in
+a recipe resolve against the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from host.errors import ConfigError
+from host.schemes import ONNX_SCHEMES, validate_scheme
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = PROJECT_ROOT / "configs"
+DEFAULT_RECIPE = CONFIGS / "models" / "smollm2-135m.yaml"
+SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+class Ddr(Strict):
+    kind: str
+    bus_bits: int
+    bandwidth_gbs: float = Field(description="theoretical peak DDR bandwidth, GB/s")
+
+
+class Target(Strict):
+    """One chip's capabilities (configs/targets.yaml)."""
+
+    name: str = ""
+    description: str = ""
+    npu_cores: int = Field(ge=1, le=8)
+    rkllm_schemes: list[str]
+    rknn_schemes: list[str]
+    ddr: Ddr
+    devfreq: dict[str, str] = {}
+    max_freq_mhz: dict[str, int] = {}
+
+    @field_validator("rkllm_schemes", "rknn_schemes")
+    @classmethod
+    def _schemes(cls, v: list[str]) -> list[str]:
+        return [validate_scheme(s) for s in v]
+
+    def schemes_for(self, kind: str) -> list[str]:
+        if kind == "rkllm":
+            return list(self.rkllm_schemes)
+        if kind == "rknn":
+            return list(self.rknn_schemes)
+        return sorted(ONNX_SCHEMES)
+
+
+class TargetTable(Strict):
+    schema_: int = Field(alias="schema")
+    targets: dict[str, Target]
+    unsupported: dict[str, str] = {}
+
+
+# --- recipes -------------------------------------------------------------------------------------
+
+class RkllmOptions(Strict):
+    """rkllm-toolkit ``build`` knobs (vendor defaults: normal for w8a8, grq for w4a16 on a GPU)."""
+
+    algorithm: Literal["auto", "normal", "grq", "gdq"] = "auto"
+    optimization_level: Literal[0, 1] = 0
+    hybrid_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    num_npu_core: int | None = Field(None, description="default: all NPU cores of the target")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    extra: dict = Field({}, description="pass-through kwargs for RKLLM.build (recorded in the manifest)")
+
+
+class RknnOptions(Strict):
+    algorithm: Literal["normal", "mmse", "kl_divergence"] = "normal"
+    method: Literal["channel", "layer"] = "channel"
+    calib_samples: int = Field(32, ge=1, le=1024)
+
+
+class ModelSpec(Strict):
+    """One model of a recipe and what to build from it per target."""
+
+    name: str
+    kind: Literal["llm", "encoder"]
+    source: str = Field(description="'builtin:NAME' or a local Hugging Face folder")
+    max_context: int = Field(4096, description="rkllm max_context: multiple of 32, <= 16384")
+    calibration: Path | None = Field(None, description="rkllm calibration JSON (llm)")
+    onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
+    sensitive_layers: list[str] = Field(
+        ["down_proj"],
+        description="int8-dyn keeps linear layers whose name contains one of these in float",
+    )
+    seq_len: int = Field(128, ge=1, le=8192, description="fixed input length (encoders, rknn)")
+    batch: int = Field(1, ge=1, le=256)
+    targets: dict[str, list[str]] = Field(
+        {}, description="per target: vendor schemes (rkllm for llm, rknn for encoder)"
+    )
+    rkllm: RkllmOptions = RkllmOptions()
+    rknn: RknnOptions = RknnOptions()
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError(f"model name {v!r} must be lowercase letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("onnx")
+    @classmethod
+    def _onnx(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if s not in ONNX_SCHEMES:
+                raise ValueError(f"onnx scheme {s!r} is not one of {', '.join(sorted(ONNX_SCHEMES))}")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {t: [validate_scheme(s) for s in schemes] for t, schemes in v.items()}
+
+    @property
+    def vendor_kind(self) -> str:
+        return "rkllm" if self.kind == "llm" else "rknn"
+
+    @property
+    def builtin(self) -> str | None:
+        return self.source.split(":", 1)[1] if self.source.startswith("builtin:") else None
+
+
+class TextSources(Strict):
+    """Held-in text (calibration) and held-out text (evaluation); must not overlap."""
+
+    heldin: Path
+    heldout: Path
+    heldin_sentences: Path | None = None
+    heldout_sentences: Path | None = None
+
+
+class QualityOptions(Strict):
+    eval_tokens: int = Field(4096, ge=128)
+    window: int = Field(512, ge=32, description="tokens per evaluation window")
+    sentences: int = Field(64, ge=4, description="held-out sentences for encoder quality")
+
+
+class CalibOptions(Strict):
+    n_prompts: int = Field(20, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    system_prompt: str | None = None
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    models: list[ModelSpec]
+    text: TextSources
+    quality: QualityOptions = QualityOptions()
+    calib: CalibOptions = CalibOptions()
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Recipe:
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dup)}")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"recipe {self.name!r} has no model {name!r} (models: {', '.join(m.name for m in self.models)})")
+
+    def llms(self) -> list[ModelSpec]:
+        return [m for m in self.models if m.kind == "llm"]
+
+    def encoders(self) -> list[ModelSpec]:
+        return [m for m in self.models if m.kind == "encoder"]
+
+    def sha256(self) -> str:
+        """Stable hash of the recipe's content (paths as written), for manifests and caching."""
+        data = self.model_dump(mode="json", exclude={"path"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def model_sha256(self, model: ModelSpec) -> str:
+        data = model.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _format_validation(err: ValidationError, what: str, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key {e['loc'][-1]!r} in {what}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{path}: {loc}: {msg.removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    path = Path(path)
+    data = _read_yaml(path)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, "recipe", path)) from None
+    base = path.resolve().parent
+    models = []
+    for m in recipe.models:
+        upd: dict = {"calibration": _resolve(base, m.calibration)}
+        if not m.source.startswith("builtin:"):
+            upd["source"] = str(_resolve(base, Path(m.source)))
+        models.append(m.model_copy(update=upd))
+    text = recipe.text.model_copy(update={k: _resolve(base, getattr(recipe.text, k)) for k in TextSources.model_fields})
+    return recipe.model_copy(update={"models": models, "text": text, "path": path.resolve()})
+
+
+def load_targets(path: Path | None = None) -> TargetTable:
+    path = path or Path(os.environ.get("RKDEPLOY_TARGETS", CONFIGS / "targets.yaml"))
+    data = _read_yaml(Path(path))
+    try:
+        table = TargetTable.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, "target", Path(path))) from None
+    return table.model_copy(update={"targets": {k: v.model_copy(update={"name": k}) for k, v in table.targets.items()}})
+
+
+def json_schemas() -> dict:
+    """JSON Schema of every config file a user edits (``rkdeploy schema``)."""
+    return {"recipe": Recipe.model_json_schema(), "targets": TargetTable.model_json_schema(by_alias=True)}

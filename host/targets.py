@@ -1,0 +1,143 @@
+"""The per-chip capability matrix (configs/targets.yaml) and ``check``: fail fast, before weights.
+
+``check`` collects every problem and raises once (``CheckError``), one line per problem, each
+naming the value, what is allowed, and where possible the next command. It reads model shapes
+from config.json and safetensors headers only, so it runs in well under a second.
+"""
+
+from __future__ import annotations
+
+from host.config import ModelSpec, Recipe, Target, TargetTable, load_targets
+from host.errors import CheckError, ConfigError, ModelError
+from host.schemes import ONNX_SCHEMES, base_dtype, group_size
+
+MAX_CONTEXT_LIMIT = 16384   # rkllm-toolkit: max_context <= 16384 and a multiple of 32
+MAX_CONTEXT_STEP = 32
+
+
+def get_target(name: str, table: TargetTable | None = None) -> Target:
+    table = table or load_targets()
+    key = name.lower()
+    if key in table.targets:
+        return table.targets[key]
+    msg = f"unknown target {name!r} (known: {', '.join(sorted(table.targets))})"
+    if key in table.unsupported:
+        msg += f"; {table.unsupported[key]}"
+    raise CheckError([msg])
+
+
+def _scheme_problems(model: ModelSpec, target: Target, scheme: str) -> list[str]:
+    if scheme in ONNX_SCHEMES:
+        return []
+    kind = model.vendor_kind
+    allowed = target.schemes_for(kind)
+    if scheme not in allowed:
+        return [f"{model.name}: scheme {scheme!r} is not allowed for {kind} on {target.name} "
+                f"(allowed: {', '.join(allowed)})"]
+    problems = []
+    if kind == "rkllm":
+        algo = model.rkllm.algorithm
+        if algo in ("grq", "gdq") and base_dtype(scheme) != "w4a16":
+            problems.append(f"{model.name}: rkllm.algorithm {algo!r} only works with w4a16 schemes, not {scheme!r} "
+                            "(use 'normal' or 'auto')")
+    return problems
+
+
+def _group_problems(model: ModelSpec, folder, target: Target, scheme: str) -> list[str]:
+    g = group_size(scheme)
+    if g is None or model.vendor_kind != "rkllm":
+        return []
+    from host.models import linear_shapes
+
+    bad = [(name, shape) for name, shape in linear_shapes(folder).items() if shape[0] % g or shape[1] % g]
+    if not bad:
+        return []
+    name, (out_f, in_f) = bad[0]
+    dims = [d for d in (out_f, in_f) if d % g]
+    ok = [s for s in target.rkllm_schemes if (gs := group_size(s)) and all(
+        o % gs == 0 and i % gs == 0 for o, i in linear_shapes(folder).values())]
+    hint = f"; schemes that fit this model on {target.name}: {', '.join(ok)}" if ok else ""
+    return [f"{model.name}: scheme {scheme!r}: group size {g} does not divide layer {name} "
+            f"({out_f}x{in_f}: {dims[0]} % {g} = {dims[0] % g}; {len(bad)} linear layers affected){hint}"]
+
+
+def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache) -> list[str]:
+    problems: list[str] = []
+    vendor = [s for s in schemes if s not in ONNX_SCHEMES]
+    if model.kind == "llm":
+        mc = model.max_context
+        if mc % MAX_CONTEXT_STEP or mc <= 0 or mc > MAX_CONTEXT_LIMIT:
+            problems.append(f"{model.name}: max_context {mc} must be a positive multiple of {MAX_CONTEXT_STEP} "
+                            f"and at most {MAX_CONTEXT_LIMIT}")
+        cores = model.rkllm.num_npu_core
+        if cores is not None and not 1 <= cores <= target.npu_cores:
+            problems.append(f"{model.name}: rkllm.num_npu_core {cores} is out of range for {target.name} "
+                            f"(1..{target.npu_cores})")
+        if vendor:
+            calib = model.calibration
+            if calib is None:
+                problems.append(f"{model.name}: no calibration JSON in the recipe (field 'calibration'); "
+                                "run `rkdeploy calib build`")
+            elif not calib.is_file():
+                problems.append(f"{model.name}: calibration file {calib} not found; run `rkdeploy calib build`")
+    for s in schemes:
+        problems += _scheme_problems(model, target, s)
+
+    from host.models import check_model_folder, read_config, resolve_model
+
+    try:
+        folder = resolve_model(model, cache)
+    except ModelError as e:
+        return problems + [str(e)]
+    folder_problems = check_model_folder(folder)
+    if folder_problems:
+        return problems + [f"{model.name}: {p}" for p in folder_problems]
+    if model.kind == "llm":
+        cfg = read_config(folder)
+        limit = cfg.get("max_position_embeddings")
+        if isinstance(limit, int) and model.max_context > limit:
+            problems.append(f"{model.name}: max_context {model.max_context} exceeds the model's "
+                            f"max_position_embeddings {limit}")
+    for s in vendor:
+        if not any(p.startswith(f"{model.name}: scheme {s!r} is not allowed") for p in problems):
+            problems += _group_problems(model, folder, target, s)
+    return problems
+
+
+def selected_schemes(recipe: Recipe, model: ModelSpec, target: str, scheme: str | None) -> list[str]:
+    listed = list(model.onnx) + list(model.targets.get(target, []))
+    if scheme is None:
+        return listed
+    if scheme in listed:
+        return [scheme]
+    # Not listed by any model: check it for the LLMs (or, without LLMs, the encoders).
+    if any(scheme in (m.onnx + m.targets.get(target, [])) for m in recipe.models):
+        return []
+    primary = "llm" if recipe.llms() else "encoder"
+    return [scheme] if model.kind == primary else []
+
+
+def check(recipe: Recipe, target: str, scheme: str | None = None, *, cache=None,
+          table: TargetTable | None = None) -> None:
+    """Raise ``CheckError`` listing every problem of building ``recipe`` for ``target``."""
+    try:
+        t = get_target(target, table)
+    except ConfigError as e:
+        raise CheckError([str(e)]) from None
+    problems: list[str] = []
+    unknown = [t_ for m in recipe.models for t_ in m.targets if t_ not in (table or load_targets()).targets]
+    problems += [f"recipe {recipe.name}: unknown target {u!r} in a model's targets" for u in sorted(set(unknown))]
+    for m in recipe.models:
+        schemes = selected_schemes(recipe, m, t.name, scheme)
+        if scheme is not None and not schemes:
+            continue
+        problems += _model_problems(m, t, schemes, cache)
+    if recipe.text.heldin and recipe.text.heldout:
+        from host.textdata import check_disjoint
+
+        try:
+            problems += check_disjoint(recipe.text.heldin, recipe.text.heldout)
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise CheckError(problems)
