@@ -1,0 +1,136 @@
+"""``python3 -m board bench|doctor|info`` — the board-side command line (stdlib argparse).
+
+Exit codes: 0 ok, 1 a known failure (one line on stderr, an error row written for bench),
+2 usage error or a bug (traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import List, Optional
+
+from . import RUNNER_VERSION, SCHEMA_VERSION
+from .rows import ROW_SCHEMA_VERSION
+
+assert SCHEMA_VERSION == ROW_SCHEMA_VERSION
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m board", description="rkdeploy board runner %s" % RUNNER_VERSION)
+    p.add_argument("--debug", action="store_true", help="print tracebacks for unexpected errors")
+    sub = p.add_subparsers(dest="cmd")
+    b = sub.add_parser("bench", help="benchmark one artifact; JSONL rows on stdout (or --out)")
+    b.add_argument("--artifact", required=True, help="artifact folder (holds manifest.json)")
+    b.add_argument("--backend", required=True, help="runtime backend: onnxruntime, rkllm, rknnlite, fake, ...")
+    b.add_argument("--n-prompt", type=int, default=128, help="prompt tokens (default 128, the vendor method)")
+    b.add_argument("--n-gen", type=int, default=64, help="generated tokens (default 64)")
+    b.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed warmup runs (default 1)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: all CPUs this process may use)")
+    b.add_argument("--batch", type=int, default=None, help="encoder batch (default: manifest inputs.batch)")
+    b.add_argument("--seq-len", type=int, default=None, help="encoder sequence length (default: manifest inputs.seq_len)")
+    b.add_argument("--board", default=None, help="board name recorded in the row (default: hostname)")
+    b.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option, repeatable (onnxruntime: engine=auto|genai|ort)")
+    b.add_argument("--sysfs-root", default="/", help=argparse.SUPPRESS)
+    b.add_argument("--out", default=None, help="append JSONL here instead of stdout")
+    d = sub.add_parser("doctor", help="check clocks, DDR devfreq, NPU driver, RAM, thermals; one line per check")
+    d.add_argument("--sysfs-root", default="/", help="root to read proc/ and sys/ from (tests use a fake tree)")
+    d.add_argument("--artifact", default=None, help="also check free RAM against this artifact")
+    d.add_argument("--json", action="store_true", help="print checks as JSON")
+    i = sub.add_parser("info", help="runner version, backends available here, environment fingerprint (JSON)")
+    i.add_argument("--sysfs-root", default="/", help=argparse.SUPPRESS)
+    return p
+
+
+def _emit(lines: List[str], out: Optional[str]) -> None:
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .runner import BenchConfig, error_row, run_bench
+
+    hello = {"type": "hello", "runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION}
+    _emit([json.dumps(hello)], a.out)
+    try:
+        opts = dict(kv.split("=", 1) for kv in a.opt)
+    except ValueError:
+        sys.stderr.write("board: error: --opt takes KEY=VALUE, got %s\n" % a.opt)
+        return 2
+    try:
+        cfg = BenchConfig(artifact=a.artifact, backend=a.backend, n_prompt=a.n_prompt, n_gen=a.n_gen, reps=a.reps,
+                          warmup=a.warmup, threads=a.threads, board=a.board, sysfs_root=a.sysfs_root,
+                          batch=a.batch, seq_len=a.seq_len, fresh_process=True,
+                          backend_params=opts)
+    except ValueError as e:
+        sys.stderr.write("board: error: %s\n" % e)
+        return 2
+    try:
+        row = run_bench(cfg)
+    except Exception as e:  # noqa: BLE001 - a bug still yields an error row for the table
+        if a.debug:
+            traceback.print_exc()
+        row = error_row(cfg, "internal error: %s: %s" % (type(e).__name__, e))
+    _emit([json.dumps(dict(type="row", **row.to_dict()))], a.out)
+    if row.status != "ok":
+        sys.stderr.write("board: error: %s\n" % ((row.error or "unknown error").splitlines() or [""])[0])
+        return 1
+    return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from .artifact import ArtifactError, artifact_size, read_artifact
+    from .sysinfo import doctor
+
+    artifact_mb = None
+    if a.artifact:
+        try:
+            artifact_mb = artifact_size(read_artifact(a.artifact)) / (1024.0 * 1024.0)
+        except ArtifactError as e:
+            sys.stderr.write("board: error: %s\n" % e)
+            return 1
+    checks = doctor(a.sysfs_root, artifact_mb)
+    if a.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=1))
+    else:
+        for c in checks:
+            print(c.line())
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from .backends import BACKENDS, backend_status
+    from .sysinfo import fingerprint
+
+    backends = {}
+    for name in sorted(BACKENDS):
+        ok, why = backend_status(name)
+        backends[name] = {"available": ok, "detail": why}
+    print(json.dumps({"type": "info", "runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION,
+                      "backends": backends, "env": fingerprint(a.sysfs_root)}, indent=1))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.cmd is None:
+        p.print_help()
+        return 2
+    try:
+        return {"bench": cmd_bench, "doctor": cmd_doctor, "info": cmd_info}[a.cmd](a)
+    except KeyboardInterrupt:
+        sys.stderr.write("board: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Backend registry: name -> module path, imported lazily (vendor runtimes load only when used).
+
+Adding a backend = one module in this folder + one line here. A module exposes ``BACKEND``
+(the class) and ``available() -> (bool, reason)``; see ``board/backends/base.py`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Optional, Tuple
+
+from .base import Backend, BackendError, BackendUnavailable
+
+BACKENDS: Dict[str, Optional[str]] = {
+    "onnxruntime": "board.backends.onnxruntime",
+    "fake": "board.backends.fake",
+    # Not implemented yet: None means "backend not available" with a clear message.
+    "rkllm": None,  # -> "board.backends.rkllm"
+    "rknnlite": None,  # -> "board.backends.rknnlite"
+    "llamacpp": None,  # -> "board.backends.llamacpp"
+}
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "backend_status", "load_backend"]
+
+
+def _module(name: str):
+    if name not in BACKENDS:
+        raise BackendUnavailable("unknown backend %r; known: %s" % (name, ", ".join(sorted(BACKENDS))))
+    path = BACKENDS[name]
+    if path is None:
+        raise BackendUnavailable("backend %r is not available in this runner version (not implemented yet)" % name)
+    # package-relative, so board/ works when copied under any folder name
+    return importlib.import_module("." + path.rsplit(".", 1)[1], __name__)
+
+
+def load_backend(name: str) -> Backend:
+    """A fresh, unloaded backend instance; BackendUnavailable (one line) when it cannot run here."""
+    mod = _module(name)
+    ok, reason = mod.available()
+    if not ok:
+        raise BackendUnavailable("backend %r not available here: %s" % (name, reason))
+    return mod.BACKEND()
+
+
+def backend_status(name: str) -> Tuple[bool, str]:
+    """(available, reason-or-version) without raising."""
+    try:
+        return _module(name).available()
+    except BackendUnavailable as e:
+        return False, str(e)

@@ -1,0 +1,296 @@
+"""onnxruntime (CPU) backend: LLM generation with KV cache, and encoder forward passes.
+
+LLM artifacts (format ``onnx-genai``: genai folder with ``genai_config.json``) generate through
+onnxruntime-genai when it imports, else through a plain onnxruntime + numpy greedy loop over the
+same graph (boards on Python 3.10 get onnxruntime <= 1.23.2 and no genai wheel). ``params``:
+``threads`` (always set explicitly: genai's default ran 2x slower on a 2-core host) and
+``engine`` = ``auto`` | ``genai`` | ``ort``. Encoder artifacts (``onnx-encoder``) run
+``input_ids``/``attention_mask``/[``token_type_ids``] -> ``last_hidden_state`` + mean pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .base import Backend, BackendError, BackendUnavailable
+
+
+def available() -> Tuple[bool, str]:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        return False, "onnxruntime does not import (%s); pip install onnxruntime" % e
+    return True, "onnxruntime %s" % onnxruntime.__version__
+
+
+def _genai():
+    try:
+        import onnxruntime_genai
+    except ImportError:
+        return None
+    return onnxruntime_genai
+
+
+# --- reading an .onnx file's opsets without the onnx package (for a clear "too old" message) --
+
+def _varint(buf: bytes, i: int) -> Tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def onnx_opsets(path: str) -> Dict[str, int]:
+    """``{domain: version}`` from ModelProto.opset_import (field 8); {} if unreadable."""
+    out: Dict[str, int] = {}
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+        i = 0
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                _, i = _varint(buf, i)
+            elif wire == 2:
+                n, i = _varint(buf, i)
+                if field == 8:
+                    out.update([_opset_entry(buf[i:i + n])])
+                i += n
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:
+                return out
+    except (OSError, IndexError, ValueError):
+        return out
+    return out
+
+
+def _opset_entry(buf: bytes) -> Tuple[str, int]:
+    domain, version, i = "", 0, 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        if key == (1 << 3 | 2):
+            n, i = _varint(buf, i)
+            domain = buf[i:i + n].decode("utf-8", "replace")
+            i += n
+        elif key == (2 << 3 | 0):
+            version, i = _varint(buf, i)
+        else:
+            raise ValueError("unexpected field in OperatorSetIdProto")
+    return domain, version
+
+
+def _session(path: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a bad graph
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        opsets = onnx_opsets(path)
+        hint = ""
+        if opsets.get("", 0) >= 22 or "opset" in first.lower() or "not implemented" in first.lower():
+            hint = (" — graph opset %s; onnxruntime %s may be too old for it (genai-builder graphs use opset 22 and "
+                    "com.microsoft ops: need onnxruntime >= 1.20 on Python >= 3.10); the int8-dyn/fp32 exports still run"
+                    % (opsets.get("", "?"), ort.__version__))
+        raise BackendError("onnxruntime %s cannot load %s: %s%s" % (ort.__version__, os.path.basename(path), first, hint)) from None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        self.engine: Optional[str] = None
+        self.threads = 1
+        self.vocab_size = 0
+        self._impl: Any = None
+        self._info: Dict[str, Any] = {}
+
+    def load(self, artifact_dir: str, params: Dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        manifest = params.get("manifest") or {}
+        self.threads = int(params.get("threads") or 1)
+        fmt = manifest.get("format")
+        want = params.get("engine", "auto")
+        if want not in ("auto", "genai", "ort"):
+            raise BackendError("onnxruntime engine %r; allowed: auto, genai, ort" % want)
+        self._info = {"name": self.name, "version": ort.__version__, "threads": self.threads, "format": fmt}
+        if fmt == "onnx-encoder" or manifest.get("model_kind") == "encoder":
+            self.engine = "ort"
+            self._impl = _Encoder(artifact_dir, manifest, self.threads)
+        elif fmt == "onnx-genai" or os.path.exists(os.path.join(artifact_dir, "genai_config.json")):
+            og = _genai() if want in ("auto", "genai") else None
+            if want == "genai" and og is None:
+                raise BackendUnavailable("onnxruntime-genai does not import; use engine=ort")
+            if og is not None:
+                self.engine = "genai"
+                self._info["genai_version"] = getattr(og, "__version__", None)
+                self._impl = _GenaiLLM(og, artifact_dir, self.threads)
+            else:
+                self.engine = "ort"
+                self._impl = _OrtLLM(artifact_dir, manifest, self.threads)
+        else:
+            raise BackendError("onnxruntime backend runs formats onnx-genai and onnx-encoder, not %r" % fmt)
+        self.vocab_size = self._impl.vocab_size
+        self._info["engine"] = self.engine
+
+    def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
+        if not hasattr(self._impl, "generate"):
+            raise BackendError("this artifact is an encoder; it has no generate test")
+        self._impl.generate(prompt_ids, n_gen, on_token)
+
+    def encode(self, batch: List[List[int]]) -> Any:
+        if not hasattr(self._impl, "encode"):
+            raise BackendError("this artifact is an LLM; it has no encode test")
+        return self._impl.encode(batch)
+
+    def close(self) -> None:
+        self._impl = None
+
+    def info(self) -> Dict[str, Any]:
+        return dict(self._info)
+
+
+def _read_genai_config(artifact_dir: str) -> Dict[str, Any]:
+    path = os.path.join(artifact_dir, "genai_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise BackendError("%s unreadable: %s" % (path, e)) from None
+
+
+class _GenaiLLM:
+    def __init__(self, og: Any, artifact_dir: str, threads: int) -> None:
+        self.og = og
+        cfg = _read_genai_config(artifact_dir)
+        self.vocab_size = int(cfg.get("model", {}).get("vocab_size") or 0)
+        try:
+            config = og.Config(artifact_dir)
+            # genai 0.18: Config.overlay merges JSON into genai_config (session_options of the decoder).
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+            self.model = og.Model(config)
+        except Exception as e:  # noqa: BLE001 - genai raises RuntimeError/OrtException variants
+            raise BackendError("onnxruntime-genai cannot load %s: %s" % (artifact_dir, str(e).splitlines()[0][:300])) from None
+
+    def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        total = len(prompt_ids) + n_gen
+        # min_length == max_length: EOS is suppressed, exactly n_gen tokens come out (greedy).
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        gen = og.Generator(self.model, params)
+        try:
+            gen.append_tokens(list(prompt_ids))
+            for _ in range(n_gen):
+                if gen.is_done():
+                    break
+                gen.generate_next_token()
+                on_token(int(gen.get_next_tokens()[0]))
+        finally:
+            del gen
+
+
+class _OrtLLM:
+    """Greedy loop over a genai-style decoder graph with KV cache, onnxruntime + numpy only."""
+
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int) -> None:
+        import numpy as np
+
+        self.np = np
+        entry = manifest.get("entry") or "model.onnx"
+        self.sess = _session(os.path.join(artifact_dir, entry), threads)
+        ins = {i.name: i for i in self.sess.get_inputs()}
+        self.input_names = set(ins)
+        self.past = sorted((n for n in ins if n.startswith("past_key_values.")),
+                           key=lambda n: (int(n.split(".")[1]), n.split(".")[2]))
+        if "input_ids" not in ins or not self.past:
+            raise BackendError("%s: expected inputs input_ids and past_key_values.N.key/value, got %s"
+                               % (entry, ", ".join(sorted(ins))))
+        dt = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        self.past_shape = {}
+        self.past_dtype = {}
+        dec = (_read_genai_config(artifact_dir).get("model") or {}).get("decoder") or {} \
+            if os.path.exists(os.path.join(artifact_dir, "genai_config.json")) else {}
+        for n in self.past:
+            shape = list(ins[n].shape)
+            # genai graphs leave heads/head_size symbolic ("kv_cache_dim"): take them from genai_config
+            heads = shape[1] if isinstance(shape[1], int) else dec.get("num_key_value_heads")
+            size = shape[3] if isinstance(shape[3], int) else dec.get("head_size")
+            if not isinstance(heads, int) or not isinstance(size, int):
+                raise BackendError("%s: %s has symbolic heads/head_size %s and genai_config does not give them"
+                                   % (entry, n, shape))
+            self.past_shape[n] = (1, heads, 0, size)
+            self.past_dtype[n] = dt.get(ins[n].type, np.float32)
+        self.outputs = [o.name for o in self.sess.get_outputs()]
+        logits_shape = self.sess.get_outputs()[0].shape
+        v = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else 0
+        self.vocab_size = int(v or (manifest.get("vocab_size") or 0))
+
+    def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
+        np = self.np
+        ids = np.asarray([list(prompt_ids)], dtype=np.int64)
+        past = {n: np.zeros(self.past_shape[n], dtype=self.past_dtype[n]) for n in self.past}
+        pos = 0
+        for _ in range(n_gen):
+            n = ids.shape[1]
+            feeds = {"input_ids": ids}
+            if "attention_mask" in self.input_names:
+                feeds["attention_mask"] = np.ones((1, pos + n), dtype=np.int64)
+            if "position_ids" in self.input_names:
+                feeds["position_ids"] = np.arange(pos, pos + n, dtype=np.int64)[None, :]
+            feeds.update(past)
+            outs = self.sess.run(self.outputs, feeds)
+            tok = int(outs[0][0, -1].argmax())
+            on_token(tok)
+            for k in range(1, len(outs)):
+                name = self.outputs[k]
+                if name.startswith("present."):
+                    past["past_key_values." + name[len("present."):]] = outs[k]
+            pos += n
+            ids = np.asarray([[tok]], dtype=np.int64)
+
+
+class _Encoder:
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int) -> None:
+        import numpy as np
+
+        self.np = np
+        entry = manifest.get("entry") or "model.onnx"
+        self.sess = _session(os.path.join(artifact_dir, entry), threads)
+        self.input_names = [i.name for i in self.sess.get_inputs()]
+        for need in ("input_ids", "attention_mask"):
+            if need not in self.input_names:
+                raise BackendError("%s: encoder input %s missing (inputs: %s)" % (entry, need, ", ".join(self.input_names)))
+        outs = [o.name for o in self.sess.get_outputs()]
+        self.output = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
+        self.vocab_size = int(manifest.get("vocab_size") or 30522)
+
+    def encode(self, batch: List[List[int]]) -> Any:
+        np = self.np
+        ids = np.asarray(batch, dtype=np.int64)
+        mask = np.ones_like(ids)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self.sess.run([self.output], feeds)[0]
+        m = mask[..., None].astype(hidden.dtype)
+        return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1)
+
+
+BACKEND = OnnxRuntimeBackend

@@ -1,0 +1,230 @@
+"""The benchmark runner: warmup, repetitions, fixed prompt/generation lengths, one row per test.
+
+Method (the vendor's): a deterministic prompt of exactly ``n_prompt`` token ids, greedy decoding
+of exactly ``n_gen`` tokens with EOS ignored. Per repetition the runner timestamps the request
+and every token the backend reports through ``on_token``: TTFT = first token - request
+(prefill included), prefill tok/s = n_prompt / TTFT, decode tok/s = (n_gen - 1) / (last - first).
+Aggregates are the mean and sample stddev over repetitions; raw samples are kept.
+
+Peak memory: VmHWM. ``python3 -m board bench`` runs exactly one test per process, so the
+process peak is the test's peak, load included (``peak_rss_method = "fresh-process"``);
+per-repetition peaks are added in ``samples_rss_mb`` where /proc/self/clear_refs can reset VmHWM.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from typing import Any, Dict, List, Optional
+
+from . import RUNNER_VERSION, metrics
+from .artifact import ArtifactError, artifact_size, entry_sha256, read_artifact
+from .backends import BackendError, load_backend
+from .rows import ResultRow
+from .sysinfo import fingerprint
+
+ENCODE_MIN_ITERS = 30  # timed encode batches at least, so p99 means something
+
+
+class BenchConfig:
+    """What to run; keyword-only, defaults = the vendor method."""
+
+    def __init__(self, *, artifact: str, backend: str, n_prompt: int = 128, n_gen: int = 64, reps: int = 5,
+                 warmup: int = 1, threads: Optional[int] = None, board: Optional[str] = None,
+                 sysfs_root: str = "/", batch: Optional[int] = None, seq_len: Optional[int] = None,
+                 encode_iters: int = ENCODE_MIN_ITERS, fresh_process: bool = False,
+                 backend_params: Optional[Dict[str, Any]] = None) -> None:
+        if n_prompt < 1 or n_gen < 1 or reps < 1 or warmup < 0:
+            raise ValueError("n_prompt, n_gen, reps must be >= 1 and warmup >= 0")
+        self.artifact = artifact
+        self.backend = backend
+        self.n_prompt = n_prompt
+        self.n_gen = n_gen
+        self.reps = reps
+        self.warmup = warmup
+        self.threads = threads
+        self.board = board
+        self.sysfs_root = sysfs_root
+        self.batch = batch
+        self.seq_len = seq_len
+        self.encode_iters = encode_iters
+        self.fresh_process = fresh_process
+        self.backend_params = dict(backend_params or {})
+
+
+def make_prompt(n: int, vocab_size: int) -> List[int]:
+    """Exactly ``n`` deterministic token ids in [lo, vocab_size), same on every machine.
+
+    Skips the lowest ids (special/control tokens in most vocabularies) when the vocab is large.
+    """
+    lo = min(1000, vocab_size // 4)
+    span = max(1, vocab_size - lo)
+    return [lo + (7919 * i + 104729) % span for i in range(n)]
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _base_row(cfg: BenchConfig) -> ResultRow:
+    return ResultRow(kind="bench", backend=cfg.backend, board=cfg.board or socket.gethostname(),
+                     test_time=utc_now(), runner_version=RUNNER_VERSION, reps=cfg.reps, warmup=cfg.warmup)
+
+
+def error_row(cfg: BenchConfig, message: str, row: Optional[ResultRow] = None) -> ResultRow:
+    row = row or _base_row(cfg)
+    row.status = "error"
+    row.error = message
+    if row.env is None:
+        row.env = fingerprint(cfg.sysfs_root)
+    return row
+
+
+def run_bench(cfg: BenchConfig) -> ResultRow:
+    """Run one test on one artifact; known failures become an error row (never raise them)."""
+    row = _base_row(cfg)
+    try:
+        manifest = read_artifact(cfg.artifact)
+    except ArtifactError as e:
+        return error_row(cfg, str(e), row)
+    row.model = manifest.get("model")
+    row.target = manifest.get("target")
+    row.scheme = manifest.get("scheme")
+    row.model_size = artifact_size(manifest) or None
+    row.artifact_sha256 = entry_sha256(manifest)
+    row.model_type = manifest.get("model_type") or " ".join(
+        str(x) for x in (manifest.get("model_kind"), manifest.get("format"), manifest.get("scheme")) if x)
+    encoder = manifest.get("model_kind") == "encoder"
+    row.test = "encode" if encoder else "pp+tg"
+    row.threads = cfg.threads or default_threads()
+    row.env = fingerprint(cfg.sysfs_root)
+    backend = None
+    try:
+        backend = load_backend(cfg.backend)
+        params = dict(cfg.backend_params, manifest=manifest, threads=row.threads)
+        backend.load(cfg.artifact, params)
+        info = backend.info()
+        row.env["backend"] = info
+        if info.get("threads"):
+            row.threads = int(info["threads"])
+        if encoder:
+            _measure_encode(cfg, row, backend, manifest)
+        else:
+            _measure_generate(cfg, row, backend, manifest)
+    except (BackendError, ArtifactError, MemoryError) as e:
+        return error_row(cfg, "%s: %s" % (cfg.backend, e) if not str(e).startswith(cfg.backend) else str(e), row)
+    finally:
+        if backend is not None:
+            backend.close()
+    return row
+
+
+def _vocab_size(backend: Any, manifest: Dict[str, Any]) -> int:
+    return int(getattr(backend, "vocab_size", 0) or manifest.get("vocab_size") or 1000)
+
+
+def _peak(cfg: BenchConfig, row: ResultRow, before: Optional[float], per_rep: List[Optional[float]]) -> None:
+    """peak = max(VmHWM before the timed reps (load + warmup), per-rep peaks, VmHWM now)."""
+    reps = [x for x in per_rep if x is not None]
+    row.samples_rss_mb = [round(x, 1) for x in reps] if reps and len(reps) == len(per_rep) else None
+    vals = [x for x in [before, metrics.read_vmhwm_mb()] + reps if x is not None]
+    row.peak_rss_mb = round(max(vals), 1) if vals else None
+    row.peak_rss_method = "fresh-process" if cfg.fresh_process else "in-process"
+
+
+def _measure_generate(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Dict[str, Any]) -> None:
+    row.n_prompt, row.n_gen = cfg.n_prompt, cfg.n_gen
+    prompt = make_prompt(cfg.n_prompt, _vocab_size(backend, manifest))
+    clock = metrics.TokenClock()
+
+    def one() -> None:
+        clock.start()
+        backend.generate(prompt, cfg.n_gen, clock.on_token)
+        t_end = metrics.now_ns()
+        if len(clock.stamps) != cfg.n_gen:
+            raise BackendError("backend reported %d tokens, expected exactly n_gen=%d"
+                               % (len(clock.stamps), cfg.n_gen))
+        walls.append(t_end - clock.t_start)
+
+    walls: List[int] = []
+    for _ in range(cfg.warmup):
+        one()
+    whole_before = metrics.read_vmhwm_mb()
+    walls = []
+    ttft: List[float] = []
+    decode: List[float] = []
+    rss: List[Optional[float]] = []
+    with metrics.NpuLoadSampler(cfg.sysfs_root) as npu:
+        for _ in range(cfg.reps):
+            reset = metrics.reset_vmhwm()
+            one()
+            rss.append(metrics.read_vmhwm_mb() if reset else None)
+            ttft.append(clock.ttft_ns / 1e6)
+            d = clock.decode_tps
+            if d is not None:
+                decode.append(d)
+    n = cfg.n_prompt + cfg.n_gen
+    row.samples_ns = walls
+    row.avg_ns = int(round(metrics.mean(walls)))
+    row.stddev_ns = int(round(metrics.stddev(walls)))
+    row.samples_ts = [n * 1e9 / w for w in walls]
+    row.avg_ts = metrics.mean(row.samples_ts)
+    row.stddev_ts = metrics.stddev(row.samples_ts)
+    row.wall_ms = row.avg_ns / 1e6
+    row.samples_ttft_ms = ttft
+    row.ttft_ms = metrics.mean(ttft)
+    row.ttft_stddev_ms = metrics.stddev(ttft)
+    prefill = [cfg.n_prompt * 1000.0 / t for t in ttft]
+    row.prefill_tps = metrics.mean(prefill)
+    row.prefill_stddev_tps = metrics.stddev(prefill)
+    if decode:
+        row.samples_decode_tps = decode
+        row.decode_tps = metrics.mean(decode)
+        row.decode_stddev_tps = metrics.stddev(decode)
+        row.decode_cv = metrics.cv(decode)
+    row.npu_load_pct = npu.mean
+    perf = getattr(backend, "last_perf", None)
+    row.runtime_perf = perf() if callable(perf) else None
+    _peak(cfg, row, whole_before, rss)
+
+
+def _measure_encode(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Dict[str, Any]) -> None:
+    shape = manifest.get("inputs") or {}
+    batch = int(cfg.batch or shape.get("batch") or 1)
+    seq_len = int(cfg.seq_len or shape.get("seq_len") or 128)
+    row.batch, row.seq_len = batch, seq_len
+    ids = make_prompt(seq_len, _vocab_size(backend, manifest))
+    inputs = [list(ids) for _ in range(batch)]
+    for _ in range(cfg.warmup):
+        backend.encode(inputs)
+    iters = max(cfg.reps, cfg.encode_iters)
+    whole_before = metrics.read_vmhwm_mb()
+    lat: List[int] = []
+    with metrics.NpuLoadSampler(cfg.sysfs_root) as npu:
+        for _ in range(iters):
+            t0 = metrics.now_ns()
+            backend.encode(inputs)
+            lat.append(metrics.now_ns() - t0)
+    ms = [x / 1e6 for x in lat]
+    row.samples_ns = lat
+    row.avg_ns = int(round(metrics.mean(lat)))
+    row.stddev_ns = int(round(metrics.stddev(lat)))
+    row.samples_ts = [batch * 1e9 / x for x in lat]
+    row.avg_ts = metrics.mean(row.samples_ts)
+    row.stddev_ts = metrics.stddev(row.samples_ts)
+    row.latency_ms = metrics.mean(ms)
+    row.latency_stddev_ms = metrics.stddev(ms)
+    row.latency_p50_ms = metrics.percentile(ms, 50)
+    row.latency_p99_ms = metrics.percentile(ms, 99)
+    row.seqs_per_s = batch * 1000.0 / row.latency_ms
+    row.wall_ms = sum(ms)
+    row.npu_load_pct = npu.mean
+    _peak(cfg, row, whole_before, [])
