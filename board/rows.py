@@ -60,8 +60,7 @@ class ResultRow:
     reps: Optional[int] = _f(display="reps", kind="bench")
     warmup: Optional[int] = _f(display="warmup", kind="bench")
     # LLM results (vendor-table columns first)
-    ttft_ms: Optional[float] = _f(display="TTFT", unit="ms", formats=_ALL, kind="bench", digits=1,
-                                  pm="ttft_stddev_ms")
+    ttft_ms: Optional[float] = _f(display="TTFT", unit="ms", formats=_ALL, kind="bench", digits=1)
     ttft_stddev_ms: Optional[float] = _f(display="TTFT stddev", unit="ms", kind="bench", digits=2)
     prefill_tps: Optional[float] = _f(display="prefill", unit="tok/s", formats=_ALL, kind="bench", digits=1)
     prefill_stddev_tps: Optional[float] = _f(display="prefill stddev", unit="tok/s", kind="bench", digits=2)
@@ -98,11 +97,11 @@ class ResultRow:
     ppl_ratio: Optional[float] = _f(display="PPL ratio", formats=_ALL, kind="quality", digits=4)
     kld_mean: Optional[float] = _f(display="KLD", formats=_ALL, kind="quality", digits=4)
     kld_p99: Optional[float] = _f(display="KLD p99", formats=_CSV, kind="quality", digits=4)
-    top1_agree: Optional[float] = _f(display="top-1", unit="%", formats=_ALL, kind="quality", digits=1)
+    top1_agree: Optional[float] = _f(display="top-1", formats=_ALL, kind="quality", digits=3)
     n_tokens: Optional[int] = _f(display="eval tokens", kind="quality")
     cos_mean: Optional[float] = _f(display="cos", formats=_ALL, kind="quality", digits=4)
     cos_min: Optional[float] = _f(display="cos min", formats=_CSV, kind="quality", digits=4)
-    nn_agree: Optional[float] = _f(display="NN agree", unit="%", formats=_ALL, kind="quality", digits=1)
+    nn_agree: Optional[float] = _f(display="NN agree", formats=_ALL, kind="quality", digits=3)
     method: Optional[str] = _f(display="method", formats=_ALL, kind="quality")
     # outcome and environment
     status: str = _f("ok", display="status", index=True)

@@ -20,7 +20,17 @@ BACKENDS: Dict[str, Optional[str]] = {
     "llamacpp": None,  # -> "board.backends.llamacpp"
 }
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "backend_status", "load_backend"]
+# Which backends run an artifact format, preferred first (the host picks the first available).
+BACKENDS_FOR_FORMAT: Dict[str, Tuple[str, ...]] = {
+    "onnx-genai": ("onnxruntime",),
+    "onnx-encoder": ("onnxruntime",),
+    "rkllm": ("rkllm",),
+    "rknn": ("rknnlite",),
+    "gguf": ("llamacpp",),
+    "fake": ("fake",),
+}
+
+__all__ = ["BACKENDS_FOR_FORMAT", "BACKENDS", "Backend", "BackendError", "BackendUnavailable", "backend_status", "load_backend"]
 
 
 def _module(name: str):

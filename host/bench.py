@@ -1,0 +1,176 @@
+"""Run the board runner and stream its JSONL rows into the results store.
+
+Transport-agnostic: everything goes through ``run_stream(argv) -> iterator of stdout lines``.
+``local_run_stream`` runs ``python -m board ...`` as a subprocess here; an SSH transport supplies
+its own ``run_stream`` (same argv, run on the board in the runner's folder) and the rest is shared.
+A ``run_stream`` raises ``BenchError`` when the command exits with a code other than 0 or 1
+(0 = ok, 1 = the runner wrote an error row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from board.backends import BACKENDS_FOR_FORMAT
+from board.rows import ResultRow
+from host.config import PROJECT_ROOT
+from host.errors import BenchError
+from host.results import DEFAULT_STORE, ResultStore, parse_line
+from host.ui import err_console, sanitize
+
+RunStream = Callable[[list[str]], Iterator[str]]
+LOCAL_RUNNER = (sys.executable, "-m", "board")
+
+
+def local_run_stream(argv: list[str], *, cwd: Path | str = PROJECT_ROOT) -> Iterator[str]:
+    """Run ``argv`` here (cwd = the folder holding ``board/``), yield stdout lines as they arrive."""
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as errf:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, cwd=str(cwd), stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            yield from proc.stdout
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if rc not in (0, 1):
+            errf.seek(0)
+            tail = sanitize(errf.read()[-2000:]).strip().splitlines()
+            raise BenchError(f"runner {' '.join(argv[:4])} exited with code {rc}: {tail[-1] if tail else 'no output'}")
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """The measurement method (defaults = the vendor's: 128-token prompt, 64 new tokens)."""
+
+    n_prompt: int = 128
+    n_gen: int = 64
+    reps: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        out = ["--n-prompt", str(self.n_prompt), "--n-gen", str(self.n_gen), "--reps", str(self.reps),
+               "--warmup", str(self.warmup)]
+        if self.threads:
+            out += ["--threads", str(self.threads)]
+        for k, v in sorted(self.options.items()):
+            out += ["--opt", f"{k}={v}"]
+        return out
+
+
+def runner_info(run_stream: RunStream, runner: tuple[str, ...] = LOCAL_RUNNER) -> dict:
+    """``python -m board info``: runner version and which backends are available there."""
+    text = "".join(run_stream([*runner, "info"]))
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise BenchError(f"board runner info is not JSON: {sanitize(text.strip())[:200]!r}") from None
+    return info
+
+
+def pick_backend(manifest: dict, available: dict[str, dict]) -> str | None:
+    for name in BACKENDS_FOR_FORMAT.get(manifest.get("format", ""), ()):
+        if available.get(name, {}).get("available"):
+            return name
+    return None
+
+
+def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, params: BenchParams,
+                   board: str, runner: tuple[str, ...] = LOCAL_RUNNER) -> Iterator[ResultRow]:
+    """Run the runner on one artifact; yield its rows as they arrive (an error row if it died)."""
+    argv = [*runner, "bench", "--artifact", str(artifact_dir), "--backend", backend, "--board", board, *params.argv()]
+    got = False
+    try:
+        for line in run_stream(argv):
+            if not line.strip():
+                continue
+            obj = parse_line(line)
+            if obj["type"] == "row":
+                row = ResultRow.from_dict(obj)
+                row.board = board
+                got = True
+                yield row
+    except BenchError as e:
+        if got:
+            raise
+        yield ResultRow(kind="bench", backend=backend, board=board, status="error", error=str(e),
+                        n_prompt=params.n_prompt, n_gen=params.n_gen, reps=params.reps, **_ids(artifact_dir))
+        return
+    if not got:
+        yield ResultRow(kind="bench", backend=backend, board=board, status="error",
+                        error="runner exited without a result row", **_ids(artifact_dir))
+
+
+def _ids(artifact_dir: str) -> dict:
+    try:
+        m = json.loads((Path(artifact_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: m.get(k) for k in ("model", "target", "scheme")}
+
+
+@dataclass
+class BenchSummary:
+    rows: list[ResultRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchParams(),
+                store: Path | str | None = DEFAULT_STORE, artifacts_root: Path | str | None = None,
+                run_stream: RunStream = local_run_stream, runner: tuple[str, ...] = LOCAL_RUNNER,
+                board: str = "local", log: Callable[[str], None] | None = None) -> BenchSummary:
+    """``rkdeploy bench --board local``: every built artifact of ``target`` with a backend here."""
+    from host.config import load_recipe
+    from host.plan import plan
+
+    say = log or (lambda msg: err_console.print(msg, markup=False, highlight=False, soft_wrap=True))
+    jobs = plan(load_recipe(recipe), target, root=artifacts_root)
+    info = runner_info(run_stream, runner)
+    available = info.get("backends", {})
+    summary = BenchSummary()
+    with ResultStore(store) as s:
+        for job in jobs:
+            mpath = job.out_dir / "manifest.json"
+            if not mpath.exists():
+                summary.skipped.append(f"{job.label}: not built (run `rkdeploy export --target {target}`)")
+                continue
+            manifest = json.loads(mpath.read_text())
+            backend = pick_backend(manifest, available)
+            if backend is None:
+                want = ", ".join(BACKENDS_FOR_FORMAT.get(manifest.get("format", ""), ())) or "none"
+                summary.skipped.append(f"{job.label}: format {manifest.get('format')} needs backend {want}, "
+                                       f"not available on {board}")
+                continue
+            say(f"bench {job.label} on {board} with {backend} …")
+            for row in bench_artifact(str(job.out_dir.resolve()), backend, run_stream=run_stream, params=params,
+                                      board=board, runner=runner):
+                s.add(row)
+                summary.rows.append(row)
+                say(_row_line(job.label, row))
+    not_built = [m.split(":")[0] for m in summary.skipped if m.endswith(f"`rkdeploy export --target {target}`)")]
+    if not_built:
+        say(f"skip (not built; `rkdeploy export --target {target}` builds them): {', '.join(not_built)}")
+    for msg in summary.skipped:
+        if msg.split(":")[0] not in not_built:
+            say(f"skip {msg}")
+    return summary
+
+
+def _row_line(label: str, row: ResultRow) -> str:
+    if row.status != "ok":
+        return f"  {label}: error: {row.error}"
+    if row.test == "encode":
+        return f"  {label}: {row.latency_ms:.2f} ms/batch, {row.seqs_per_s:.1f} seq/s"
+    return (f"  {label}: TTFT {row.ttft_ms:.1f} ms, prefill {row.prefill_tps:.1f} tok/s, "
+            f"decode {row.decode_tps or 0:.2f} ± {row.decode_stddev_tps or 0:.2f} tok/s, peak {row.peak_rss_mb} MB")

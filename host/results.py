@@ -1,0 +1,303 @@
+"""SQLite store of result rows, and the renderers (md / csv / jsonl / html).
+
+Everything derives from the ONE row definition, ``board.rows.ResultRow``: the store keeps each
+row as its JSON plus one indexed column per field marked ``index``; every renderer picks its
+columns from the field metadata (``formats``, display name, unit, digits, ``pm`` = stddev field).
+The store is schema-versioned and refuses a file written by a newer rkdeploy.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from board.rows import ROW_SCHEMA_VERSION, ResultRow, fields, format_value, header, meta
+from host.config import PROJECT_ROOT
+from host.errors import RkdeployError
+from host.ui import sanitize
+
+
+def default_store() -> Path:
+    """``$RKDEPLOY_RESULTS`` or ``results/rkdeploy.sqlite`` under the project root."""
+    env = os.environ.get("RKDEPLOY_RESULTS")
+    return Path(env) if env else PROJECT_ROOT / "results" / "rkdeploy.sqlite"
+
+
+DEFAULT_STORE = None  # means default_store(), resolved at call time
+# Version of the store layout (tables/columns). Readers refuse a newer one.
+STORE_SCHEMA_VERSION = 1
+FORMATS = ("md", "csv", "jsonl", "html")
+INDEXED = tuple(f.name for f in fields() if f.metadata["index"])
+# Rows with the same values here measure the same thing; the report shows the newest one.
+SAME_TEST = ("kind", "model", "target", "scheme", "backend", "board", "test", "threads", "n_prompt", "n_gen",
+             "batch", "seq_len", "method")
+QUALITY_JOIN = ("model", "target", "scheme")
+
+
+class StoreError(RkdeployError):
+    """The results store cannot be opened or a row is invalid."""
+
+
+def coerce_row(row: ResultRow | dict) -> ResultRow:
+    if isinstance(row, ResultRow):
+        return row
+    try:
+        return ResultRow.from_dict(row)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"invalid result row: {e}") from None
+
+
+class ResultStore:
+    """``ResultStore(path)``: ``add(row)``, ``rows(filters)``; rows come back exactly as added."""
+
+    def __init__(self, path: Path | str | None = DEFAULT_STORE) -> None:
+        self.path = Path(path) if path else default_store()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path))
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a readable rkdeploy results store ({e}); "
+                             "move it away or pass --store NEW.sqlite") from None
+
+    def _init_schema(self) -> None:
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        got = db.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
+        if got is not None and int(got[0]) > STORE_SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: results store schema {got[0]} is newer than this rkdeploy reads "
+                             f"({STORE_SCHEMA_VERSION}); upgrade rkdeploy (pip install -U rkdeploy) or pass "
+                             "--store NEW.sqlite to start a new store")
+        cols = ", ".join(f"{name} TEXT" for name in INDEXED)
+        db.execute(f"CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
+                   "row_schema INTEGER NOT NULL, data TEXT NOT NULL)")
+        for name in INDEXED:
+            db.execute(f"CREATE INDEX IF NOT EXISTS rows_{name} ON rows ({name})")
+        if got is None:
+            db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA_VERSION),))
+        db.commit()
+
+    def add(self, row: ResultRow | dict) -> int:
+        r = coerce_row(row)
+        data = r.to_dict()
+        cur = self.db.execute(
+            f"INSERT INTO rows ({', '.join(INDEXED)}, row_schema, data) VALUES ({', '.join('?' * (len(INDEXED) + 2))})",
+            [None if data[n] is None else str(data[n]) for n in INDEXED] + [ROW_SCHEMA_VERSION, json.dumps(data)],
+        )
+        self.db.commit()
+        return int(cur.lastrowid)
+
+    def add_many(self, rows: Iterable[ResultRow | dict]) -> int:
+        return sum(1 for r in rows if self.add(r))
+
+    def rows(self, filters: dict[str, Any] | None = None, **kw: Any) -> list[ResultRow]:
+        """Rows in insertion order; filters on indexed fields (``kind``, ``model``, ``target``, ...)."""
+        flt = {**(filters or {}), **kw}
+        bad = sorted(k for k in flt if k not in INDEXED)
+        if bad:
+            raise StoreError(f"cannot filter on {', '.join(bad)}; filterable fields: {', '.join(INDEXED)}")
+        where = " AND ".join(f"{k} = ?" for k in flt)
+        sql = "SELECT row_schema, data FROM rows" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+        out = []
+        for schema, data in self.db.execute(sql, [str(v) for v in flt.values()]):
+            if schema > ROW_SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: holds rows of schema {schema}, newer than {ROW_SCHEMA_VERSION}; "
+                                 "upgrade rkdeploy")
+            out.append(ResultRow.from_dict(json.loads(data)))
+        return out
+
+    def import_jsonl(self, lines: Iterable[str]) -> int:
+        """Add rows from JSONL (runner output or ``report --format jsonl``); hello lines are checked."""
+        n = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            obj = parse_line(line)
+            if obj.get("type") == "row":
+                self.add(obj)
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_line(line: str) -> dict:
+    """One runner JSONL line -> dict; refuses a hello announcing a newer row schema."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise StoreError(f"runner output is not JSON: {sanitize(line.strip())[:200]!r}") from None
+    if not isinstance(obj, dict) or obj.get("type") not in ("hello", "row", "info"):
+        raise StoreError(f"unexpected runner line: {sanitize(line.strip())[:200]!r}")
+    if obj["type"] == "hello" and int(obj.get("schema_version", 0)) > ROW_SCHEMA_VERSION:
+        raise StoreError(f"board runner {obj.get('runner_version')} writes row schema {obj['schema_version']}, "
+                         f"this rkdeploy reads {ROW_SCHEMA_VERSION}: upgrade rkdeploy on the host")
+    return obj
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+def latest(rows: list[ResultRow]) -> list[ResultRow]:
+    """The newest row per measured configuration (``SAME_TEST``), in first-seen order."""
+    keep: dict[tuple, ResultRow] = {}
+    for r in rows:
+        keep[tuple(getattr(r, k) for k in SAME_TEST)] = r
+    return list(keep.values())
+
+
+def _cell(name: str, row: ResultRow, fmt: str) -> str:
+    value = getattr(row, name)
+    text = format_value(name, value)
+    pm = meta(name)["pm"]
+    if text and pm and getattr(row, pm) is not None:
+        text += f" ± {format_value(pm, getattr(row, pm))}"
+    text = sanitize(text)
+    return text.replace("|", "\\|") if fmt == "md" else text
+
+
+def _columns(rows: list[ResultRow], fmt: str, kinds: tuple[str, ...]) -> list[str]:
+    return [f.name for f in fields()
+            if fmt in f.metadata["formats"] and f.metadata["kind"] in kinds + ("any",)
+            and any(getattr(r, f.name) is not None for r in rows)]
+
+
+def _join_quality(bench: list[ResultRow], quality: list[ResultRow]) -> tuple[list[ResultRow], list[ResultRow]]:
+    """Copy quality fields onto bench rows with the same model+target+scheme; return (joined, unjoined quality)."""
+    by_key = {tuple(getattr(q, k) for k in QUALITY_JOIN): q for q in quality}
+    used = set()
+    joined = []
+    qnames = [f.name for f in fields() if f.metadata["kind"] == "quality"]
+    for b in bench:
+        key = tuple(getattr(b, k) for k in QUALITY_JOIN)
+        q = by_key.get(key)
+        if q is not None and b.status == "ok":
+            used.add(key)
+            b = ResultRow.from_dict({**b.to_dict(), **{n: getattr(q, n) for n in qnames}})
+        joined.append(b)
+    return joined, [q for k, q in by_key.items() if k not in used]
+
+
+def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]]:
+    """The report's tables: (title, columns, rows) — LLM bench, encoder bench, quality-only."""
+    rows = latest(rows)
+    bench = [r for r in rows if r.kind == "bench" and r.status == "ok"]
+    quality = [r for r in rows if r.kind == "quality" and r.status == "ok"]
+    bench, lone_quality = _join_quality(bench, quality)
+    out = []
+    for title, test in (("LLM: prompt + generation", "pp+tg"), ("Encoder", "encode")):
+        group = [r for r in bench if r.test == test]
+        if group:
+            out.append((title, _columns(group, "md", ("bench", "quality")), group))
+    others = [r for r in bench if r.test not in ("pp+tg", "encode")]
+    if others:
+        out.append(("Other tests", _columns(others, "md", ("bench", "quality")) + ["test"], others))
+    if lone_quality:
+        out.append(("Quality (no benchmark row yet)", _columns(lone_quality, "md", ("quality",)), lone_quality))
+    return out
+
+
+def errors(rows: list[ResultRow]) -> list[ResultRow]:
+    return [r for r in latest(rows) if r.status == "error"]
+
+
+def _error_text(r: ResultRow) -> str:
+    who = "/".join(str(x) for x in (r.model, r.target, r.scheme, r.backend) if x) or "?"
+    return sanitize(f"{who} on {r.board or '?'}: {r.error}")
+
+
+def render_md(rows: list[ResultRow]) -> str:
+    out = []
+    for title, cols, group in tables(rows):
+        out.append(f"### {title}\n")
+        out.append("| " + " | ".join(_md_header(c) for c in cols) + " |")
+        out.append("|" + "|".join("---:" if _numeric(c) else "---" for c in cols) + "|")
+        for r in group:
+            out.append("| " + " | ".join(_cell(c, r, "md") for c in cols) + " |")
+        out.append("")
+    errs = errors(rows)
+    if errs:
+        out.append("### Errors\n")
+        out += [f"- {_error_text(r)}" for r in errs]
+        out.append("")
+    if not out:
+        return "(no results yet: run `rkdeploy bench`)\n"
+    return "\n".join(out)
+
+
+def _md_header(name: str) -> str:
+    pm = meta(name)["pm"]
+    return header(name) + (" ± sd" if pm else "")
+
+
+def _numeric(name: str) -> bool:
+    return meta(name)["digits"] is not None or name in ("batch", "seq_len", "threads")
+
+
+def render_csv(rows: list[ResultRow]) -> str:
+    names = [f.name for f in fields() if "csv" in f.metadata["formats"]]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for r in rows:
+        w.writerow(["" if getattr(r, n) is None else
+                    json.dumps(getattr(r, n)) if isinstance(getattr(r, n), (list, dict)) else getattr(r, n)
+                    for n in names])
+    return buf.getvalue()
+
+
+def render_jsonl(rows: list[ResultRow]) -> str:
+    return "".join(json.dumps({"type": "row", **r.to_dict()}) + "\n" for r in rows)
+
+
+def render_html(rows: list[ResultRow]) -> str:
+    parts = ["<!doctype html><meta charset=utf-8><title>rkdeploy results</title>",
+             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "td,th{border:1px solid #ccc;padding:2px 8px}td.n{text-align:right}</style>"]
+    for title, cols, group in tables(rows):
+        parts.append(f"<h3>{html.escape(title)}</h3><table><tr>"
+                     + "".join(f"<th>{html.escape(_md_header(c))}</th>" for c in cols) + "</tr>")
+        for r in group:
+            parts.append("<tr>" + "".join(
+                f"<td{' class=n' if _numeric(c) else ''}>{html.escape(_cell(c, r, 'html'))}</td>" for c in cols) + "</tr>")
+        parts.append("</table>")
+    errs = errors(rows)
+    if errs:
+        parts.append("<h3>Errors</h3><ul>" + "".join(f"<li>{html.escape(_error_text(r))}</li>" for r in errs) + "</ul>")
+    return "\n".join(parts) + "\n"
+
+
+RENDERERS = {"md": render_md, "csv": render_csv, "jsonl": render_jsonl, "html": render_html}
+
+
+def render(rows: Iterable[ResultRow | dict], fmt: str = "md") -> str:
+    if fmt not in RENDERERS:
+        raise StoreError(f"report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return RENDERERS[fmt]([coerce_row(r) for r in rows])
+
+
+def report(*, store: Path | str | None = DEFAULT_STORE, fmt: str = "md", filters: dict[str, Any] | None = None) -> str:
+    """``rkdeploy report``: render every row in the store (md/html show the newest per configuration)."""
+    with ResultStore(store) as s:
+        return render(s.rows(filters or {}), fmt)
+
+
+def iter_rows_jsonl(text: str) -> Iterator[dict]:
+    for line in text.splitlines():
+        if line.strip():
+            obj = parse_line(line)
+            if obj.get("type") == "row":
+                yield obj
