@@ -110,6 +110,51 @@ def calib_build(
 # >>> commands: export / quality
 # <<< commands: export / quality
 # >>> commands: bench / report
+@app.command("bench")
+def bench_cmd(
+    board: str = typer.Option("local", "--board", "-b", help="board name from the inventory, or 'local' (this machine)"),
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    reps: int = typer.Option(5, "--reps", help="timed repetitions"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed warmup runs"),
+    n_prompt: int = typer.Option(128, "--n-prompt", help="prompt tokens (vendor method: 128)"),
+    n_gen: int = typer.Option(64, "--n-gen", help="generated tokens (vendor method: 64)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all the runner may use)"),
+    opt: list[str] = typer.Option([], "--opt", help="backend option KEY=VALUE (onnxruntime: engine=auto|genai|ort)"),
+    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+) -> None:
+    """Run the board runner on every built artifact of TARGET and store the rows."""
+    from host.bench import BenchParams, bench_local
+    from host.errors import BenchError, ConfigError
+
+    if board != "local":
+        raise BenchError(f"--board {board}: remote benchmarks are not wired into this command yet; use --board local")
+    if any("=" not in kv for kv in opt):
+        raise ConfigError(f"--opt takes KEY=VALUE, got {opt}")
+    params = BenchParams(n_prompt=n_prompt, n_gen=n_gen, reps=reps, warmup=warmup, threads=threads,
+                         options=dict(kv.split("=", 1) for kv in opt))
+    summary = bench_local(recipe=recipe, target=target, params=params, store=store)
+    ok = sum(r.status == "ok" for r in summary.rows)
+    console.print(f"{ok} ok, {len(summary.rows) - ok} error rows stored; `rkdeploy report` prints the table")
+    if not summary.rows:
+        raise BenchError(f"nothing benchmarked for {target}: build artifacts first (`rkdeploy export --target {target}`)")
+
+
+@app.command("report")
+def report_cmd(
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl or html"),
+    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+) -> None:
+    """Render the results store: the benchmark table (md/html) or every row (csv/jsonl)."""
+    from host.fsutil import atomic_write_text
+    from host.results import report
+
+    text = report(store=store, fmt=fmt)
+    if out:
+        atomic_write_text(out, text)
+    else:
+        sys.stdout.write(text)
 # <<< commands: bench / report
 # >>> commands: boards / push / remote doctor
 # <<< commands: boards / push / remote doctor
