@@ -1,0 +1,255 @@
+"""``.rkllm`` builder: rkllm-toolkit in its own venv, driven through ``host/workers/rkllm_worker.py``.
+
+The host never imports ``rkllm``. ``toolkit_args(job)`` turns a ``BuildJob`` into the exact
+``load_huggingface`` / ``build`` keyword arguments (scheme spelling from ``host.schemes``, the
+vendor's defaults for the rest); the worker runs them and checks return codes AND exceptions.
+The toolkit's log streams to ``<artifact folder>.rkllm-build.log`` beside the artifact (kept after
+a failure). ``rkllm_logits`` replays the same arguments and asks the quantized model for its
+host-side logits (``get_logits``) for measured quality rows.
+
+Vendor defaults (ROCKCHIP.md §2): ``normal`` for w8a8; ``grq`` for w4a16 when a GPU is present,
+else ``normal`` (the manifest says so); ``optimization_level`` 0 (benchmark builds);
+``num_npu_core`` = all cores of the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from host.errors import BuildError, ConfigError
+from host.plan import BuildJob
+from host.schemes import base_dtype, describe, rkllm_dtype
+from host.toolkits import TOOLKITS, require_toolkit, run_worker, toolkit_info
+
+TOOLKIT = "rkllm"
+WORKER = Path(__file__).resolve().parent.parent / "workers" / "rkllm_worker.py"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+#: keyword arguments of ``RKLLM.build`` that typed recipe fields own (``rkllm.extra`` may not override them).
+TYPED_BUILD_ARGS = ("do_quantization", "optimization_level", "quantized_dtype", "quantized_algorithm",
+                    "target_platform", "num_npu_core", "dataset", "hybrid_rate", "max_context")
+_TOOL_ERROR = re.compile(r"^\s*(E |ERROR|Error|\w*Error:|rkdeploy-worker: .*(failed|raised))")
+
+
+# --- the recipe → toolkit arguments (pure; no toolkit needed) -----------------------------------
+
+def gpu_present() -> bool:
+    """A CUDA GPU the toolkit could use. ``RKDEPLOY_GPU=0|1`` overrides the probe."""
+    forced = os.environ.get("RKDEPLOY_GPU")
+    if forced in ("0", "1"):
+        return forced == "1"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return Path("/dev/nvidia0").exists() or (gpus.is_dir() and any(gpus.iterdir()))
+
+
+def resolve_algorithm(requested: str, scheme: str, gpu: bool) -> tuple[str, str | None]:
+    """(``quantized_algorithm``, note for the manifest or None)."""
+    if requested != "auto":
+        return requested, None
+    if base_dtype(scheme) != "w4a16":
+        return "normal", None
+    if gpu:
+        return "grq", None
+    return "normal", ("quantized_algorithm 'normal' instead of the vendor-recommended 'grq' for w4a16: "
+                      "no GPU on the build host (grq needs one); expect slightly lower accuracy")
+
+
+def target_platform(target: str) -> str:
+    """rkllm-toolkit ``target_platform`` spelling (the vendor's examples write ``RK3588``)."""
+    return target.upper()
+
+
+def toolkit_args(job: BuildJob, *, model_dir: Path | None = None, gpu: bool | None = None) -> dict:
+    """``{"load": {...}, "build": {...}, "notes": [...]}`` for ``RKLLM.load_huggingface`` / ``build``."""
+    from host.targets import get_target
+
+    if job.kind != "rkllm":
+        raise ConfigError(f"{job.label}: not an rkllm job (kind {job.kind!r})")
+    opts = job.model.rkllm
+    gpu = gpu_present() if gpu is None else gpu
+    algorithm, note = resolve_algorithm(opts.algorithm, job.scheme, gpu)
+    device = opts.device if opts.device != "auto" else ("cuda" if gpu else "cpu")
+    target = get_target(job.target)
+    clash = sorted(set(opts.extra) & set(TYPED_BUILD_ARGS))
+    if clash:
+        raise ConfigError(f"{job.model.name}: rkllm.extra sets {', '.join(clash)}; use the typed recipe fields "
+                          "(rkllm.algorithm, optimization_level, hybrid_rate, num_npu_core, max_context) instead")
+    if job.model.calibration is None:
+        raise BuildError(f"{job.model.name}: no calibration JSON in the recipe (field 'calibration'); "
+                         "run `rkdeploy calib build`")
+    if model_dir is None:
+        from host.models import resolve_model
+
+        model_dir = resolve_model(job.model)
+    build = {
+        "do_quantization": True,
+        "optimization_level": opts.optimization_level,
+        "quantized_dtype": rkllm_dtype(job.scheme),
+        "quantized_algorithm": algorithm,
+        "target_platform": target_platform(job.target),
+        "num_npu_core": opts.num_npu_core or target.npu_cores,
+        "dataset": str(job.model.calibration),
+        "hybrid_rate": opts.hybrid_rate,
+        "max_context": job.model.max_context,
+        **opts.extra,
+    }
+    load = {"model": str(model_dir), "device": device, "dtype": opts.dtype}
+    return {"load": load, "build": build, "notes": [note] if note else []}
+
+
+def _calibration_sha256(job: BuildJob) -> str | None:
+    from host.fsutil import sha256_file
+
+    calib = job.model.calibration
+    return sha256_file(calib) if calib and Path(calib).is_file() else None
+
+
+def inputs(job: BuildJob) -> dict:
+    """What the artifact depends on besides the model: toolkit version, arguments, calibration hash."""
+    info = toolkit_info(TOOLKIT) or {}
+    args = toolkit_args(job, model_dir=Path("<model>"))
+    build = {k: v for k, v in args["build"].items() if k != "dataset"}
+    return {"builder": "rkllm/1", "toolkit_version": info.get("version"), "load": {k: v for k, v in args["load"].items()
+            if k != "model"}, "build": build, "calibration_sha256": _calibration_sha256(job)}
+
+
+def artifact_name(job: BuildJob) -> str:
+    return f"{job.model.name}-{job.scheme}-{job.target}.rkllm"
+
+
+def build_log_path(job: BuildJob) -> Path:
+    return job.out_dir.with_name(job.out_dir.name + ".rkllm-build.log")
+
+
+# --- running the worker -------------------------------------------------------------------------
+
+class _Lines:
+    """Forwards worker progress to ``log`` and remembers the toolkit's last error line."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.last_error: str | None = None
+
+    def __call__(self, line: str) -> None:
+        text = line.strip()
+        if not text:
+            return
+        if _TOOL_ERROR.match(text) and not text.startswith("Traceback"):
+            self.last_error = text
+        if text.startswith(("rkdeploy-worker:", "E ", "W ")):
+            self.log(text)
+
+
+def _run(job_json: dict, log_path: Path, log: Callable[[str], None], label: str) -> dict:
+    lines = _Lines(log)
+    try:
+        return run_worker(TOOLKIT, WORKER, job_json, log_path, on_line=lines)
+    except BuildError as e:
+        said = f"; toolkit said: {lines.last_error}" if lines.last_error and lines.last_error not in str(e) else ""
+        raise BuildError(f"{label}: {e}{said}") from None
+
+
+def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
+    """Build ``job``'s ``.rkllm`` into ``out_dir``; return the extra manifest fields."""
+    require_toolkit(TOOLKIT)  # ToolkitMissingError before any work
+    info = toolkit_info(TOOLKIT) or {}
+    args = toolkit_args(job)
+    calib = Path(args["build"]["dataset"])
+    if not calib.is_file():
+        raise BuildError(f"{job.model.name}: calibration file {calib} not found; run `rkdeploy calib build`")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / artifact_name(job)
+    log_path = build_log_path(job)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(f"# rkdeploy: {job.label} with {TOOLKITS[TOOLKIT].dist} {info.get('version')}\n"
+                        f"# load_huggingface {json.dumps(args['load'])}\n# build {json.dumps(args['build'])}\n")
+    for note in args["notes"]:
+        log(f"note: {note}")
+    log(f"rkllm-toolkit {info.get('version')}: {args['build']['quantized_dtype']} "
+        f"{args['build']['quantized_algorithm']} {args['build']['target_platform']} "
+        f"cores={args['build']['num_npu_core']} (log: {log_path})")
+    try:
+        result = _run({"mode": "build", "load": args["load"], "build": args["build"], "output": str(out)},
+                      log_path, log, job.label)
+    except BaseException:
+        for p in out_dir.glob("*.rkllm"):
+            p.unlink(missing_ok=True)
+        for p in out_dir.glob(".tmp-*"):
+            p.unlink(missing_ok=True)
+        raise
+    if not out.is_file():
+        raise BuildError(f"{job.label}: the worker reported success but {out} does not exist (log: {log_path})")
+    model_dir = Path(args["load"]["model"])
+    copied = [n for n in TOKENIZER_FILES if (model_dir / n).is_file()]
+    for n in copied:
+        shutil.copy2(model_dir / n, out_dir / n)
+    from host.models import read_config
+
+    config = read_config(model_dir)
+    version = result.get("toolkit_version") or info.get("version")
+    b = args["build"]
+    return {
+        "format": "rkllm",
+        "artifact_kind": "rkllm",
+        "entry": out.name,
+        **({"tokenizer": "tokenizer.json"} if "tokenizer.json" in copied else {}),
+        "toolkit": {"name": TOOLKITS[TOOLKIT].dist, "version": version},
+        "vocab_size": config.get("vocab_size"),
+        "scheme_description": describe(job.scheme),
+        "rkllm": {
+            "dtype": b["quantized_dtype"], "algorithm": b["quantized_algorithm"],
+            "algorithm_note": args["notes"][0] if args["notes"] else None,
+            "target_platform": b["target_platform"], "num_npu_core": b["num_npu_core"],
+            "max_context": b["max_context"], "optimization_level": b["optimization_level"],
+            "hybrid_rate": b["hybrid_rate"], "device": args["load"]["device"], "dtype_load": args["load"]["dtype"],
+            "calibration": str(calib), "calibration_sha256": _calibration_sha256(job),
+            "extra": dict(job.model.rkllm.extra), "load_args": args["load"], "build_args": b,
+        },
+        "build_log": str(log_path),
+    }
+
+
+# --- measured quality: host-side logits of the quantized model ----------------------------------
+
+def _args_from(job_or_artifact: BuildJob | Path | str) -> tuple[dict, str]:
+    if isinstance(job_or_artifact, BuildJob):
+        require_toolkit(TOOLKIT)
+        return toolkit_args(job_or_artifact), job_or_artifact.label
+    from host.manifest import read_manifest
+
+    folder = Path(job_or_artifact)
+    m = read_manifest(folder)
+    r = m.get("rkllm") or {}
+    if m.get("format") != "rkllm" or "build_args" not in r:
+        raise BuildError(f"{folder}: not an rkllm artifact built by rkdeploy (manifest has no rkllm.build_args)")
+    require_toolkit(TOOLKIT)
+    return {"load": r["load_args"], "build": r["build_args"]}, f"{m.get('model')}/{m.get('target')}/{m.get('scheme')}"
+
+
+def rkllm_logits(job_or_artifact: BuildJob | Path | str, token_windows: Sequence[Sequence[int]], *,
+                 out: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Logits of the quantized model for each token window → float32 ``.npy`` (windows, tokens, vocab).
+
+    ``job_or_artifact``: a ``BuildJob`` or a built artifact folder (its manifest's exact toolkit
+    arguments are replayed). Quantizes in the toolkit (as the build does), then ``get_logits``
+    per window. Raises ``ToolkitMissingError`` when rkllm-toolkit is absent (quality then stays
+    ``simulated``), ``BuildError`` on failure.
+    """
+    args, label = _args_from(job_or_artifact)
+    windows = [[int(t) for t in w] for w in token_windows]
+    if not windows or len({len(w) for w in windows}) != 1 or not windows[0]:
+        raise BuildError(f"{label}: token windows must be non-empty and of equal length")
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="rkdeploy-rkllm-logits-")) / "logits.npy"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_suffix(".log")
+    _run({"mode": "logits", "load": args["load"], "build": args["build"], "windows": windows, "output": str(out)},
+         log_path, log or (lambda _line: None), label)
+    return out

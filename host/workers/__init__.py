@@ -1,0 +1,1 @@
+"""Worker scripts run inside vendor toolkit venvs (stdlib + the vendor module only)."""
