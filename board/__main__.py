@@ -1,19 +1,31 @@
 """``python3 -m board bench|doctor|info`` — the board-side command line (stdlib argparse).
 
-Exit codes: 0 ok, 1 a known failure (one line on stderr, an error row written for bench),
+Run it as ``python3 -m board ...`` from the folder holding ``board/``, or as
+``python3 -I -S path/to/board ...`` (isolated, stdlib only). Exit codes: 0 ok, 1 a known failure (one line on stderr, an error row written for bench),
 2 usage error or a bug (traceback only with ``--debug``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import traceback
-from typing import List, Optional
+if __package__ in (None, ""):
+    # Run as ``python3 -I -S path/to/board CMD``: isolated mode (-I) never puts the current folder on
+    # sys.path, so ``-m board`` cannot find us there; the folder form can. Re-enter as the package.
+    import os
+    import sys
 
-from . import RUNNER_VERSION, SCHEMA_VERSION
-from .rows import ROW_SCHEMA_VERSION
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from board.__main__ import main as _main
+
+    sys.exit(_main())
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+from . import RUNNER_VERSION, SCHEMA_VERSION  # noqa: E402
+from .rows import ROW_SCHEMA_VERSION  # noqa: E402
 
 assert SCHEMA_VERSION == ROW_SCHEMA_VERSION
 
