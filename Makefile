@@ -1,0 +1,60 @@
+# rkdeploy — the two commands a newcomer types: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+RK    := $(VENV)/bin/rkdeploy
+TARGET ?= rk3576
+RECIPE ?= configs/models/smollm2-135m.yaml
+BOARDS ?= all
+
+.PHONY: setup setup-system setup-rkllm models demo check export quality push bench bench-remote report test lint clean
+
+setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
+	@scripts/setup.sh
+
+setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsync); only when missing
+	@command -v /usr/sbin/sshd >/dev/null && command -v rsync >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; }
+
+setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl
+	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
+	@scripts/setup_rkllm.sh "$(WHEEL)"
+
+models: setup     ## materialise the built-in models into the cache
+	@$(RK) models fetch
+
+check: models     ## fail-fast checks of the recipe for TARGET
+	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
+
+export: models    ## build every artifact of RECIPE for TARGET (+ quality table)
+	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
+
+quality: models
+	@$(RK) quality --recipe $(RECIPE) --target $(TARGET)
+
+push: setup       ## push artifacts of TARGET to BOARDS (configs/boards.yaml)
+	@$(RK) push --boards $(BOARDS) --recipe $(RECIPE) --target $(TARGET)
+
+bench: setup      ## local benchmark of TARGET's artifacts that run here
+	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)
+
+bench-remote: setup
+	@$(RK) bench --boards $(BOARDS) --recipe $(RECIPE) --target $(TARGET)
+
+report: setup
+	@$(RK) report --format md
+
+demo: setup models   ## set-up → export for rk3576 → local bench → report
+	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
+	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
+	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)
+	@$(RK) report --format md
+
+test: setup setup-system   ## the whole suite on real parts (CI runs this)
+	@$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	@$(VENV)/bin/ruff check host board tests bench
+	@$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations -t=3.8- board
+
+clean:
+	rm -rf artifacts results .pytest_cache
