@@ -1,0 +1,280 @@
+"""Content-addressed push: PLANNED → UPLOADED (temp name) → VERIFIED (sha256 on the board) →
+INSTALLED (rename), for many boards in parallel.
+
+The host never hashes big files: artifact sha256s come from their ``manifest.json``. Per board:
+one preflight/probe round trip (Python version, write permission, free disk, which blobs and
+partial blobs are there), one receiver stream for the missing bytes, one install round trip
+that swaps in folders of hard links. Unchanged artifacts: 0 bytes sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from host.deploy import remote
+from host.deploy.inventory import Board
+from host.deploy.ssh import SshTransport, Transport, Upload
+from host.errors import DeployError, RkdeployError
+from host.fsutil import sha256_file
+from host.ui import sanitize
+
+MIN_PYTHON = (3, 8)
+
+
+def free_margin(need: int) -> int:
+    """Keep this much free on the board beyond what we write (1 MiB + 2 %)."""
+    return (1 << 20) + need // 50
+BOARD_PACKAGE = Path(__file__).resolve().parents[2] / "board"
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PushDir:
+    """A folder to appear on the board at ``workdir/<remote>``: name → local file."""
+
+    remote: str
+    files: dict[str, LocalFile]
+
+
+@dataclass
+class PushResult:
+    board: str
+    sent: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    status: str = "ok"
+    installed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+def safe_relpath(name: str, *, what: str = "file name") -> str:
+    """A POSIX path relative to the workdir that cannot escape it (no ``..``, absolute path, NUL)."""
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        raise DeployError(f"{what} {name!r} is not allowed: empty, NUL or backslash")
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", ".") for part in name.split("/")) or "" in name.split("/"):
+        raise DeployError(f"{what} {name!r} would escape the board's workdir; only plain relative names are allowed")
+    return str(p)
+
+
+def artifact_dir(folder: Path, root: Path) -> PushDir:
+    """An artifact folder (``<root>/<model>/<target>/<scheme>``) from its manifest, without hashing."""
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise DeployError(f"{mpath}: no manifest; build the artifact first (rkdeploy export)") from None
+    except ValueError as e:
+        raise DeployError(f"{mpath}: not valid JSON ({e})") from None
+    rel = folder.resolve().relative_to(root.resolve()).as_posix()
+    files: dict[str, LocalFile] = {}
+    for name, meta in (manifest.get("files") or {}).items():
+        name = safe_relpath(name, what=f"{mpath}: file")
+        p = folder / name
+        size = p.stat().st_size if p.is_file() else -1
+        if size != meta.get("size"):
+            raise DeployError(f"{p}: size {size if size >= 0 else 'missing'} differs from manifest ({meta.get('size')}); "
+                              "rebuild the artifact")
+        files[name] = LocalFile(p, str(meta["sha256"]), size)
+    files["manifest.json"] = LocalFile(mpath, sha256_file(mpath), mpath.stat().st_size)
+    return PushDir(safe_relpath(f"artifacts/{rel}", what="artifact folder"), files)
+
+
+def runner_dir(package: Path = BOARD_PACKAGE) -> PushDir:
+    """The board runner package (``board/``) as files under ``runner/board/``."""
+    files = {}
+    for p in sorted(package.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"):
+            name = "board/" + p.relative_to(package).as_posix()
+            files[name] = LocalFile(p, sha256_file(p), p.stat().st_size)
+    return PushDir("runner", files)
+
+
+def target_artifacts(target: str, *, recipe=None, root: Path | None = None) -> list[PushDir]:
+    """Built artifact folders for ``target`` (those the recipe lists, or all under ``root``)."""
+    from host.plan import artifacts_root, plan
+
+    root = artifacts_root(root)
+    if recipe is not None:
+        folders = [j.out_dir for j in plan(recipe, target, root=root)]
+        missing = [f for f in folders if not (f / "manifest.json").exists()]
+        if missing:
+            raise DeployError(f"artifact {missing[0]} is not built; run: rkdeploy export --target {target}")
+    else:
+        folders = sorted(m.parent for m in root.glob(f"*/{target}/*/manifest.json"))
+    return [artifact_dir(f, root) for f in folders]
+
+
+# -- one board ---------------------------------------------------------------------------------
+
+def preflight(t: Transport, dirs: Sequence[PushDir]) -> dict:
+    """Python version, write permission, free disk and blob inventory, in one round trip."""
+    b = t.board
+    shas = sorted({f.sha256 for d in dirs for f in d.files.values()})
+    py = _q(b.python)
+    script = f"{py} -c {_q(remote.VERSION)} && {py} -c {_q(remote.PROBE)}"
+    res = t.run(["sh", "-c", script], input=json.dumps({"workdir": str(b.workdir), "blobs": shas}).encode(), check=False)
+    first, _, rest = res.stdout.partition("\n")
+    try:
+        version = tuple(int(x) for x in first.strip().split("."))
+    except ValueError:
+        raise DeployError(f"board {b.name}: cannot run Python as {b.python!r} ({_one(res.stderr) or _one(first)}); "
+                          "install python3 >= 3.8 on the board or set `python:` in the inventory") from None
+    if version[:2] < MIN_PYTHON:
+        raise DeployError(f"board {b.name}: {b.python} is Python {'.'.join(map(str, version))}; the board runner needs "
+                          f"Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (install it or set `python:` in the inventory)")
+    try:
+        probe = json.loads(rest.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DeployError(f"board {b.name}: preflight failed: {_one(res.stderr) or _one(rest)}") from None
+    if not probe.get("writable"):
+        raise DeployError(f"board {b.name}: workdir {probe.get('workdir')} is not writable "
+                          f"({sanitize(str(probe.get('error')))}); fix permissions or set `workdir:` in the inventory")
+    probe["python"] = version
+    return probe
+
+
+def _q(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _one(text: str) -> str:
+    lines = [ln for ln in sanitize(text).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _prefix_sha(path: Path, n: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = n
+        while left:
+            b = f.read(min(1 << 22, left))
+            if not b:
+                break
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+def plan_uploads(dirs: Sequence[PushDir], blobs: dict) -> tuple[list[Upload], int]:
+    """Which bytes must travel. Returns (uploads, bytes already on the board)."""
+    uploads: dict[str, Upload] = {}
+    skipped = 0
+    for d in dirs:
+        for f in d.files.values():
+            if f.sha256 in uploads:
+                continue
+            have = blobs.get(f.sha256) or {}
+            if "have" in have:
+                skipped += f.size if f.sha256 not in uploads else 0
+                continue
+            offset = 0
+            part = have.get("partial")
+            if part and 0 < part <= f.size and _prefix_sha(f.path, part) == have.get("prefix"):
+                offset = part  # resume: the bytes already there are exactly ours
+            skipped += offset
+            uploads[f.sha256] = Upload(f.path, f.sha256, f.size, offset)
+    return list(uploads.values()), skipped
+
+
+def push_board(t: Transport, dirs: Sequence[PushDir], *, on_start: Callable[[int], None] | None = None,
+               on_bytes: Callable[[int], None] | None = None) -> PushResult:
+    """Push ``dirs`` to one board. Raises ``DeployError``; nothing is installed unless all is verified."""
+    start = time.monotonic()
+    b = t.board
+    probe = preflight(t, dirs)
+    uploads, skipped = plan_uploads(dirs, probe["blobs"])
+    need = sum(u.size - u.offset for u in uploads)
+    if need and need + free_margin(need) > probe["free"]:
+        raise DeployError(f"board {b.name}: not enough free disk in {probe['workdir']}: need {_mib(need + free_margin(need))} "
+                          f"(incl. margin), {_mib(probe['free'])} free; free some space or set `workdir:`; nothing was sent")
+    if on_start is not None:
+        on_start(need)
+    sent = [0]
+
+    def count(n: int) -> None:
+        sent[0] += n
+        if on_bytes is not None:
+            on_bytes(n)
+
+    blob_dir = PurePosixPath(probe["workdir"]) / "blobs"
+    t.put(uploads, blob_dir, on_bytes=count)
+    result = PushResult(b.name, sent=sent[0], skipped=skipped)
+    req = {"workdir": probe["workdir"],
+           "dirs": [{"path": d.remote, "files": {n: f.sha256 for n, f in d.files.items()}} for d in dirs]}
+    res = t.run([b.python, "-c", remote.INSTALL], input=json.dumps(req).encode(), check=False)
+    if res.returncode != 0:
+        raise DeployError(f"board {b.name}: installing folders under {probe['workdir']} failed: {_one(res.stderr)}")
+    result.installed = json.loads(res.stdout.strip().splitlines()[-1])
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+# -- many boards -------------------------------------------------------------------------------
+
+def push_boards(boards: Sequence[Board], dirs: Sequence[PushDir], *, jobs: int = 4,
+                transport: Callable[[Board], Transport] = SshTransport, show_progress: bool = True) -> list[PushResult]:
+    """Push to every board in a bounded pool; one failing board does not stop the others."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    from host.ui import err_console
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[state]}"), console=err_console,
+                        disable=not show_progress)
+    def one(board: Board) -> PushResult:
+        task = progress.add_task(board.name, total=None, state="connecting")
+        start = time.monotonic()
+        tr = None
+        try:
+            tr = transport(board)
+            res = push_board(tr, dirs, on_start=lambda n: progress.update(task, total=n, state="sending"),
+                             on_bytes=lambda n: progress.advance(task, n))
+            progress.update(task, state="ok")
+            return res
+        except RkdeployError as e:
+            progress.update(task, state="[red]failed")
+            return PushResult(board.name, seconds=time.monotonic() - start, status=sanitize(str(e)))
+        finally:
+            if tr is not None:
+                tr.close()
+
+    with progress, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(boards)))) as pool:
+        return list(pool.map(one, boards))
+
+
+def summary_table(results: Sequence[PushResult]):
+    from rich.table import Table
+
+    table = Table(title="push")
+    for col in ("board", "sent", "skipped", "seconds", "MB/s", "status"):
+        table.add_column(col, justify="right" if col in ("sent", "skipped", "seconds", "MB/s") else "left")
+    for r in results:
+        table.add_row(r.board, _mib(r.sent), _mib(r.skipped), f"{r.seconds:.2f}", f"{r.mb_per_s:.1f}",
+                      "ok" if r.ok else f"[red]{r.status}", )
+    return table
