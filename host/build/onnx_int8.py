@@ -1,0 +1,391 @@
+"""ONNX CPU artifacts: generation-ready LLM folders and encoder graphs, float and INT8.
+
+LLM schemes (``format: onnx-genai``; KV-cache I/O named as onnxruntime-genai does):
+
+- ``int8`` / ``int4``: onnxruntime-genai's model builder, weight-only MatMulNBits (block 32).
+- ``fp32``: ``torch.onnx.export`` (TorchScript exporter, opset 17) of a thin wrapper around the HF
+  model with an explicit KV cache: ``input_ids``, ``attention_mask``, ``position_ids``,
+  ``past_key_values.N.key|value`` → ``logits``, ``present.N.key|value``. Plain ONNX ops only, so
+  onnxruntime ≥ 1.16 on a board runs it (genai's GroupQueryAttention graphs need a recent one).
+- ``int8-dyn``: ``quantize_dynamic`` (MatMul, QInt8 weights) of that graph, with the MatMuls of
+  the recipe's ``sensitive_layers`` kept in float (plain quantize_dynamic ruins the LLM).
+
+Encoder schemes (``format: onnx-encoder``): ``fp32`` export of the HF encoder
+(``input_ids``, ``attention_mask``, ``token_type_ids`` → ``last_hidden_state``), ``int8-dyn``
+(quantize_dynamic MatMul) and ``int8-qdq`` (quantize_static, QDQ, per-channel, calibrated on
+held-in sentences). Every artifact carries the tokenizer files.
+
+``inputs()`` stays import-light (no torch): the up-to-date check must be fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from host.errors import BuildError
+
+#: Bump when a change here changes the artifacts (forces a rebuild of ONNX artifacts).
+BUILDER_VERSION = 1
+OPSET = 17
+#: ``intra_op_num_threads`` written into genai_config.json: the big cores of RK3588/RK3576.
+#: onnxruntime-genai is ~2x slower without an explicit thread count (ROCKCHIP.md §9).
+BOARD_THREADS = 4
+TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json", "config.json")
+LLM_SCHEMES = ("fp32", "int8", "int4", "int8-dyn")
+ENCODER_SCHEMES = ("fp32", "int8-dyn", "int8-qdq")
+QDQ_CALIB_SENTENCES = 64
+
+
+def tool_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_threads() -> int:
+    return int(os.environ.get("RKDEPLOY_THREADS") or os.cpu_count() or 1)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _calib_sentences(job) -> list[str]:
+    from host.textdata import read_docs, sentences
+
+    return sentences(read_docs(job.recipe.text.heldin), QDQ_CALIB_SENTENCES)
+
+
+def inputs(job) -> dict:
+    """What an ONNX artifact depends on besides the model's weights (no target: ONNX is target-free)."""
+    m = job.model
+    allowed = LLM_SCHEMES if m.kind == "llm" else ENCODER_SCHEMES
+    if job.scheme not in allowed:
+        raise BuildError(f"{m.name}: ONNX scheme {job.scheme!r} is not built for {m.kind} models "
+                         f"(allowed: {', '.join(allowed)})")
+    data: dict = {"builder": "onnx", "builder_version": BUILDER_VERSION, "scheme": job.scheme, "opset": OPSET,
+                  "tools": tool_versions(), "board_threads": BOARD_THREADS}
+    if job.scheme == "int8-dyn" and m.kind == "llm":
+        data["sensitive_layers"] = list(m.sensitive_layers)
+    if m.kind == "encoder":
+        data["shape"] = {"batch": m.batch, "seq_len": m.seq_len}
+    if job.scheme == "int8-qdq":
+        data["calibration_sha256"] = _sha256_text("\n".join(_calib_sentences(job)))
+    return data
+
+
+def build(job, out_dir: Path, *, log) -> dict:
+    from host.models import resolve_model
+
+    src = resolve_model(job.model, fetch=True)
+    out_dir = Path(out_dir)
+    if job.model.kind == "llm":
+        extra = _build_llm(job, src, out_dir, log)
+    else:
+        extra = _build_encoder(job, src, out_dir, log)
+    _copy_tokenizer(src, out_dir)
+    extra.setdefault("entry", "model.onnx")
+    extra["tokenizer"] = "tokenizer.json" if (out_dir / "tokenizer.json").is_file() else None
+    extra["toolkit"] = {"name": "onnxruntime", "version": tool_versions()["onnxruntime"]}
+    extra["tool_versions"] = tool_versions()
+    extra["scheme_definition"] = _definition(job.scheme)
+    return extra
+
+
+def _definition(scheme: str) -> str:
+    from host.schemes import describe
+
+    return describe(scheme)
+
+
+def _copy_tokenizer(src: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and not (out_dir / name).exists():
+            shutil.copy2(src / name, out_dir / name)
+
+
+# --- LLM ------------------------------------------------------------------------------------------
+
+def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
+    if job.scheme in ("int8", "int4"):
+        return _genai_builder(src, out_dir, job.scheme, log)
+    if job.scheme == "fp32":
+        export_llm(src, out_dir / "model.onnx", log=log)
+        write_genai_config(src, out_dir)
+        return {"format": "onnx-genai", "graph": "torch.onnx.export (TorchScript, opset 17), plain ONNX ops"}
+    # int8-dyn: quantize the float graph, keeping the sensitive layers' MatMuls in float.
+    tmp = out_dir / ".float"
+    tmp.mkdir()
+    export_llm(src, tmp / "model.onnx", log=log)
+    excluded = quantize_llm_dynamic(tmp / "model.onnx", out_dir / "model.onnx", src, job.model.sensitive_layers, log=log)
+    shutil.rmtree(tmp)
+    write_genai_config(src, out_dir)
+    return {"format": "onnx-genai", "graph": "torch.onnx.export + quantize_dynamic(MatMul, QInt8)",
+            "exclusions": {"rule": f"linear layers whose name contains any of {list(job.model.sensitive_layers)} "
+                                   "stay float (recipe field sensitive_layers; see `rkdeploy quality --sensitivity`)",
+                           "patterns": list(job.model.sensitive_layers), "nodes": excluded, "count": len(excluded)}}
+
+
+def _genai_builder(src: Path, out_dir: Path, scheme: str, log) -> dict:
+    cache = out_dir.parent / f".genai-cache-{out_dir.name}"
+    logfile = out_dir.parent / f".genai-{out_dir.name}.log"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out_dir),
+           "-p", scheme, "-e", "cpu", "-c", str(cache)]
+    threads = str(build_threads())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    log(f"onnxruntime-genai builder -p {scheme} ({threads} threads)")
+    try:
+        with open(logfile, "w") as lf:
+            rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0:
+            tail = [ln for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+            raise BuildError(f"onnxruntime-genai builder failed (exit {rc}): {tail[0][:300] if tail else 'no output'}")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        logfile.unlink(missing_ok=True)
+    cfg_path = out_dir / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = BOARD_THREADS
+    cfg_path.write_text(json.dumps(cfg, indent=4))
+    return {"format": "onnx-genai", "graph": f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block 32)"}
+
+
+def _llm_dims(src: Path) -> tuple[int, int, int]:
+    from host.models import read_config
+
+    c = read_config(src)
+    head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return c["num_hidden_layers"], c.get("num_key_value_heads", c["num_attention_heads"]), head
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{k}" for i in range(n_layers) for k in ("key", "value")]
+    present = [f"present.{i}.{k}" for i in range(n_layers) for k in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def export_llm(src: Path, path: Path, *, log) -> None:
+    """``torch.onnx.export`` of the HF causal LM with explicit KV-cache inputs/outputs (genai names)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    torch.set_num_threads(build_threads())
+    log("torch.onnx.export of the float LLM")
+    model = AutoModelForCausalLM.from_pretrained(str(src), attn_implementation="eager", dtype=torch.float32).eval()
+    n_layers, kv_heads, head = _llm_dims(src)
+
+    class KvWrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache(config=self.m.config)
+            for i in range(n_layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+            present = []
+            for layer in out.past_key_values.layers[:n_layers]:
+                present += [layer.keys, layer.values]
+            return (out.logits, *present)
+
+    seq, past_len = 5, 3   # a non-empty past traces the concat path; sizes are dynamic
+    ids = torch.randint(0, 1000, (1, seq))
+    mask = torch.ones(1, past_len + seq, dtype=torch.int64)
+    pos = torch.arange(past_len, past_len + seq)[None]
+    past = [torch.zeros(1, kv_heads, past_len, head) for _ in range(2 * n_layers)]
+    in_names, out_names = io_names(n_layers)
+    dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+           "position_ids": {0: "batch_size", 1: "sequence_length"}, "logits": {0: "batch_size", 1: "sequence_length"}}
+    dyn.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in in_names[3:]})
+    dyn.update({n: {0: "batch_size", 2: "total_sequence_length"} for n in out_names[1:]})
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(KvWrapper(model), (ids, mask, pos, *past), str(path), input_names=in_names,
+                          output_names=out_names, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+
+
+def write_genai_config(src: Path, out_dir: Path, filename: str = "model.onnx") -> None:
+    """genai_config.json for a plain-ops graph with position_ids (KV cache grows by concat)."""
+    from host.models import read_config
+
+    c = read_config(src)
+    n_layers, kv_heads, head = _llm_dims(src)
+    ctx = int(c.get("max_position_embeddings", 2048))
+    eos = c.get("eos_token_id", 2)
+    cfg = {
+        "model": {
+            "bos_token_id": c.get("bos_token_id", 1), "context_length": ctx,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": BOARD_THREADS,
+                                    "provider_options": []},
+                "filename": filename, "head_size": head, "hidden_size": c["hidden_size"],
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": c["num_attention_heads"], "num_hidden_layers": n_layers,
+                "num_key_value_heads": kv_heads,
+            },
+            "eos_token_id": eos, "pad_token_id": c.get("pad_token_id") or (eos[0] if isinstance(eos, list) else eos),
+            "type": c.get("model_type", "llama"), "vocab_size": c["vocab_size"],
+        },
+        "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+                   "max_length": ctx, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 50, "top_p": 1.0},
+    }
+    (out_dir / "genai_config.json").write_text(json.dumps(cfg, indent=4))
+
+
+def layer_of_node(node_name: str) -> str | None:
+    """``/m/model/layers.0/mlp/down_proj/MatMul`` → ``model.layers.0.mlp.down_proj`` (TorchScript scopes)."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2 or not parts[-1].startswith("MatMul"):
+        return None
+    if parts[0] == "m":
+        parts = parts[1:]
+    return ".".join(parts[:-1])
+
+
+def sensitive_matches(layers, patterns) -> list[str]:
+    """Linear layer names matched by the recipe's ``sensitive_layers`` (substring match)."""
+    return sorted(name for name in layers if any(p in name for p in patterns))
+
+
+def quantize_llm_dynamic(src_onnx: Path, out_onnx: Path, model_dir: Path, patterns, *, log) -> list[str]:
+    """quantize_dynamic MatMul/QInt8; MatMuls of linear layers matching ``patterns`` stay float."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from host.models import linear_shapes
+
+    matched = set(sensitive_matches(linear_shapes(model_dir), patterns))
+    graph = onnx.load(str(src_onnx), load_external_data=False)
+    exclude = [n.name for n in graph.graph.node if n.op_type == "MatMul" and layer_of_node(n.name) in matched]
+    if patterns and not exclude:
+        raise BuildError(f"sensitive_layers {list(patterns)} matched no MatMul node of the exported graph")
+    del graph
+    log(f"quantize_dynamic MatMul QInt8, {len(exclude)} sensitive MatMuls kept float")
+    quantize_dynamic(str(src_onnx), str(out_onnx), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                     nodes_to_exclude=exclude)
+    return exclude
+
+
+# --- encoder --------------------------------------------------------------------------------------
+
+def _build_encoder(job, src: Path, out_dir: Path, log) -> dict:
+    m = job.model
+    shape = {"batch": m.batch, "seq_len": m.seq_len}
+    base = {"format": "onnx-encoder", "inputs": shape, "pooling": "mean", "output": "last_hidden_state"}
+    if job.scheme == "fp32":
+        export_encoder(src, out_dir / "model.onnx", log=log)
+        return {**base, "graph": "torch.onnx.export (TorchScript, opset 17)"}
+    tmp = out_dir / ".float"
+    tmp.mkdir()
+    export_encoder(src, tmp / "model.onnx", log=log)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if job.scheme == "int8-dyn":
+        log("quantize_dynamic MatMul QInt8")
+        quantize_dynamic(str(tmp / "model.onnx"), str(out_dir / "model.onnx"), op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType.QInt8)
+        shutil.rmtree(tmp)
+        return {**base, "graph": "quantize_dynamic(MatMul, QInt8)"}
+    sents = _calib_sentences(job)
+    _quantize_qdq(src, tmp / "model.onnx", out_dir / "model.onnx", sents, m.seq_len, log=log)
+    shutil.rmtree(tmp)
+    return {**base, "graph": "quantize_static QDQ, per-channel QInt8 weights, QUInt8 activations (MinMax)",
+            "calibration": {"source": str(job.recipe.text.heldin), "sentences": len(sents),
+                            "sha256": _sha256_text("\n".join(sents))}}
+
+
+def encoder_input_names(src: Path) -> list[str]:
+    from host.models import read_config
+
+    names = ["input_ids", "attention_mask"]
+    if read_config(src).get("type_vocab_size", 0):
+        names.append("token_type_ids")
+    return names
+
+
+def export_encoder(src: Path, path: Path, *, log) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    torch.set_num_threads(build_threads())
+    log("torch.onnx.export of the float encoder")
+    model = AutoModel.from_pretrained(str(src), attn_implementation="eager", dtype=torch.float32).eval()
+    names = encoder_input_names(src)
+
+    class EncoderWrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            return self.m(**dict(zip(names, args, strict=True))).last_hidden_state
+
+    dummy = [torch.ones(1, 8, dtype=torch.int64) for _ in names]
+    dyn = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(EncoderWrapper(model), tuple(dummy), str(path), input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+
+
+def encode_batch(tokenizer_dir: Path, texts: list[str], seq_len: int, names: list[str]) -> list[dict]:
+    """One feed dict per sentence, padded/truncated to ``seq_len`` (the artifact's fixed shape)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tok.enable_truncation(seq_len)
+    tok.enable_padding(length=seq_len)
+    feeds = []
+    for enc in tok.encode_batch(texts):
+        f = {"input_ids": np.array([enc.ids], np.int64), "attention_mask": np.array([enc.attention_mask], np.int64),
+             "token_type_ids": np.array([enc.type_ids], np.int64)}
+        feeds.append({k: f[k] for k in names})
+    return feeds
+
+
+def _quantize_qdq(src: Path, float_onnx: Path, out_onnx: Path, sents: list[str], seq_len: int, *, log) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds = encode_batch(src, sents, seq_len, encoder_input_names(src))
+
+    class HeldInReader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    log(f"quantize_static QDQ per-channel, {len(feeds)} held-in sentences")
+    quantize_static(str(float_onnx), str(out_onnx), HeldInReader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"])
+

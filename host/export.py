@@ -1,0 +1,360 @@
+"""``rkdeploy export``: recipe → checks → plan → build what changed → manifests → summary (+ quality).
+
+Order of work (fail fast): load the recipe, ``host.targets.check`` plus the export pre-checks
+(every ``sensitive_layers`` pattern names a linear layer) — all before any build. Then per job:
+``inputs_hash`` = model sha256 + the recipe model fields the kind depends on + ``builder.inputs(job)``;
+"up to date" when the manifest has that hash and the files are intact; an ONNX artifact with the
+same hash under another target is copied (ONNX does not depend on the chip); else the builder
+runs inside ``atomic_dir`` and the manifest is written last, inside the temp folder, so a killed
+build never leaves a folder that looks complete. One failure does not stop the other jobs.
+
+The "up to date" path imports no torch/onnx: a second export with nothing changed takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host.config import Recipe, load_recipe
+from host.errors import CheckError, ModelError, RkdeployError, ToolkitMissingError
+from host.fsutil import atomic_dir, atomic_write_text, sha256_file
+from host.manifest import MANIFEST, inputs_hash, is_up_to_date, read_manifest, write_manifest
+from host.plan import BuildJob, artifacts_root, plan
+
+#: Recipe model fields that do NOT change an artifact of this kind (lists of what to build, and the
+#: other toolkits' knobs). Everything else the model record holds goes into ``inputs_hash``.
+IRRELEVANT_FIELDS = {
+    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers"},
+    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch"},
+    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers"},
+}
+STATUS_STYLE = {"built": "green", "reused": "green", "up to date": "cyan", "skipped": "yellow", "failed": "red",
+                "planned": "white"}
+
+
+@dataclass
+class JobResult:
+    job: BuildJob
+    status: str                    # built | reused | up to date | skipped | failed | planned
+    reason: str = ""
+    seconds: float = 0.0
+    size: int | None = None
+    inputs_hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict:
+        j = self.job
+        return {"artifact": j.label, "model": j.model.name, "target": j.target, "kind": j.kind, "scheme": j.scheme,
+                "path": str(j.out_dir), "status": self.status, "reason": self.reason,
+                "seconds": round(self.seconds, 2), "size": self.size, "inputs_hash": self.inputs_hash}
+
+
+@dataclass
+class ExportReport:
+    recipe: Recipe
+    target: str
+    results: list[JobResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+# --- pre-checks ---------------------------------------------------------------------------------
+
+def sensitive_layer_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[str]:
+    """Every ``sensitive_layers`` pattern of an LLM building ``int8-dyn`` must match a linear layer."""
+    from host.build.onnx_int8 import sensitive_matches
+    from host.models import check_model_folder, linear_shapes, resolve_model
+
+    problems = []
+    for m in recipe.llms():
+        if "int8-dyn" not in m.onnx or (schemes is not None and "int8-dyn" not in schemes):
+            continue
+        try:
+            folder = resolve_model(m)
+        except ModelError:
+            continue  # reported by host.targets.check
+        if check_model_folder(folder):
+            continue
+        layers = linear_shapes(folder)
+        for pat in m.sensitive_layers:
+            if not sensitive_matches(layers, [pat]):
+                kinds = sorted({name.rsplit(".", 1)[-1] for name in layers})
+                problems.append(f"{m.name}: sensitive_layers entry {pat!r} matches no linear layer of the model "
+                                f"(layer names end in: {', '.join(kinds)})")
+    return problems
+
+
+def precheck(recipe: Recipe, target: str, schemes: list[str] | None = None) -> None:
+    """``host.targets.check`` + export's own checks; raise one ``CheckError`` listing every problem."""
+    from host.targets import check
+
+    problems: list[str] = []
+    try:
+        if schemes is None:
+            check(recipe, target)
+        else:
+            for s in schemes:
+                check(recipe, target, s)
+    except CheckError as e:
+        problems += [p for p in e.problems if p not in problems]
+    problems += sensitive_layer_problems(recipe, schemes)
+    if problems:
+        raise CheckError(list(dict.fromkeys(problems)))
+
+
+# --- hashing --------------------------------------------------------------------------------------
+
+def job_inputs(job: BuildJob, builder, model_sha: str) -> dict:
+    fields_ = job.model.model_dump(mode="json", exclude=IRRELEVANT_FIELDS.get(job.kind, set()))
+    data = {"kind": job.kind, "scheme": job.scheme, "model_sha256": model_sha, "model": fields_,
+            "builder": builder.inputs(job)}
+    if job.kind != "onnx":
+        data["target"] = job.target
+    calib = job.model.calibration
+    if job.kind == "rkllm" and calib is not None and Path(calib).is_file():
+        data["calibration_sha256"] = sha256_file(calib)
+    return data
+
+
+def _sibling_with_hash(job: BuildJob, ih: str) -> Path | None:
+    """An up-to-date artifact of the same model and scheme under another target with the same inputs."""
+    model_dir = job.out_dir.parent.parent
+    if not model_dir.is_dir():
+        return None
+    for tdir in sorted(model_dir.iterdir()):
+        cand = tdir / job.scheme
+        if tdir.name != job.target and is_up_to_date(cand, ih):
+            return cand
+    return None
+
+
+def _copy_artifact(src: Path, dst: Path) -> None:
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.name == MANIFEST and p.parent == src:
+            continue
+        if p.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, dst / rel)
+        except OSError:
+            shutil.copy2(p, dst / rel)
+
+
+# --- one job --------------------------------------------------------------------------------------
+
+def _load_builder(kind: str):
+    from host.build import BUILDERS, builder_for
+
+    try:
+        return builder_for(kind), None
+    except ModuleNotFoundError as e:
+        if e.name and BUILDERS.get(kind, "").startswith(e.name):
+            return None, "builder not available"
+        raise
+
+
+class _JobLog:
+    """Build log file for one job (``<artifacts>/.logs/<model>-<target>-<scheme>.log``) + progress text."""
+
+    def __init__(self, job: BuildJob, root: Path, on_line: Callable[[str], None] | None):
+        self.path = root / ".logs" / f"{job.model.name}-{job.target}-{job.scheme}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.on_line = on_line
+
+    def __call__(self, line: str) -> None:
+        self.f.write(line.rstrip() + "\n")
+        self.f.flush()
+        if self.on_line:
+            self.on_line(line)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, require: set[str],
+            on_line: Callable[[str], None] | None = None) -> JobResult:
+    builder, why = _load_builder(job.kind)
+    if builder is None:
+        status = "failed" if job.kind in require else "skipped"
+        return JobResult(job, status, f"{why} (host/build/{job.kind}.py)")
+    try:
+        inputs = job_inputs(job, builder, model_sha)
+    except ToolkitMissingError as e:
+        return JobResult(job, "failed" if job.kind in require else "skipped", str(e))
+    except RkdeployError as e:
+        return JobResult(job, "failed", str(e))
+    ih = inputs_hash(inputs)
+    if is_up_to_date(job.out_dir, ih):
+        m = read_manifest(job.out_dir)
+        return JobResult(job, "up to date", seconds=0.0, size=_size(m), inputs_hash=ih)
+    log = _JobLog(job, root, on_line)
+    t0 = time.monotonic()
+    try:
+        sibling = _sibling_with_hash(job, ih) if job.kind == "onnx" else None
+        with atomic_dir(job.out_dir) as tmp:
+            if sibling is not None:
+                log(f"copying {sibling} (same inputs; ONNX artifacts do not depend on the target)")
+                _copy_artifact(sibling, tmp)
+                extra = {k: v for k, v in read_manifest(sibling).items()
+                         if k not in ("files", "built_at", "target", "schema", "rkdeploy_version")}
+                extra["copied_from"] = str(sibling)
+            else:
+                extra = builder.build(job, tmp, log=log) or {}
+                extra["build_seconds"] = round(time.monotonic() - t0, 2)
+            fields_ = _manifest_fields(job, recipe, model_sha, ih, inputs, extra)
+            art = write_manifest(tmp, **fields_)
+        seconds = time.monotonic() - t0
+        return JobResult(job, "reused" if sibling else "built", f"from {sibling.parent.name}" if sibling else "",
+                         seconds, art.size, ih)
+    except ToolkitMissingError as e:
+        return JobResult(job, "failed" if job.kind in require else "skipped", str(e), time.monotonic() - t0)
+    except RkdeployError as e:
+        log(f"error: {e}")
+        return JobResult(job, "failed", str(e).splitlines()[0], time.monotonic() - t0)
+    except Exception as e:  # noqa: BLE001 - one failing builder must not stop the others
+        log(traceback.format_exc())
+        return JobResult(job, "failed", f"{type(e).__name__}: {str(e)[:200]} (log: {log.path})", time.monotonic() - t0)
+    finally:
+        log.close()
+
+
+def _size(manifest: dict) -> int:
+    return sum(f.get("size", 0) for f in manifest.get("files", {}).values())
+
+
+def _manifest_fields(job: BuildJob, recipe: Recipe, model_sha: str, ih: str, inputs: dict, extra: dict) -> dict:
+    from host.models import resolve_model
+
+    fields_ = {
+        "model": job.model.name, "model_kind": job.model.kind, "target": job.target, "scheme": job.scheme,
+        "artifact_kind": job.kind, "inputs_hash": ih, "recipe": recipe.name, "recipe_sha256": recipe.sha256(),
+        "recipe_path": str(recipe.path) if recipe.path else None,
+        "model_sha256": model_sha, "model_source": job.model.source, "model_dir": str(resolve_model(job.model)),
+    }
+    if "calibration_sha256" in inputs:
+        fields_["calibration_sha256"] = inputs["calibration_sha256"]
+    elif isinstance(inputs.get("builder"), dict) and inputs["builder"].get("calibration_sha256"):
+        fields_["calibration_sha256"] = inputs["builder"]["calibration_sha256"]
+    fields_.update(extra)
+    return fields_
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def export(recipe_path: Path | str, target: str, *, dry_run: bool = False, require: tuple[str, ...] = (),
+           only: tuple[str, ...] | None = None, root: Path | str | None = None,
+           on_line: Callable[[str], None] | None = None, progress: bool = True) -> ExportReport:
+    """Check, plan and build every artifact of ``recipe`` for ``target``; returns the per-job results."""
+    t0 = time.monotonic()
+    recipe = load_recipe(recipe_path)
+    target = target.lower()
+    schemes = list(only) if only else None
+    if schemes:
+        listed = {s for m in recipe.models for s in (m.onnx + m.targets.get(target, []))}
+        missing = [s for s in schemes if s not in listed]
+        if missing:
+            raise CheckError([f"--only {s}: recipe {recipe.name} builds no {s!r} artifact for {target} "
+                              f"(listed: {', '.join(sorted(listed))})" for s in missing])
+    precheck(recipe, target, schemes)
+    base = artifacts_root(root)
+    jobs = plan(recipe, target, root=base, schemes=tuple(schemes) if schemes else None)
+    report = ExportReport(recipe, target)
+    if dry_run:
+        report.results = [JobResult(j, "planned", "") for j in jobs]
+        report.seconds = time.monotonic() - t0
+        return report
+    from host.models import model_sha256, resolve_model
+
+    shas: dict[str, str] = {}
+    for m in recipe.models:
+        if any(j.model.name == m.name for j in jobs):
+            shas[m.name] = model_sha256(resolve_model(m))
+    report.results = _run_all(jobs, base, recipe, shas, set(require), on_line, progress)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _run_all(jobs, base, recipe, shas, require, on_line, show_progress) -> list[JobResult]:
+    from host.ui import progress as make_progress
+
+    results = []
+    if not show_progress:
+        for j in jobs:
+            results.append(run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=require,
+                                   on_line=on_line))
+        return results
+    with make_progress(transient=True) as prog:
+        task = prog.add_task("export", total=len(jobs))
+        for j in jobs:
+            prog.update(task, description=f"{j.label}")
+
+            def line(text: str, _j=j) -> None:
+                prog.update(task, description=f"{_j.label}: {text[:60]}")
+                if on_line:
+                    on_line(text)
+
+            results.append(run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=require,
+                                   on_line=line))
+            prog.advance(task)
+    return results
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def summary_table(report: ExportReport):
+    from rich.table import Table
+
+    title = f"export {report.recipe.name} → {report.target} ({report.seconds:.1f} s)"
+    t = Table(title=title, title_justify="left")
+    t.add_column("artifact", overflow="fold", min_width=20)
+    for col, just in ( ("kind", "left"), ("scheme", "left"), ("size", "right"),
+                      ("seconds", "right"), ("status", "left")):
+        t.add_column(col, justify=just)
+    for r in report.results:
+        status = r.status + (f" — {r.reason}" if r.reason else "")
+        style = STATUS_STYLE.get(r.status, "white")
+        t.add_row(r.job.label, r.job.kind, r.job.scheme, human_size(r.size),
+                  f"{r.seconds:.1f}" if r.status not in ("planned", "skipped") else "", f"[{style}]{status}[/]")
+    return t
+
+
+def plan_table(report: ExportReport):
+    from rich.table import Table
+
+    t = Table(title=f"plan {report.recipe.name} → {report.target} (dry run: nothing built)", title_justify="left")
+    for col in ("artifact", "kind", "scheme", "folder"):
+        t.add_column(col)
+    for r in report.results:
+        t.add_row(r.job.label, r.job.kind, r.job.scheme, str(r.job.out_dir))
+    return t
+
+
+def write_jsonl(report: ExportReport, path: Path | str) -> None:
+    atomic_write_text(path, "".join(json.dumps(r.to_dict()) + "\n" for r in report.results))
