@@ -20,6 +20,7 @@ if __package__ in (None, ""):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from typing import List, Optional  # noqa: E402
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--board", default=None, help="board name recorded in the row (default: hostname)")
     b.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable (onnxruntime: engine=auto|genai|ort)")
+    b.add_argument("--rkllm-abi", default=None, help="rkllm: force the librkllmrt ABI (1.2.1, 1.3.0); default from the artifact")
+    b.add_argument("--rkllm-lib", default=None, help="rkllm: path of librkllmrt.so (default $RKLLM_LIB, /usr/lib, ...)")
     b.add_argument("--sysfs-root", default="/", help=argparse.SUPPRESS)
     b.add_argument("--out", default=None, help="append JSONL here instead of stdout")
     d = sub.add_parser("doctor", help="check clocks, DDR devfreq, NPU driver, RAM, thermals; one line per check")
@@ -77,6 +80,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     except ValueError:
         sys.stderr.write("board: error: --opt takes KEY=VALUE, got %s\n" % a.opt)
         return 2
+    if a.rkllm_abi:
+        opts["rkllm_abi"] = a.rkllm_abi
+    if a.rkllm_lib:
+        opts["rkllm_lib"] = os.environ["RKLLM_LIB"] = a.rkllm_lib
     try:
         cfg = BenchConfig(artifact=a.artifact, backend=a.backend, n_prompt=a.n_prompt, n_gen=a.n_gen, reps=a.reps,
                           warmup=a.warmup, threads=a.threads, board=a.board, sysfs_root=a.sysfs_root,

@@ -109,7 +109,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     backend = None
     try:
         backend = load_backend(cfg.backend)
-        params = dict(cfg.backend_params, manifest=manifest, threads=row.threads)
+        params = dict(cfg.backend_params, manifest=manifest, threads=row.threads, n_prompt=cfg.n_prompt, n_gen=cfg.n_gen)
         backend.load(cfg.artifact, params)
         info = backend.info()
         row.env["backend"] = info

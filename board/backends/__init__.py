@@ -14,8 +14,8 @@ from .base import Backend, BackendError, BackendUnavailable
 BACKENDS: Dict[str, Optional[str]] = {
     "onnxruntime": "board.backends.onnxruntime",
     "fake": "board.backends.fake",
+    "rkllm": "board.backends.rkllm",
     # Not implemented yet: None means "backend not available" with a clear message.
-    "rkllm": None,  # -> "board.backends.rkllm"
     "rknnlite": None,  # -> "board.backends.rknnlite"
     "llamacpp": None,  # -> "board.backends.llamacpp"
 }
