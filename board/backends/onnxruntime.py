@@ -99,14 +99,17 @@ def _session(path: str, threads: int):
     try:
         return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a bad graph
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        opsets = onnx_opsets(path)
-        hint = ""
-        if opsets.get("", 0) >= 22 or "opset" in first.lower() or "not implemented" in first.lower():
-            hint = (" — graph opset %s; onnxruntime %s may be too old for it (genai-builder graphs use opset 22 and "
-                    "com.microsoft ops: need onnxruntime >= 1.20 on Python >= 3.10); the int8-dyn/fp32 exports still run"
-                    % (opsets.get("", "?"), ort.__version__))
-        raise BackendError("onnxruntime %s cannot load %s: %s%s" % (ort.__version__, os.path.basename(path), first, hint)) from None
+        msg = str(e).strip()
+        name = os.path.basename(path)
+        if "opset" in msg.lower():
+            # Gate: boards on Python 3.8/3.9 only get onnxruntime <= 1.19.2, which cannot run the opset-22
+            # graphs the genai builder writes (onnxruntime >= 1.20 needs Python >= 3.10).
+            raise BackendError(
+                "onnxruntime %s cannot run %s: graph opset %s is newer than this onnxruntime supports; genai-builder "
+                "graphs (opset 22) need onnxruntime >= 1.20 (Python >= 3.10) — the int8-dyn/fp32 exports still run"
+                % (ort.__version__, name, onnx_opsets(path).get("", "?"))) from None
+        first = msg.splitlines()[0][:300] if msg else type(e).__name__
+        raise BackendError("onnxruntime %s cannot load %s: %s" % (ort.__version__, name, first)) from None
 
 
 class OnnxRuntimeBackend(Backend):
