@@ -110,7 +110,11 @@ def _calibration_sha256(job: BuildJob) -> str | None:
 
 
 def inputs(job: BuildJob) -> dict:
-    """What the artifact depends on besides the model: toolkit version, arguments, calibration hash."""
+    """What the artifact depends on besides the model: toolkit version, arguments, calibration hash.
+
+    Raises ``ToolkitMissingError`` when rkllm-toolkit is not installed (export lists the job as skipped).
+    """
+    require_toolkit(TOOLKIT)
     info = toolkit_info(TOOLKIT) or {}
     args = toolkit_args(job, model_dir=Path("<model>"))
     build = {k: v for k, v in args["build"].items() if k != "dataset"}
