@@ -22,7 +22,7 @@ from . import RUNNER_VERSION, metrics
 from .artifact import ArtifactError, artifact_size, entry_sha256, read_artifact
 from .backends import BackendError, load_backend
 from .rows import ResultRow
-from .sysinfo import fingerprint
+from .sysinfo import cpufreq, fingerprint
 
 ENCODE_MIN_ITERS = 30  # timed encode batches at least, so p99 means something
 
@@ -63,11 +63,27 @@ def make_prompt(n: int, vocab_size: int) -> List[int]:
     return [lo + (7919 * i + 104729) % span for i in range(n)]
 
 
-def default_threads() -> int:
+def default_threads(root: str = "/") -> int:
+    """CPUs of the fastest cluster on big.LITTLE boards (RK3588: the 4 A76), else every usable CPU.
+
+    Small cores slow a synchronous CPU decode down (the slowest thread gates each matmul).
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        usable = os.cpu_count() or 1
+    big = fastest_cluster_cpus(root)
+    return min(big, usable) if big else usable
+
+
+def fastest_cluster_cpus(root: str = "/") -> int:
+    """Number of CPUs whose cpufreq policy has the highest hardware max frequency (0 if unknown)."""
+    pols = cpufreq(root)
+    maxes = [p["hw_max_khz"] for p in pols.values() if p["hw_max_khz"]]
+    if len(set(maxes)) < 2:
+        return 0
+    top = max(maxes)
+    return sum(len((p["cpus"] or "").split()) for p in pols.values() if p["hw_max_khz"] == top)
 
 
 def utc_now() -> str:
@@ -104,7 +120,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
         str(x) for x in (manifest.get("model_kind"), manifest.get("format"), manifest.get("scheme")) if x)
     encoder = manifest.get("model_kind") == "encoder"
     row.test = "encode" if encoder else "pp+tg"
-    row.threads = cfg.threads or default_threads()
+    row.threads = cfg.threads or default_threads(cfg.sysfs_root)
     row.env = fingerprint(cfg.sysfs_root)
     backend = None
     try:

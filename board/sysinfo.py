@@ -68,7 +68,7 @@ def _cpu(root: str) -> Dict[str, Any]:
             "board_model": (_read(root, "proc/device-tree/model") or "").replace("\x00", "").strip() or None}
 
 
-def _cpufreq(root: str) -> Dict[str, Dict[str, Any]]:
+def cpufreq(root: str) -> Dict[str, Dict[str, Any]]:
     out = {}
     for d in sorted(glob.glob(_p(root, "sys/devices/system/cpu/cpufreq/policy*"))):
         name = os.path.basename(d)
@@ -185,7 +185,7 @@ def fingerprint(root: str = "/") -> Dict[str, Any]:
     return {
         "kernel": _kernel(root),
         "cpu": _cpu(root),
-        "cpufreq": _cpufreq(root),
+        "cpufreq": cpufreq(root),
         "devfreq": _devfreq(root),
         "thermal_c": _thermal(root),
         "rknpu_version": rknpu_version(root),

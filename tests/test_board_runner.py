@@ -13,7 +13,7 @@ import pytest
 from board import SCHEMA_VERSION, metrics
 from board.backends import BACKENDS, BACKENDS_FOR_FORMAT, BackendUnavailable, backend_status, load_backend
 from board.rows import ResultRow, field_names
-from board.runner import BenchConfig, make_prompt, run_bench
+from board.runner import BenchConfig, default_threads, fastest_cluster_cpus, make_prompt, run_bench
 from board.testing.artifacts import write_fake_artifact
 from board.testing.sysfs import make_rk3588_tree
 from tests.conftest import ROOT
@@ -100,6 +100,13 @@ def test_npu_load_in_row_from_fake_board(tmp_path):
     art = write_fake_artifact(str(tmp_path / "a"), prefill_ms=20, token_ms=5)
     row = run_bench(BenchConfig(artifact=art, backend="fake", n_gen=4, reps=2, warmup=0, sysfs_root=root))
     assert row.npu_load_pct == 50.0 and row.env["rknpu_version"] == "0.9.8"
+
+
+def test_default_threads_prefer_the_big_cluster(tmp_path):
+    root = make_rk3588_tree(str(tmp_path))
+    assert fastest_cluster_cpus(root) == 4  # policy4 + policy6 = the four A76 cores
+    assert fastest_cluster_cpus(str(tmp_path / "none")) == 0
+    assert 1 <= default_threads(root) <= 4
 
 
 def test_vmhwm_is_read_and_reset():

@@ -269,6 +269,17 @@ class _OrtLLM:
             ids = np.asarray([[tok]], dtype=np.int64)
 
 
+def _tokenizer_vocab(artifact_dir: str, manifest: Dict[str, Any]) -> int:
+    """Vocabulary size from tokenizer.json (prompt ids must stay inside the embedding table)."""
+    try:
+        with open(os.path.join(artifact_dir, manifest.get("tokenizer") or "tokenizer.json"), encoding="utf-8") as f:
+            tok = json.load(f)
+        vocab = (tok.get("model") or {}).get("vocab") or {}
+        return len(vocab) + len(tok.get("added_tokens") or [])
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 class _Encoder:
     def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int) -> None:
         import numpy as np
@@ -282,7 +293,7 @@ class _Encoder:
                 raise BackendError("%s: encoder input %s missing (inputs: %s)" % (entry, need, ", ".join(self.input_names)))
         outs = [o.name for o in self.sess.get_outputs()]
         self.output = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
-        self.vocab_size = int(manifest.get("vocab_size") or 30522)
+        self.vocab_size = int(manifest.get("vocab_size") or _tokenizer_vocab(artifact_dir, manifest) or 30522)
 
     def encode(self, batch: List[List[int]]) -> Any:
         np = self.np
