@@ -165,7 +165,8 @@ class SshTransport:
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
-                self._client.close()
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    self._client.close()
                 self._client = None
 
     def __enter__(self) -> SshTransport:
@@ -206,7 +207,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise DeployError(f"board {self.board.name}: lost the SSH connection to {self.board.address}: {e}") from None
         finally:
-            chan.close()
+            _close(chan)
         res = RunResult(tuple(argv), rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
         if check and rc != 0:
             raise DeployError(f"board {self.board.name}: `{_short(argv)}` exited {rc}: {_tail(res.stderr) or _tail(res.stdout)}")
@@ -246,7 +247,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise DeployError(f"board {self.board.name}: lost the SSH connection to {self.board.address}: {e}") from None
         finally:
-            chan.close()
+            _close(chan)
         if rc != 0:
             err = DeployError(f"board {self.board.name}: `{_short(argv)}` exited {rc}: {' | '.join(t for t in err_tail if t)}")
             err.returncode = rc
@@ -315,6 +316,11 @@ class SshTransport:
         argv = ["ssh", *system_ssh_options(self.board, user=self.user, known_hosts=Path(kh.name), key=key,
                                            connect_timeout=self.connect_timeout), "--", self.board.host, command]
         return _ProcessPipe(argv, cleanup=[Path(kh.name)])
+
+
+def _close(chan: paramiko.Channel) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.close()
 
 
 def _short(argv: Sequence[str]) -> str:
@@ -422,5 +428,5 @@ class _ParamikoPipe:
         except (OSError, paramiko.SSHException, EOFError):
             rc = 255
         finally:
-            self.chan.close()
+            _close(self.chan)
         return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
