@@ -109,14 +109,20 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     from .artifact import ArtifactError, artifact_size, read_artifact
     from .sysinfo import doctor
 
-    artifact_mb = None
+    artifact_mb = manifest = None
     if a.artifact:
         try:
-            artifact_mb = artifact_size(read_artifact(a.artifact)) / (1024.0 * 1024.0)
+            manifest = read_artifact(a.artifact)
+            artifact_mb = artifact_size(manifest) / (1024.0 * 1024.0)
         except ArtifactError as e:
             sys.stderr.write("board: error: %s\n" % e)
             return 1
     checks = doctor(a.sysfs_root, artifact_mb)
+    if manifest is not None:  # runtime-specific checks for this artifact
+        from .rkllm_doctor import rkllm_checks
+        from .sysinfo import fingerprint
+
+        checks += rkllm_checks(a.sysfs_root, manifest, fingerprint(a.sysfs_root))
     if a.json:
         print(json.dumps([c.to_dict() for c in checks], indent=1))
     else:
