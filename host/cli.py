@@ -108,6 +108,58 @@ def calib_build(
 
 # --- commands of later steps (each: a thin wrapper around one module) ---------------------------
 # >>> commands: export / quality
+def _csv_list(values: Optional[list[str]]) -> tuple[str, ...]:
+    return tuple(s.strip() for v in (values or []) for s in v.split(",") if s.strip())
+
+
+@app.command("export")
+def export_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, build nothing"),
+    no_quality: bool = typer.Option(False, "--no-quality", help="skip the quality table at the end"),
+    require: Optional[list[str]] = typer.Option(None, "--require", help="kinds that must build (rkllm,rknn): a missing toolkit fails instead of skipping"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="only these schemes (repeat or comma-separate)"),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root (default ./artifacts or $RKDEPLOY_ARTIFACTS)"),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="also write the summary as JSON lines here"),
+) -> None:
+    """Build every artifact of the recipe for TARGET (only what changed) and print a summary + quality table."""
+    from host.export import export, plan_table, summary_table, write_jsonl
+
+    rep = export(recipe, target, dry_run=dry_run, require=_csv_list(require), only=_csv_list(only) or None,
+                 root=artifacts)
+    console.print(plan_table(rep) if dry_run else summary_table(rep))
+    if jsonl:
+        write_jsonl(rep, jsonl)
+    if not dry_run and not no_quality:
+        from host.quality import evaluate_export, quality_table
+
+        rows = evaluate_export(rep)
+        if rows:
+            console.print(quality_table(rows, title=f"quality {rep.recipe.name} → {rep.target}"))
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@app.command("quality")
+def quality_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="per layer type × depth: KLD increase when only it is quantized"),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's first vendor scheme)"),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
+    no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
+) -> None:
+    """Quality of the built artifacts vs the float model (PPL ratio, KLD, top-1; encoders: cosine, NN agreement)."""
+    from host.config import load_recipe
+    from host.quality import evaluate, quality_table, sensitivity_report
+
+    r = load_recipe(recipe)
+    if sensitivity:
+        console.print(sensitivity_report(r, target, scheme=scheme))
+        return
+    rows = evaluate(r, target, root=artifacts, simulated=not no_simulated)
+    console.print(quality_table(rows, title=f"quality {r.name} → {target}"))
 # <<< commands: export / quality
 # >>> commands: bench / report
 @app.command("bench")
@@ -159,6 +211,39 @@ def report_cmd(
 # >>> commands: boards / push / remote doctor
 # <<< commands: boards / push / remote doctor
 # >>> commands: doctor --host / toolkits
+@app.command("doctor")
+def doctor_cmd(
+    host: bool = typer.Option(True, "--host/--no-host", help="check this build host: vendor toolkits, GPU, compilers"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Which vendor toolkits are installed here (version, venv), and what changes the builds."""
+    from rich.table import Table
+
+    from host.hostdoctor import host_facts, toolkit_rows
+
+    if not host:
+        raise typer.BadParameter("only --host checks are available here; boards: `python3 -m board doctor` on the board")
+    rows, facts = toolkit_rows(), host_facts()
+    if as_json:
+        print(json.dumps({"toolkits": rows, "host": facts}, indent=2))
+        return
+    t = Table(title="vendor toolkits")
+    for col in ("toolkit", "status", "version", "where", "notes"):
+        t.add_column(col)
+    for r in rows:
+        style = "green" if r["status"] == "installed" else "yellow"
+        t.add_row(r["toolkit"], f"[{style}]{r['status']}[/]", r["version"] or "", r["where"] or "", r["notes"])
+    console.print(t)
+    for f in facts:
+        console.print(f"{f['status']:4} {f['check']:9} {f['detail']}", markup=False)
+
+
+@app.command("toolkits")
+def toolkits_cmd() -> None:
+    """List vendor toolkits and their versions (same as `rkdeploy doctor --host`, JSON)."""
+    from host.hostdoctor import toolkit_rows
+
+    print(json.dumps(toolkit_rows(), indent=2))
 # <<< commands: doctor --host / toolkits
 
 

@@ -31,3 +31,38 @@ def install_fake_toolkit(venvs_root: Path | str, version: str = "1.3.0", python:
     os.chmod(py, 0o755)
     record_toolkit("rkllm", venv, version, fake=True, python=python or sys.executable)
     return venv
+
+
+def build_fake_wheel(out_dir: Path | str, version: str = "1.3.0", *, python_tag: str | None = None,
+                     requires: tuple[str, ...] = ("torch==2.6.0",)) -> Path:
+    """A wheel of the double named like the vendor's (``rkllm_toolkit-<ver>-cp3X-cp3X-linux_x86_64.whl``).
+
+    Its METADATA declares ``requires`` (the vendor pins torch==2.6.0), so ``make setup-rkllm`` can be
+    exercised end to end without the vendor wheel.
+    """
+    import base64
+    import hashlib
+    import zipfile
+
+    tag = python_tag or f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    out = Path(out_dir) / f"rkllm_toolkit-{version}-{tag}-{tag}-linux_x86_64.whl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dist = f"rkllm_toolkit-{version}.dist-info"
+    init = (FAKE_DIR / "rkllm" / "__init__.py").read_text().replace(
+        'os.environ.get("FAKE_RKLLM_VERSION", "1.3.0")', f'os.environ.get("FAKE_RKLLM_VERSION", "{version}")')
+    files = {
+        "rkllm/__init__.py": init.encode(),
+        "rkllm/api.py": (FAKE_DIR / "rkllm" / "api.py").read_bytes(),
+        f"{dist}/METADATA": ("Metadata-Version: 2.1\nName: rkllm-toolkit\nVersion: " + version + "\n"
+                             + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode(),
+        f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: rkdeploy-fake\nRoot-Is-Purelib: false\nTag: {tag}-{tag}-linux_x86_64\n".encode(),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    files[f"{dist}/RECORD"] = ("\n".join(record + [f"{dist}/RECORD,,"]) + "\n").encode()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return out
