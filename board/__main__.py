@@ -88,7 +88,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         cfg = BenchConfig(artifact=a.artifact, backend=a.backend, n_prompt=a.n_prompt, n_gen=a.n_gen, reps=a.reps,
                           warmup=a.warmup, threads=a.threads, board=a.board, sysfs_root=a.sysfs_root,
                           batch=a.batch, seq_len=a.seq_len, fresh_process=True,
-                          backend_params=opts)
+                          backend_params=opts, debug=a.debug)
     except ValueError as e:
         sys.stderr.write("board: error: %s\n" % e)
         return 2

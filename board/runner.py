@@ -34,7 +34,7 @@ class BenchConfig:
                  warmup: int = 1, threads: Optional[int] = None, board: Optional[str] = None,
                  sysfs_root: str = "/", batch: Optional[int] = None, seq_len: Optional[int] = None,
                  encode_iters: int = ENCODE_MIN_ITERS, fresh_process: bool = False,
-                 backend_params: Optional[Dict[str, Any]] = None) -> None:
+                 backend_params: Optional[Dict[str, Any]] = None, debug: bool = False) -> None:
         if n_prompt < 1 or n_gen < 1 or reps < 1 or warmup < 0:
             raise ValueError("n_prompt, n_gen, reps must be >= 1 and warmup >= 0")
         self.artifact = artifact
@@ -51,6 +51,7 @@ class BenchConfig:
         self.encode_iters = encode_iters
         self.fresh_process = fresh_process
         self.backend_params = dict(backend_params or {})
+        self.debug = debug
 
 
 def make_prompt(n: int, vocab_size: int) -> List[int]:
@@ -137,6 +138,11 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
             _measure_generate(cfg, row, backend, manifest)
     except (BackendError, ArtifactError, MemoryError) as e:
         return error_row(cfg, "%s: %s" % (cfg.backend, e) if not str(e).startswith(cfg.backend) else str(e), row)
+    except Exception as e:  # noqa: BLE001 - a runtime library failing mid-test still yields a row
+        if cfg.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return error_row(cfg, "%s: %s: %s" % (cfg.backend, type(e).__name__, first), row)
     finally:
         if backend is not None:
             backend.close()

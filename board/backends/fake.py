@@ -2,7 +2,7 @@
 
 Settings come from the artifact manifest's ``fake`` object (``board.testing.write_fake_artifact``
 writes one), overridable by ``params["fake"]``: ``prefill_ms``, ``token_ms``, ``encode_ms``,
-``load_ms``, ``vocab_size``, ``fail`` ("load"|"generate" to exercise error paths). Tokens are
+``load_ms``, ``vocab_size``, ``fail`` ("load"|"generate"|"crash" to exercise error paths). Tokens are
 produced by a worker thread that sleeps until absolute deadlines, so the truth is exact:
 TTFT = prefill_ms, decode tok/s = 1000 / token_ms.
 """
@@ -46,6 +46,8 @@ class FakeBackend(Backend):
     def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
         if self.cfg.get("fail") == "generate":
             raise BackendError("fake backend: injected generate failure")
+        if self.cfg.get("fail") == "crash":
+            raise RuntimeError("simulated runtime crash\nsecond line")
         prefill = float(self.cfg["prefill_ms"]) / 1000.0
         per_tok = float(self.cfg["token_ms"]) / 1000.0
         vocab = int(self.cfg["vocab_size"])
