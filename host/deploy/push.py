@@ -203,32 +203,30 @@ def push_board(t: Transport, dirs: Sequence[PushDir], *, on_start: Callable[[int
     """Push ``dirs`` to one board. Raises ``DeployError``; nothing is installed unless all is verified."""
     start = time.monotonic()
     b = t.board
-    probe = preflight(t, dirs)
-    uploads, skipped = plan_uploads(dirs, probe["blobs"])
-    need = sum(u.size - u.offset for u in uploads)
-    if need and need + free_margin(need) > probe["free"]:
-        raise DeployError(f"board {b.name}: not enough free disk in {probe['workdir']}: need {_mib(need + free_margin(need))} "
-                          f"(incl. margin), {_mib(probe['free'])} free; free some space or set `workdir:`; nothing was sent")
-    if on_start is not None:
-        on_start(need)
-    sent = [0]
+    if hasattr(t, "prepare_put"):
+        t.prepare_put(b.workdir)  # the data stream logs in while the preflight runs
+    try:
+        probe = preflight(t, dirs)
+        uploads, skipped = plan_uploads(dirs, probe["blobs"])
+        need = sum(u.size - u.offset for u in uploads)
+        if need and need + free_margin(need) > probe["free"]:
+            raise DeployError(f"board {b.name}: not enough free disk in {probe['workdir']}: need {_mib(need + free_margin(need))} "
+                              f"(incl. margin), {_mib(probe['free'])} free; free some space or set `workdir:`; nothing was sent")
+        if on_start is not None:
+            on_start(need)
+        sent = [0]
 
-    def count(n: int) -> None:
-        sent[0] += n
-        if on_bytes is not None:
-            on_bytes(n)
-
-    blob_dir = PurePosixPath(probe["workdir"]) / "blobs"
-    t.put(uploads, blob_dir, on_bytes=count)
-    result = PushResult(b.name, sent=sent[0], skipped=skipped)
-    req = {"workdir": probe["workdir"],
-           "dirs": [{"path": d.remote, "files": {n: f.sha256 for n, f in d.files.items()}} for d in dirs]}
-    res = t.run([b.python, "-c", remote.INSTALL], input=json.dumps(req).encode(), check=False)
-    if res.returncode != 0:
-        raise DeployError(f"board {b.name}: installing folders under {probe['workdir']} failed: {_one(res.stderr)}")
-    result.installed = json.loads(res.stdout.strip().splitlines()[-1])
-    result.seconds = time.monotonic() - start
-    return result
+        def count(n: int) -> None:
+            sent[0] += n
+            if on_bytes is not None:
+                on_bytes(n)
+    except BaseException:
+        if hasattr(t, "cancel_put"):
+            t.cancel_put()
+        raise
+    dir_table = [{"path": d.remote, "files": {n: f.sha256 for n, f in d.files.items()}} for d in dirs]
+    installed = t.put(uploads, PurePosixPath(probe["workdir"]), on_bytes=count, install=dir_table)
+    return PushResult(b.name, sent=sent[0], skipped=skipped, seconds=time.monotonic() - start, installed=installed or {})
 
 
 def _mib(n: int) -> str:

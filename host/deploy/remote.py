@@ -53,15 +53,90 @@ for sha in req.get("blobs", []):
 sys.stdout.write(json.dumps(out) + "\n")
 '''
 
-# Receives framed blobs on stdin: a JSON header line {"sha256", "size", "offset"} then size-offset
-# bytes. Three threads overlap the work: this one reads the pipe, one writes blobs/.partial-<sha>
-# (flushing to disk every 64 MiB so the final fsync is short), one hashes (hashlib drops the GIL).
-# Renames to blobs/<sha> only when the sha256 matches. One JSON status line per blob.
-RECEIVER = r'''
-import fcntl, hashlib, json, os, queue, signal, sys, threading
+# Makes folders of hard links to blobs, atomically (temp folder + rename); folders already
+# identical (same inodes) are left alone. Shared by INSTALL and RECEIVER.
+_INSTALL_LIB = r'''
+import os, shutil, tempfile
+def _safe(rel):
+    parts = rel.split("/")
+    if not rel or "\0" in rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("unsafe path %r" % rel)
+    return os.path.join(*parts)
+def _current(final, bd, files):
+    if not os.path.isdir(final):
+        return False
+    have = set()
+    for root, dirs, names in os.walk(final):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for n in names:
+            have.add(os.path.relpath(os.path.join(root, n), final).replace(os.sep, "/"))
+    if have != set(files):
+        return False
+    for name, sha in files.items():
+        a, b = os.stat(os.path.join(final, _safe(name))), os.stat(os.path.join(bd, sha))
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            return False
+    return True
+def install(wd, dirs):
+    bd = os.path.join(wd, "blobs")
+    res = {}
+    for d in dirs:
+        final = os.path.join(wd, _safe(d["path"]))
+        files = d["files"]
+        for name, sha in files.items():
+            _safe(name)
+            if not os.path.isfile(os.path.join(bd, sha)):
+                raise ValueError("blob %s for %s is missing" % (sha, name))
+        if _current(final, bd, files):
+            res[d["path"]] = "unchanged"
+            continue
+        parent = os.path.dirname(final)
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+        tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % os.path.basename(final), dir=parent)
+        os.chmod(tmp, 0o755)
+        try:
+            for name, sha in sorted(files.items()):
+                dst = os.path.join(tmp, _safe(name))
+                if not os.path.isdir(os.path.dirname(dst)):
+                    os.makedirs(os.path.dirname(dst))
+                src = os.path.join(bd, sha)
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    os.symlink(src, dst)
+            old = None
+            if os.path.exists(final):
+                old = os.path.join(parent, ".old-%s-%d" % (os.path.basename(final), os.getpid()))
+                os.rename(final, old)
+            os.rename(tmp, final)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        res[d["path"]] = "installed"
+    return res
+'''
+
+# stdin: {"workdir", "dirs": [{"path": "artifacts/m/t/s", "files": {"name": sha}}]}
+INSTALL = _INSTALL_LIB + r'''
+import json, sys
+req = json.loads(sys.stdin.read())
+sys.stdout.write(json.dumps(install(os.path.abspath(os.path.expanduser(req["workdir"])), req["dirs"])) + "\n")
+'''
+
+# Receives frames on stdin (argv[1] = workdir). A blob frame is a JSON header line
+# {"sha256", "size", "offset"} then size-offset bytes; an install frame is {"install": dirs}.
+# Three threads overlap the work: this one reads the pipe, one writes blobs/.partial-<sha>
+# (flushing to disk every 64 MiB so the final fsync is short), one hashes (hashlib drops the
+# GIL). A blob is renamed to blobs/<sha> only when its sha256 matches. One JSON line per frame.
+RECEIVER = _INSTALL_LIB + r'''
+import fcntl, hashlib, json, queue, signal, sys, threading
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-bd = sys.argv[1]
+wd = os.path.abspath(os.path.expanduser(sys.argv[1]))
+bd = os.path.join(wd, "blobs")
 try:
     fcntl.fcntl(0, 1031, 1 << 20)
 except OSError:
@@ -92,10 +167,17 @@ def writer(fd, q, err):
         except OSError as e:
             err.append(e)
 while True:
-    line = inp.readline(4096)
+    line = inp.readline(1 << 24)
     if not line:
         break
     hdr = json.loads(line)
+    if "install" in hdr:
+        try:
+            say(install=install(wd, hdr["install"]))
+        except (OSError, ValueError) as e:
+            say(install=None, error=str(e))
+            sys.exit(5)
+        continue
     sha, size, off = hdr["sha256"], int(hdr["size"]), int(hdr["offset"])
     if len(sha) != 64 or sha.strip("0123456789abcdef") or not 0 <= off <= size:
         say(sha256=sha, status="error", error="bad header %r" % hdr)
@@ -160,69 +242,6 @@ while True:
     os.fsync(dfd)
     os.close(dfd)
     say(sha256=sha, status="ok")
-'''
-
-# Makes folders of hard links to blobs, atomically (temp folder + rename); unchanged folders are
-# left alone. stdin: {"workdir", "dirs": [{"path": "artifacts/m/t/s", "files": {"name": sha}}]}.
-INSTALL = r'''
-import json, os, shutil, sys, tempfile
-req = json.loads(sys.stdin.read())
-wd = os.path.abspath(os.path.expanduser(req["workdir"]))
-bd = os.path.join(wd, "blobs")
-def safe(rel):
-    parts = rel.split("/")
-    if not rel or "\0" in rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise SystemExit("unsafe path %r" % rel)
-    return os.path.join(*parts)
-def current(final, files):
-    if not os.path.isdir(final):
-        return False
-    have = set()
-    for root, dirs, names in os.walk(final):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for n in names:
-            have.add(os.path.relpath(os.path.join(root, n), final).replace(os.sep, "/"))
-    if have != set(files):
-        return False
-    for name, sha in files.items():
-        a, b = os.stat(os.path.join(final, safe(name))), os.stat(os.path.join(bd, sha))
-        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
-            return False
-    return True
-res = {}
-for d in req["dirs"]:
-    final = os.path.join(wd, safe(d["path"]))
-    files = d["files"]
-    if current(final, files):
-        res[d["path"]] = "unchanged"
-        continue
-    parent = os.path.dirname(final)
-    if not os.path.isdir(parent):
-        os.makedirs(parent)
-    tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % os.path.basename(final), dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
-        for name, sha in sorted(files.items()):
-            dst = os.path.join(tmp, safe(name))
-            if not os.path.isdir(os.path.dirname(dst)):
-                os.makedirs(os.path.dirname(dst))
-            src = os.path.join(bd, sha)
-            try:
-                os.link(src, dst)
-            except OSError:
-                os.symlink(src, dst)
-        old = None
-        if os.path.exists(final):
-            old = os.path.join(parent, ".old-%s-%d" % (os.path.basename(final), os.getpid()))
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    res[d["path"]] = "installed"
-sys.stdout.write(json.dumps(res) + "\n")
 '''
 
 # flock wrapper: argv = lockfile wait|nowait command... ; holds the lock across exec.

@@ -72,8 +72,8 @@ class Transport(Protocol):
     def stream(self, argv: Sequence[str], *, cwd: PurePosixPath | None = None,
                on_stderr: Callable[[str], None] | None = None) -> Iterator[str]: ...
 
-    def put(self, uploads: Sequence[Upload], remote_dir: PurePosixPath, *,
-            on_bytes: Callable[[int], None] | None = None) -> None: ...
+    def put(self, uploads: Sequence[Upload], workdir: PurePosixPath, *, on_bytes: Callable[[int], None] | None = None,
+            install: list[dict] | None = None) -> dict | None: ...
 
     def get(self, remote_path: PurePosixPath, local: Path) -> None: ...
 
@@ -101,6 +101,7 @@ class SshTransport:
         self.user = board.user or getpass.getuser()
         self.use_system_ssh = shutil.which("ssh") is not None if use_system_ssh is None else use_system_ssh
         self._client: paramiko.SSHClient | None = None
+        self._pending: _ProcessPipe | _ParamikoPipe | None = None
         self._lock = threading.Lock()
 
     # -- connection ----------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class SshTransport:
         return self._client
 
     def close(self) -> None:
+        self.cancel_put()
         with self._lock:
             if self._client is not None:
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
@@ -262,15 +264,28 @@ class SshTransport:
         atomic_write_bytes(local, data)
 
     # -- bulk data -----------------------------------------------------------------------------
-    def put(self, uploads: Sequence[Upload], remote_dir: PurePosixPath, *,
-            on_bytes: Callable[[int], None] | None = None) -> None:
-        """Send every upload through one receiver stream; each lands as ``remote_dir/<sha256>``
+    def prepare_put(self, workdir: PurePosixPath) -> None:
+        """Start the data stream now, so its login overlaps the caller's preflight."""
+        if self._pending is None:
+            self._pending = self._open_pipe(workdir)
+
+    def cancel_put(self) -> None:
+        if self._pending is not None:
+            self._pending.kill()
+            self._pending = None
+
+    def _open_pipe(self, workdir: PurePosixPath) -> _ProcessPipe | _ParamikoPipe:
+        command = quote_command([self.board.python, "-c", remote.RECEIVER, str(workdir)])
+        return self._system_ssh_pipe(command) if self.use_system_ssh else _ParamikoPipe(self._channel(command))
+
+    def put(self, uploads: Sequence[Upload], workdir: PurePosixPath, *, on_bytes: Callable[[int], None] | None = None,
+            install: list[dict] | None = None) -> dict | None:
+        """Send every upload through one receiver stream; each lands as ``workdir/blobs/<sha256>``
         only after its sha256 matched on the board. A dropped stream leaves ``.partial-<sha>``
-        files that a later ``put`` resumes (the caller picks ``offset`` from ``remote.PROBE``)."""
-        if not uploads:
-            return
-        command = quote_command([self.board.python, "-c", remote.RECEIVER, str(remote_dir)])
-        pipe = self._system_ssh_pipe(command) if self.use_system_ssh else _ParamikoPipe(self._channel(command))
+        files that a later ``put`` resumes (the caller picks ``offset`` from ``remote.PROBE``).
+        ``install`` (folders of blobs, see ``remote.install``) is applied last, in the same stream;
+        its result is returned."""
+        pipe, self._pending = self._pending or self._open_pipe(workdir), None
         broken = None
         try:
             for up in uploads:
@@ -278,10 +293,24 @@ class SshTransport:
                 pipe.send(header)
                 with open(up.path, "rb") as f:
                     pipe.send_file(f, up.offset, up.size - up.offset, on_bytes)
+            if install is not None:
+                pipe.send(json.dumps({"install": install}).encode() + b"\n")
         except (BrokenPipeError, ConnectionError, OSError, paramiko.SSHException, EOFError) as e:
             broken = e
         rc, out, err = pipe.finish()
         self._check_receiver(uploads, rc, out, err, broken)
+        if install is None:
+            return None
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line)
+                if isinstance(msg, dict) and "install" in msg:
+                    if msg["install"] is None:
+                        raise DeployError(f"board {self.board.name}: installing folders under {self.board.workdir} "
+                                          f"failed: {sanitize(str(msg.get('error')))}")
+                    return msg["install"]
+        raise DeployError(f"board {self.board.name}: the receiver on {self.board.address} stopped before installing "
+                          f"(exit {rc}): {_tail(err) or 'no message'}")
 
     def _check_receiver(self, uploads: Sequence[Upload], rc: int, out: str, err: str, broken: BaseException | None) -> None:
         done: dict[str, dict] = {}
@@ -308,14 +337,22 @@ class SshTransport:
             raise DeployError(f"board {b.name}: writing {up.path.name} under {b.workdir} failed on the board: "
                               f"{sanitize(str(msg.get('error')))}; nothing was installed")
 
-    def _system_ssh_pipe(self, command: str) -> _ProcessPipe:
+    def pinned_known_hosts(self) -> tuple[Path, paramiko.PKey]:
+        """A temp known_hosts file holding only the host key paramiko verified (caller deletes it)."""
         key = self.client.get_transport().get_remote_server_key()
         kh = tempfile.NamedTemporaryFile("w", prefix="rkdeploy-kh-", suffix=".txt", delete=False)  # noqa: SIM115
         kh.write(f"{self.board.known_hosts_name} {key.get_name()} {key.get_base64()}\n")
         kh.close()
-        argv = ["ssh", *system_ssh_options(self.board, user=self.user, known_hosts=Path(kh.name), key=key,
-                                           connect_timeout=self.connect_timeout), "--", self.board.host, command]
-        return _ProcessPipe(argv, cleanup=[Path(kh.name)])
+        return Path(kh.name), key
+
+    def openssh_options(self, known_hosts: Path, key: paramiko.PKey, *, ciphers: str | None = SSH_CIPHERS) -> list[str]:
+        return system_ssh_options(self.board, user=self.user, known_hosts=known_hosts, key=key,
+                                  connect_timeout=self.connect_timeout, ciphers=ciphers)
+
+    def _system_ssh_pipe(self, command: str) -> _ProcessPipe:
+        kh, key = self.pinned_known_hosts()
+        argv = ["ssh", *self.openssh_options(kh, key), "--", self.board.host, command]
+        return _ProcessPipe(argv, cleanup=[kh])
 
 
 def _close(chan: paramiko.Channel) -> None:
@@ -328,16 +365,20 @@ def _short(argv: Sequence[str]) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
-def system_ssh_options(board: Board, *, user: str, known_hosts: Path, key: paramiko.PKey,
-                       connect_timeout: float) -> list[str]:
-    """OpenSSH client options: only the already-verified host key, no passwords, no user config."""
+def system_ssh_options(board: Board, *, user: str, known_hosts: Path, key: paramiko.PKey, connect_timeout: float,
+                       ciphers: str | None = SSH_CIPHERS) -> list[str]:
+    """OpenSSH client options (valid for ssh, scp and rsync -e): only the already-verified host
+    key, no passwords, no user config. ``ciphers=None`` keeps OpenSSH's default order."""
     algs = "rsa-sha2-512,rsa-sha2-256" if key.get_name() == "ssh-rsa" else key.get_name()
-    opts = ["-F", "/dev/null", "-T", "-p", str(board.port), "-l", user, "-c", SSH_CIPHERS]
-    for o in (f"UserKnownHostsFile={known_hosts}", "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes",
-              "UpdateHostKeys=no", f"HostKeyAlgorithms={algs}", "BatchMode=yes", "PasswordAuthentication=no",
+    opts = ["-F", "/dev/null"]
+    for o in (f"Port={board.port}", f"User={user}", "RequestTTY=no", f"UserKnownHostsFile={known_hosts}",
+              "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes", "UpdateHostKeys=no",
+              f"HostKeyAlgorithms={algs}", "BatchMode=yes", "PasswordAuthentication=no",
               "KbdInteractiveAuthentication=no", f"ConnectTimeout={int(max(1, connect_timeout))}",
               f"ServerAliveInterval={KEEPALIVE_S}", "ServerAliveCountMax=3", "Compression=no", "LogLevel=ERROR"):
         opts += ["-o", o]
+    if ciphers:
+        opts += ["-o", f"Ciphers={ciphers}"]
     if board.key_file is not None:
         opts += ["-i", str(board.key_file), "-o", "IdentitiesOnly=yes"]
     return opts
@@ -380,6 +421,10 @@ class _ProcessPipe:
             if on_bytes is not None:
                 on_bytes(n)
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.finish()
+
     def finish(self) -> tuple[int, str, str]:
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
@@ -399,6 +444,9 @@ class _ParamikoPipe:
 
     def send(self, data: bytes) -> None:
         self.chan.sendall(data)
+
+    def kill(self) -> None:
+        _close(self.chan)
 
     def send_file(self, f, offset: int, count: int, on_bytes: Callable[[int], None] | None) -> None:
         f.seek(offset)
