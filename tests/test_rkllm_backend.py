@@ -120,6 +120,17 @@ def test_error_callback_state_becomes_an_error_row(abi, shims, tmp_path):
     assert "board: error: rkllm" in res.stderr
 
 
+def test_unflushed_runtime_log_lands_in_the_log_not_the_jsonl(shims, tmp_path):
+    art = write_rkllm_artifact(str(tmp_path / "art"), "1.3.0")
+    log = tmp_path / "run.log"
+    res, row = bench(art, shims["1.3.0"], env={"RKLLM_SHIM_NO_FFLUSH": "1", "RKDEPLOY_RKLLM_LOG": str(log)}, reps=1,
+                     n_gen=4)  # bench() asserts every stdout line is JSON
+    assert row["status"] == "ok", row["error"]
+    text = log.read_text()
+    assert "rkllm-runtime version: 1.3.0" in text and text.count("I rkllm: Generate") == 2
+    assert all(line.startswith("{") for line in res.stdout.splitlines())
+
+
 def test_waiting_state_tokens_are_counted(shims, tmp_path):
     art = write_rkllm_artifact(str(tmp_path / "art"), "1.3.0")
     res, row = bench(art, shims["1.3.0"], env={"RKLLM_SHIM_WAITING_EVERY": "3"}, reps=1, n_gen=8)

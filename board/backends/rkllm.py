@@ -269,11 +269,21 @@ class _CaptureFds:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            _libc_fflush()  # C stdio buffers (fully buffered on a file) must land in the log, not in the JSONL
         finally:
             for i, saved in enumerate(self.saved):
                 os.dup2(saved, i + 1)  # fds 1, 2
                 os.close(saved)
             self.saved = []
+
+
+def _libc_fflush() -> None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.fflush.argtypes = [ctypes.c_void_p]
+        libc.fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\x1b\[[0-9;?]*[ -/]*[@-~]")

@@ -17,6 +17,7 @@
  *   RKLLM_SHIM_WAITING_EVERY=N  every Nth token arrives in state RKLLM_RUN_WAITING (partial UTF-8)
  *   RKLLM_SHIM_VOCAB=N        vocabulary size for the emitted token ids (default 49152)
  *   RKLLM_LOG_LEVEL=1         print the runtime's version line and perf table to stdout
+ *   RKLLM_SHIM_NO_FFLUSH=1    never fflush(stdout) (the log then sits in stdio's buffer)
  * Like the real runtime it rejects n_batch == 0 (and > 100) in rkllm_init, and refuses a model
  * file written by a different toolkit version (fake .rkllm files carry a JSON header).
  */
@@ -231,6 +232,11 @@ static long env_i(const char *name, long dflt) {
 
 static int log_level(void) { return (int)env_i("RKLLM_LOG_LEVEL", 0); }
 
+/* RKLLM_SHIM_NO_FFLUSH=1 leaves the log in stdio's buffer, as a runtime that never flushes would. */
+static void shim_flush(void) {
+    if (!getenv("RKLLM_SHIM_NO_FFLUSH")) fflush(stdout);
+}
+
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -337,22 +343,22 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback callback)
     }
     if (log_level() >= 1) {
         printf("I rkllm: rkllm-runtime version: %s, rknpu driver version: 0.9.8, platform: SHIM\n", SHIM_VERSION);
-        fflush(stdout);
+        shim_flush();
     }
     if (param->extend_param.n_batch < 1 || param->extend_param.n_batch > 100) {
         printf("E rkllm: n_batch %d is out of range, it must be in [1, 100]\n", param->extend_param.n_batch);
-        fflush(stdout);
+        shim_flush();
         return -1;
     }
-    if (!param->model_path) { printf("E rkllm: model_path is NULL\n"); fflush(stdout); return -1; }
+    if (!param->model_path) { printf("E rkllm: model_path is NULL\n"); shim_flush(); return -1; }
     match = model_matches(param->model_path, found, sizeof found);
-    if (match == -2) { printf("E rkllm: cannot open %s\n", param->model_path); fflush(stdout); return -1; }
+    if (match == -2) { printf("E rkllm: cannot open %s\n", param->model_path); shim_flush(); return -1; }
     if (match == 0) {
         printf("E rkllm: invalid rkllm model: built by rkllm-toolkit %s, this runtime is %s\n", found, SHIM_VERSION);
-        fflush(stdout);
+        shim_flush();
         return -1;
     }
-    if (param->max_context_len <= 0) { printf("E rkllm: max_context_len must be > 0\n"); fflush(stdout); return -1; }
+    if (param->max_context_len <= 0) { printf("E rkllm: max_context_len must be > 0\n"); shim_flush(); return -1; }
 #ifdef RKLLM_ABI_1_3_0
     if (!callback || !callback->result_callback) return -1;
 #else
@@ -417,10 +423,10 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
                 n_gen);
         fclose(echo);
     }
-    if (n_in == 0) { printf("E rkllm: empty input\n"); fflush(stdout); return -1; }
+    if (n_in == 0) { printf("E rkllm: empty input\n"); shim_flush(); return -1; }
     if ((long)n_in + (n_gen > 0 ? n_gen : 0) > s->param.max_context_len) {
         printf("E rkllm: input %zu + %ld new tokens exceed max_context_len %d\n", n_in, n_gen, (int)s->param.max_context_len);
-        fflush(stdout);
+        shim_flush();
         return -1;
     }
     if (n_gen <= 0) n_gen = 16;
@@ -457,7 +463,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         printf("I rkllm: Generate %.2f ms, %d tokens, %.2f tokens/s\n", r.perf.generate_time_ms, r.perf.generate_tokens,
                r.perf.generate_time_ms > 0 ? (r.perf.generate_tokens - 1) * 1000.0 / r.perf.generate_time_ms : 0.0);
         printf("I rkllm: Peak Memory Usage (GB): %.2f\n", r.perf.memory_usage_mb / 1024.0);
-        fflush(stdout);
+        shim_flush();
     }
     s->cb(&r, ud, RKLLM_RUN_FINISH);
     s->running = 0;
