@@ -245,6 +245,7 @@ def push_boards(boards: Sequence[Board], dirs: Sequence[PushDir], *, jobs: int =
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[state]}"), console=err_console,
                         disable=not show_progress)
+
     def one(board: Board) -> PushResult:
         task = progress.add_task(board.name, total=None, state="connecting")
         start = time.monotonic()
@@ -267,12 +268,13 @@ def push_boards(boards: Sequence[Board], dirs: Sequence[PushDir], *, jobs: int =
 
 
 def summary_table(results: Sequence[PushResult]):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="push")
     for col in ("board", "sent", "skipped", "seconds", "MB/s", "status"):
         table.add_column(col, justify="right" if col in ("sent", "skipped", "seconds", "MB/s") else "left")
     for r in results:
-        table.add_row(r.board, _mib(r.sent), _mib(r.skipped), f"{r.seconds:.2f}", f"{r.mb_per_s:.1f}",
-                      "ok" if r.ok else f"[red]{r.status}", )
+        table.add_row(escape(r.board), _mib(r.sent), _mib(r.skipped), f"{r.seconds:.2f}", f"{r.mb_per_s:.1f}",
+                      "[green]ok[/]" if r.ok else f"[red]{escape(r.status)}[/]")
     return table

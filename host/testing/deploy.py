@@ -34,3 +34,13 @@ def board_for(sshd: TestSshd, name: str = "local-ssh", **overrides) -> Board:
     if "workdir" in overrides:
         overrides["workdir"] = PurePosixPath(overrides["workdir"])
     return dataclasses.replace(b, **overrides)
+
+
+def rehash_manifest(folder: Path | str) -> Path:
+    """Rewrite ``manifest.json``'s file table with the real sha256/size (for doubles that write dummies)."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["files"] = {n: {"sha256": sha256_file(folder / n), "size": (folder / n).stat().st_size} for n in m["files"]}
+    mpath.write_text(json.dumps(m, indent=1, sort_keys=True))
+    return folder
