@@ -71,7 +71,7 @@ class ResultRow:
     # encoder results
     latency_ms: Optional[float] = _f(display="latency", unit="ms", formats=_ALL, kind="bench", digits=2,
                                      pm="latency_stddev_ms")
-    latency_stddev_ms: Optional[float] = _f(display="latency stddev", unit="ms", kind="bench", digits=3)
+    latency_stddev_ms: Optional[float] = _f(display="latency stddev", unit="ms", kind="bench", digits=2)
     latency_p50_ms: Optional[float] = _f(display="p50", unit="ms", formats=_ALL, kind="bench", digits=2)
     latency_p99_ms: Optional[float] = _f(display="p99", unit="ms", formats=_ALL, kind="bench", digits=2)
     seqs_per_s: Optional[float] = _f(display="seq/s", formats=_ALL, kind="bench", digits=1)
