@@ -109,16 +109,20 @@ def runner_dir(package: Path = BOARD_PACKAGE) -> PushDir:
     return PushDir("runner", files)
 
 
-def target_artifacts(target: str, *, recipe=None, root: Path | None = None) -> list[PushDir]:
-    """Built artifact folders for ``target`` (those the recipe lists, or all under ``root``)."""
+def target_artifacts(target: str, *, recipe=None, root: Path | None = None,
+                     missing: list[str] | None = None) -> list[PushDir]:
+    """Built artifact folders for ``target``: those the recipe lists (unbuilt ones are appended to
+    ``missing``), or every one under ``root`` when no recipe is given."""
     from host.plan import artifacts_root, plan
 
     root = artifacts_root(root)
     if recipe is not None:
-        folders = [j.out_dir for j in plan(recipe, target, root=root)]
-        missing = [f for f in folders if not (f / "manifest.json").exists()]
-        if missing:
-            raise DeployError(f"artifact {missing[0]} is not built; run: rkdeploy export --target {target}")
+        folders = []
+        for j in plan(recipe, target, root=root):
+            if (j.out_dir / "manifest.json").exists():
+                folders.append(j.out_dir)
+            elif missing is not None:
+                missing.append(j.label)
     else:
         folders = sorted(m.parent for m in root.glob(f"*/{target}/*/manifest.json"))
     return [artifact_dir(f, root) for f in folders]

@@ -219,7 +219,7 @@ def _main(argv: list[str]) -> int:
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-        pidfile.unlink()
+        pidfile.unlink(missing_ok=True)
     return 0
 
 
