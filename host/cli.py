@@ -174,17 +174,21 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all the runner may use)"),
     opt: list[str] = typer.Option([], "--opt", help="backend option KEY=VALUE (onnxruntime: engine=auto|genai|ort)"),
     store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run on these inventory boards over SSH (names, groups, all)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="fail at once if a board is busy with another benchmark"),
 ) -> None:
     """Run the board runner on every built artifact of TARGET and store the rows."""
     from host.bench import BenchParams, bench_local
     from host.errors import BenchError, ConfigError
 
-    if board != "local":
-        raise BenchError(f"--board {board}: remote benchmarks are not wired into this command yet; use --board local")
     if any("=" not in kv for kv in opt):
         raise ConfigError(f"--opt takes KEY=VALUE, got {opt}")
     params = BenchParams(n_prompt=n_prompt, n_gen=n_gen, reps=reps, warmup=warmup, threads=threads,
                          options=dict(kv.split("=", 1) for kv in opt))
+    if boards or board != "local":  # over SSH: host.deploy
+        from host.deploy import commands
+
+        return commands.bench(boards or board, recipe=recipe, target=target, params=params, store=store, wait=not no_wait)
     summary = bench_local(recipe=recipe, target=target, params=params, store=store)
     ok = sum(r.status == "ok" for r in summary.rows)
     console.print(f"{ok} ok, {len(summary.rows) - ok} error rows stored; `rkdeploy report` prints the table")
@@ -209,17 +213,57 @@ def report_cmd(
         sys.stdout.write(text)
 # <<< commands: bench / report
 # >>> commands: boards / push / remote doctor
+boards_app = typer.Typer(no_args_is_help=True, help="The board inventory (configs/boards.yaml) and SSH host keys.")
+app.add_typer(boards_app, name="boards")
+InventoryOpt = typer.Option(None, "--inventory", help="inventory YAML (default $RKDEPLOY_INVENTORY or configs/boards.yaml)")
+
+
+@boards_app.command("list")
+def boards_list_cmd(inventory: Optional[Path] = InventoryOpt) -> None:
+    """Show the resolved inventory: address, chip, workdir, and whether each host key is known."""
+    from host.deploy import commands
+
+    commands.boards_list(inventory)
+
+
+@boards_app.command("trust")
+def boards_trust_cmd(name: str = typer.Argument(..., help="board name"), inventory: Optional[Path] = InventoryOpt) -> None:
+    """Record the board's current SSH host key in configs/known_hosts (never replaces a changed one)."""
+    from host.deploy import commands
+
+    commands.boards_trust(name, inventory)
+
+
+@app.command("push")
+def push_cmd(
+    boards: str = typer.Option(..., "--boards", "-B", help="board names, groups or 'all' (comma separated)"),
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    jobs: int = typer.Option(4, "--jobs", "-j", help="boards pushed at once"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be pushed, send nothing"),
+    inventory: Optional[Path] = InventoryOpt,
+) -> None:
+    """Push the board runner and TARGET's built artifacts (content-addressed, verified, resumable)."""
+    from host.deploy import commands
+
+    commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory)
 # <<< commands: boards / push / remote doctor
 # >>> commands: doctor --host / toolkits
 @app.command("doctor")
 def doctor_cmd(
     host: bool = typer.Option(True, "--host/--no-host", help="check this build host: vendor toolkits, GPU, compilers"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run the board doctor on these inventory boards over SSH"),
 ) -> None:
     """Which vendor toolkits are installed here (version, venv), and what changes the builds."""
     from rich.table import Table
 
     from host.hostdoctor import host_facts, toolkit_rows
+
+    if boards:  # over SSH: host.deploy
+        from host.deploy import commands
+
+        return commands.doctor(boards, as_json=as_json)
 
     if not host:
         raise typer.BadParameter("only --host checks are available here; boards: `python3 -m board doctor` on the board")
