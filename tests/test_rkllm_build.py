@@ -211,6 +211,7 @@ def test_rkllm_logits_replays_the_artifact(fake_tk, llm_recipe, tmp_path, monkey
     from host.build.rkllm import rkllm_logits
     from host.export import export
 
+    monkeypatch.setenv("FAKE_RKLLM_FLOAT_LOGITS", "0")  # synthetic logits: this test is about the plumbing
     export(llm_recipe, "rk3588", root=tmp_path / "art", progress=False)
     art = tmp_path / "art" / "smollm2-135m-instruct" / "rk3588" / "w8a8"
     before = len(calls(fake_tk))
@@ -224,6 +225,32 @@ def test_rkllm_logits_replays_the_artifact(fake_tk, llm_recipe, tmp_path, monkey
     with pytest.raises(BuildError, match="get_logits raised RuntimeError"):
         rkllm_logits(art, [[1, 2, 3]], out=tmp_path / "q2" / "logits.npy")
     assert not (tmp_path / "q2" / "logits.npy").exists()
+
+
+def test_toolkit_lm_gives_measured_logprobs_close_to_float(fake_tk, llm_recipe, llm_dir, tmp_path):
+    """The quality hook: a built artifact's quantized-model log-probs (here: float + the double's noise)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from host.build.rkllm import RkllmToolkitLm
+    from host.export import export
+
+    export(llm_recipe, "rk3588", root=tmp_path / "art", progress=False)
+    art = tmp_path / "art" / "smollm2-135m-instruct" / "rk3588" / "w8a8"
+    windows = [np.arange(100, 132, dtype=np.int64), np.arange(500, 532, dtype=np.int64)]
+    lm = RkllmToolkitLm(art, windows)
+    assert lm.backend == "rkllm-toolkit 1.3.0 (test double)"
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32).eval()
+    for w in windows:
+        lp = lm.logprobs(w)
+        assert lp.shape == (32, 49152)
+        np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-6)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor(w[None])).logits[0].double(), -1).numpy()
+        assert (lp.argmax(-1) == ref.argmax(-1)).mean() > 0.8  # small perturbation of the float model
+    lm.close()
+    assert not lm.path.exists()
 
 
 # --- the double itself enforces the documented constraints --------------------------------------

@@ -257,3 +257,35 @@ def rkllm_logits(job_or_artifact: BuildJob | Path | str, token_windows: Sequence
     _run({"mode": "logits", "load": args["load"], "build": args["build"], "windows": windows, "output": str(out)},
          log_path, log or (lambda _line: None), label)
     return out
+
+
+class RkllmToolkitLm:
+    """Drop-in for the quality loop: ``logprobs(window)`` of a built ``.rkllm`` artifact's quantized model.
+
+    All windows go to the toolkit in ONE worker run (it quantizes the model again, as the build
+    did), then each ``logprobs(ids)`` is a lookup + log-softmax. ``method`` is ``"measured"`` and
+    ``backend`` names the toolkit (``"(test double)"`` when the installed toolkit is the fake).
+    """
+
+    def __init__(self, artifact_dir: Path | str, windows: Sequence[Sequence[int]], *,
+                 log: Callable[[str], None] | None = None):
+        import numpy as np
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="rkdeploy-rkllm-q-"))
+        keyed = [tuple(int(t) for t in w) for w in windows]
+        self.path = rkllm_logits(artifact_dir, keyed, out=self._tmp / "logits.npy", log=log)
+        self.logits = np.load(self.path, mmap_mode="r")
+        self.index = {w: i for i, w in enumerate(keyed)}
+        info = toolkit_info(TOOLKIT) or {}
+        self.backend = f"rkllm-toolkit {info.get('version')}" + (" (test double)" if info.get("fake") else "")
+
+    def logprobs(self, ids):
+        import numpy as np
+
+        x = np.asarray(self.logits[self.index[tuple(int(t) for t in ids)]], dtype=np.float64)
+        m = x.max(axis=-1, keepdims=True)
+        return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+    def close(self) -> None:
+        self.logits = None
+        shutil.rmtree(self._tmp, ignore_errors=True)

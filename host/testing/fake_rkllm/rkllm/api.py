@@ -203,19 +203,43 @@ class RKLLM:
         return self._call("export_rkllm", {"export_path": export_path}, do)
 
     def get_logits(self, inputs):
+        """Logits for ``inputs`` (token ids). With torch + transformers importable (the test venv), the
+        float model's logits plus a deterministic perturbation standing in for quantization error
+        (``FAKE_RKLLM_LOGIT_NOISE``, default 0.05 of the logits' std); else, or with
+        ``FAKE_RKLLM_FLOAT_LOGITS=0``, synthetic logits."""
+
         def do():
             if self._built is None:
                 raise RuntimeError("get_logits() before build()")
-            ids = list(inputs)
+            ids = [int(t) for t in inputs]
             vocab = int(self._model["config"].get("vocab_size") or 32)
             try:
                 import numpy as np
             except ImportError:
                 return [[float((7 * t + 3 * j) % 11) for j in range(vocab)] for t in ids]
-            base = np.arange(vocab, dtype=np.float32)
-            return np.stack([np.sin(base * 0.01 * (1 + t % 7)) * 4.0 for t in ids]).astype(np.float32)
+            real = self._float_logits(ids)
+            if real is None:
+                base = np.arange(vocab, dtype=np.float32)
+                return np.stack([np.sin(base * 0.01 * (1 + t % 7)) * 4.0 for t in ids]).astype(np.float32)
+            rng = np.random.default_rng(len(self._built["dtype"]) * 1000 + len(ids))
+            scale = float(os.environ.get("FAKE_RKLLM_LOGIT_NOISE", "0.05")) * float(real.std())
+            return (real + rng.standard_normal(real.shape).astype(np.float32) * scale).astype(np.float32)
 
         return self._call("get_logits", {"n_tokens": len(list(inputs))}, do)
+
+    def _float_logits(self, ids):
+        if os.environ.get("FAKE_RKLLM_FLOAT_LOGITS", "1") == "0":
+            return None
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+        except ImportError:
+            return None
+        if getattr(self, "_torch_model", None) is None:
+            self._torch_model = AutoModelForCausalLM.from_pretrained(self._model["path"], dtype=torch.float32).eval()
+        with torch.no_grad():
+            out = self._torch_model(torch.tensor([ids], dtype=torch.long)).logits[0]
+        return out.float().numpy()
 
 
 def _check_dataset(path):
