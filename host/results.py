@@ -39,6 +39,7 @@ INDEXED = tuple(f.name for f in fields() if f.metadata["index"])
 SAME_TEST = ("kind", "model", "target", "scheme", "backend", "board", "test", "threads", "n_prompt", "n_gen",
              "batch", "seq_len", "method")
 QUALITY_JOIN = ("model", "target", "scheme")
+METHOD_RANK = {"measured": 0, "simulator": 1, "simulated": 2}
 
 
 class StoreError(RkdeployError):
@@ -177,7 +178,12 @@ def _columns(rows: list[ResultRow], fmt: str, kinds: tuple[str, ...]) -> list[st
 
 def _join_quality(bench: list[ResultRow], quality: list[ResultRow]) -> tuple[list[ResultRow], list[ResultRow]]:
     """Copy quality fields onto bench rows with the same model+target+scheme; return (joined, unjoined quality)."""
-    by_key = {tuple(getattr(q, k) for k in QUALITY_JOIN): q for q in quality}
+    by_key: dict[tuple, ResultRow] = {}
+    for q in quality:  # newest wins within a method; measured beats the simulator beats simulated
+        key = tuple(getattr(q, k) for k in QUALITY_JOIN)
+        old = by_key.get(key)
+        if old is None or METHOD_RANK.get(q.method, 9) <= METHOD_RANK.get(old.method, 9):
+            by_key[key] = q
     used = set()
     joined = []
     qnames = [f.name for f in fields() if f.metadata["kind"] == "quality"]

@@ -120,6 +120,13 @@ def test_markdown_reads_like_the_vendor_table_with_quality_joined():
     assert "### Quality (no benchmark row yet)" in md and "simulated" in md
 
 
+def test_measured_quality_beats_simulated_in_the_join():
+    md = render([bench_row("w8a8", backend="rkllm"), quality_row("w8a8", method="measured", ppl_ratio=1.05),
+                 quality_row("w8a8", method="simulated", backend="fakequant", ppl_ratio=1.09)], "md")
+    row = next(ln for ln in md.splitlines() if "| w8a8 | rkllm |" in ln)
+    assert "1.0500" in row and "measured" in row and "1.0900" not in md.split("### Quality")[0]
+
+
 def test_markdown_shows_newest_per_configuration_and_errors():
     md = render([bench_row(decode=1.0), bench_row(decode=2.0),
                  ResultRow(kind="bench", model="m", scheme="x", backend="rkllm", status="error", error="a|b\x1b[31m")],
