@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,8 @@ from board.testing.sysfs import make_rk3588_tree
 from tests.conftest import ROOT
 
 PY = shutil.which("python3") or sys.executable
+# The oldest Python the board side supports, when this machine has it (pyenv ships 3.8 here).
+PY38 = shutil.which("python3.8") or next((str(p) for p in Path("/root/.pyenv/versions").glob("3.8*/bin/python3.8")), None)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,21 @@ def test_onnxruntime_backend_reports_unavailable_without_the_wheel(lone_board, t
     assert "onnxruntime does not import" in p.stderr
     info = json.loads(isolated(lone_board, "info").stdout)
     assert info["backends"]["onnxruntime"]["available"] is False and info["backends"]["fake"]["available"] is True
+
+
+@pytest.mark.skipif(PY38 is None, reason="no python3.8 on this machine")
+def test_runs_on_python_3_8(lone_board, tmp_path):
+    art = write_fake_artifact(str(tmp_path / "a"), prefill_ms=5, token_ms=1)
+    root = make_rk3588_tree(str(tmp_path / "root"))
+    env = {"PATH": "/usr/bin:/bin", "PYENV_VERSION": "3.8"}
+    p = subprocess.run([PY38, "-I", "-S", "board", "doctor", "--sysfs-root", root], cwd=lone_board, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([PY38, "-I", "-S", "board", "bench", "--artifact", art, "--backend", "fake", "--n-gen", "4",
+                        "--reps", "2"], cwd=lone_board, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout.splitlines()[-1])
+    assert row["status"] == "ok" and row["env"]["python"].startswith("3.8")
 
 
 def test_vermin_says_python_3_8():
