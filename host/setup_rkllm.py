@@ -76,15 +76,31 @@ def plan_requirements(reqs: list[str]) -> tuple[list[str], list[str]]:
     return install, overridden
 
 
+def _python_ok(path: str, version: str) -> bool:
+    """``path`` runs and is CPython ``version`` (pyenv shims exist for versions that are not active)."""
+    try:
+        res = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and res.stdout.strip() == version
+
+
 def find_python(version: str) -> str:
-    for cand in (f"python{version}", f"python{version.replace('.', '')}"):
-        path = shutil.which(cand)
-        if path:
-            return path
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
-        return sys.executable
-    raise RkdeployError(f"the wheel is built for CPython {version} but no python{version} is on PATH; install it "
-                        f"(e.g. apt-get install python{version}-venv) or use the wheel built for your Python")
+    """An interpreter for CPython ``version``: $RKLLM_PYTHON, pythonX.Y on PATH, or a pyenv install."""
+    import glob
+    import os
+
+    cands = [os.environ.get("RKLLM_PYTHON"), shutil.which(f"python{version}"),
+             sys.executable if f"{sys.version_info[0]}.{sys.version_info[1]}" == version else None]
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    cands += sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")), reverse=True)
+    for c in cands:
+        if c and _python_ok(c, version):
+            return c
+    raise RkdeployError(f"the wheel is built for CPython {version} but no working python{version} was found; install "
+                        f"it (e.g. apt-get install python{version}-venv), set RKLLM_PYTHON, or use the wheel built "
+                        "for your Python")
 
 
 def _run(cmd: list[str], what: str) -> None:

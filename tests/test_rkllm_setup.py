@@ -41,8 +41,21 @@ def test_make_target_without_wheel_prints_usage():
     assert res.returncode != 0 and "usage: make setup-rkllm WHEEL=" in res.stdout + res.stderr
 
 
-def test_setup_script_installs_records_and_the_builder_uses_the_venv(tmp_path, rk, make_recipe, llm_dir, monkeypatch):
-    wheel = build_fake_wheel(tmp_path / "dl", "1.3.0")
+def _have(version: str) -> bool:
+    from host.setup_rkllm import find_python
+
+    try:
+        find_python(version)
+    except RkdeployError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("pytag", [None, pytest.param("cp39", marks=pytest.mark.skipif(
+    not _have("3.9"), reason="no CPython 3.9 here (the oldest the toolkit supports)"))])
+def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_path, rk, make_recipe, llm_dir,
+                                                                      monkeypatch):
+    wheel = build_fake_wheel(tmp_path / "dl", "1.3.0", python_tag=pytag)
     venvs = tmp_path / "venvs"
     cmd = [str(ROOT / "scripts" / "setup_rkllm.sh"), str(wheel), "--venvs", str(venvs), "--skip-torch"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
