@@ -21,7 +21,8 @@ from tests.conftest import ROOT
 
 PY = shutil.which("python3") or sys.executable
 # The oldest Python the board side supports, when this machine has it (pyenv ships 3.8 here).
-PY38 = shutil.which("python3.8") or next((str(p) for p in Path("/root/.pyenv/versions").glob("3.8*/bin/python3.8")), None)
+PY38 = next((str(p) for p in sorted(Path("/root/.pyenv/versions").glob("3.8*/bin/python3.8"))), None) \
+    or shutil.which("python3.8")
 
 
 @pytest.fixture(scope="module")
