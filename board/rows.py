@@ -46,6 +46,7 @@ class ResultRow:
     target: Optional[str] = _f(display="target", formats=_ALL, index=True)
     scheme: Optional[str] = _f(display="scheme", formats=_ALL, index=True)
     backend: Optional[str] = _f(display="backend", formats=_ALL, index=True)
+    runtime: Optional[str] = _f(display="runtime", formats=_ALL, kind="bench")  # what ran, with its version
     model_type: Optional[str] = _f(display="model type")
     model_size: Optional[int] = _f(display="model size", unit="B")
     artifact_sha256: Optional[str] = _f(display="artifact sha256", index=True)

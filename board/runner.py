@@ -130,6 +130,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
         backend.load(cfg.artifact, params)
         info = backend.info()
         row.env["backend"] = info
+        row.runtime = info.get("runtime") or " ".join(str(x) for x in (info.get("name"), info.get("version")) if x)
         if info.get("threads"):
             row.threads = int(info["threads"])
         if encoder:

@@ -36,7 +36,7 @@ STORE_SCHEMA_VERSION = 1
 FORMATS = ("md", "csv", "jsonl", "html")
 INDEXED = tuple(f.name for f in fields() if f.metadata["index"])
 # Rows with the same values here measure the same thing; the report shows the newest one.
-SAME_TEST = ("kind", "model", "target", "scheme", "backend", "board", "test", "threads", "n_prompt", "n_gen",
+SAME_TEST = ("kind", "model", "target", "scheme", "backend", "runtime", "board", "test", "threads", "n_prompt", "n_gen",
              "batch", "seq_len", "method")
 QUALITY_JOIN = ("model", "target", "scheme")
 METHOD_RANK = {"measured": 0, "simulator": 1, "simulated": 2}

@@ -84,11 +84,12 @@ def test_runner_row_for_the_llm(llm_int8):
     p, row = board_bench(llm_int8, "--n-prompt", 32, "--n-gen", 8, "--reps", 2, "--threads", 1)
     assert p.returncode == 0, p.stderr
     assert row["status"] == "ok" and row["threads"] == 1 and row["env"]["backend"]["threads"] == 1
-    assert row["env"]["backend"]["engine"] == "genai"
+    assert row["env"]["backend"]["engine"] == "genai" and row["runtime"].startswith("onnxruntime-genai 0.")
     assert row["ttft_ms"] > 0 and row["decode_tps"] > 0 and row["prefill_tps"] > 0 and row["peak_rss_mb"] > 100
     assert row["model_size"] > 100_000_000 and len(row["artifact_sha256"]) == 64
     p, row = board_bench(llm_int8, "--n-prompt", 32, "--n-gen", 8, "--reps", 1, "--opt", "engine=ort")
     assert p.returncode == 0 and row["env"]["backend"]["engine"] == "ort" and row["decode_tps"] > 0
+    assert row["runtime"].startswith("onnxruntime 1.")
 
 
 def test_encoder_row(tmp_path):

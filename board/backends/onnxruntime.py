@@ -150,6 +150,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("onnxruntime backend runs formats onnx-genai and onnx-encoder, not %r" % fmt)
         self.vocab_size = self._impl.vocab_size
         self._info["engine"] = self.engine
+        self._info["runtime"] = ("onnxruntime-genai %s" % self._info.get("genai_version") if self.engine == "genai"
+                                 else "onnxruntime %s" % ort.__version__)
 
     def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
         if not hasattr(self._impl, "generate"):
