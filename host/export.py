@@ -206,7 +206,9 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
         return JobResult(job, "up to date", seconds=0.0, size=_size(m), inputs_hash=ih)
     log = _JobLog(job, root, on_line)
     t0 = time.monotonic()
+    lock = _lock_job(job)
     try:
+        _remove_stale_temps(job, log)
         sibling = _sibling_with_hash(job, ih) if job.kind == "onnx" else None
         with atomic_dir(job.out_dir) as tmp:
             if sibling is not None:
@@ -233,6 +235,30 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
         return JobResult(job, "failed", f"{type(e).__name__}: {str(e)[:200]} (log: {log.path})", time.monotonic() - t0)
     finally:
         log.close()
+        lock.close()
+
+
+def _lock_job(job: BuildJob):
+    """Exclusive lock on ``<target dir>/.lock-<scheme>`` for the build (two exports of one artifact queue up)."""
+    import fcntl
+
+    job.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    f = open(job.out_dir.parent / f".lock-{job.out_dir.name}", "a")  # noqa: SIM115 - closed by run_job
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _remove_stale_temps(job: BuildJob, log) -> None:
+    """Temp folders of this artifact left by a killed build (we hold its lock, so none is in use)."""
+    name = job.out_dir.name
+    for p in job.out_dir.parent.glob(".*"):
+        if p.name.startswith((f".tmp-{name}-", f".old-{name}-", f".genai-cache-.tmp-{name}-",
+                              f".genai-.tmp-{name}-")):
+            log(f"removing {p.name} (left by an interrupted build)")
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _size(manifest: dict) -> int:
@@ -253,6 +279,9 @@ def _manifest_fields(job: BuildJob, recipe: Recipe, model_sha: str, ih: str, inp
     elif isinstance(inputs.get("builder"), dict) and inputs["builder"].get("calibration_sha256"):
         fields_["calibration_sha256"] = inputs["builder"]["calibration_sha256"]
     fields_.update(extra)
+    # Every manifest names these, null where the artifact does not use them (issue 3, item 3).
+    fields_.setdefault("calibration_sha256", None)
+    fields_.setdefault("exclusions", None)
     return fields_
 
 
