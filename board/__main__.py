@@ -120,9 +120,11 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     checks = doctor(a.sysfs_root, artifact_mb)
     if manifest is not None:  # runtime-specific checks for this artifact
         from .rkllm_doctor import rkllm_checks
+        from .rknn_doctor import rknn_checks
         from .sysinfo import fingerprint
 
-        checks += rkllm_checks(a.sysfs_root, manifest, fingerprint(a.sysfs_root))
+        fp = fingerprint(a.sysfs_root)
+        checks += rkllm_checks(a.sysfs_root, manifest, fp) + rknn_checks(a.sysfs_root, manifest, fp)
     if a.json:
         print(json.dumps([c.to_dict() for c in checks], indent=1))
     else:

@@ -15,8 +15,8 @@ BACKENDS: Dict[str, Optional[str]] = {
     "onnxruntime": "board.backends.onnxruntime",
     "fake": "board.backends.fake",
     "rkllm": "board.backends.rkllm",
+    "rknnlite": "board.backends.rknnlite",
     # Not implemented yet: None means "backend not available" with a clear message.
-    "rknnlite": None,  # -> "board.backends.rknnlite"
     "llamacpp": None,  # -> "board.backends.llamacpp"
 }
 
