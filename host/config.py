@@ -86,6 +86,8 @@ class RknnOptions(Strict):
     algorithm: Literal["normal", "mmse", "kl_divergence"] = "normal"
     method: Literal["channel", "layer"] = "channel"
     calib_samples: int = Field(32, ge=1, le=1024)
+    auto_hybrid: bool = Field(False, description="rknn build(auto_hybrid=True): layers with a large quantization "
+                              "error stay float16 (bigger .rknn, higher cosine; recorded in the manifest)")
 
 
 class ModelSpec(Strict):

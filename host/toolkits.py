@@ -32,7 +32,7 @@ class Toolkit:
 
 
 TOOLKITS = {
-    "rknn": Toolkit("rknn", "rknn-toolkit2", "rknn.api", "make setup (creates .venvs/rknn with rknn-toolkit2)"),
+    "rknn": Toolkit("rknn", "rknn-toolkit2", "rknn.api", "run `make setup`, or scripts/setup_rknn.sh alone, to create .venvs/rknn"),
     "rkllm": Toolkit("rkllm", "rkllm-toolkit", "rkllm.api", "make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"),
 }
 

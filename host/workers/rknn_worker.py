@@ -13,7 +13,8 @@ stdout line (``host.toolkits.run_worker`` protocol). Flow (ROCKCHIP.md §4):
 Every toolkit call is checked for a non-zero return code AND for exceptions; the first failure
 ends the job with ``{"ok": false, "error": "<step>: <one line>"}``.
 
-Job fields: onnx, input_names, input_shapes, target_platform, config (dict for RKNN.config),
+Job fields: onnx (the graph the toolkit converts), reference_onnx (the float graph onnxruntime runs as the
+reference; default: onnx), input_names, input_shapes, target_platform, config (dict for RKNN.config),
 do_quantization, auto_hybrid, dataset, eval_inputs (list of samples, each a list of .npy paths
 in input order), mask_input (name or null), rknn_path, accuracy_dir, accuracy_keep (file names
 kept from the accuracy dump; the per-layer tensor dumps are hundreds of MB).
@@ -44,14 +45,14 @@ def _one_line(exc):
 
 def _step(name, fn, *args, **kwargs):
     """Call a toolkit method; raise StepError on an exception or a non-zero return code."""
-    print("rkdeploy-worker: %s" % name, flush=True)
+    print(f"rkdeploy-worker: {name}", flush=True)
     try:
         rc = fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - vendor code raises anything; reported as one line
         traceback.print_exc()
-        raise StepError("%s failed: %s" % (name, _one_line(e))) from None
+        raise StepError(f"{name} failed: {_one_line(e)}") from None
     if isinstance(rc, int) and rc != 0:
-        raise StepError("%s returned %d (see the log)" % (name, rc))
+        raise StepError(f"{name} returned {rc} (see the log)")
     return rc
 
 
@@ -76,7 +77,7 @@ def compare(got, ref, masks):
     outputs = []
     for k in range(n_out):
         cos_all, err = [], 0.0
-        for g, r, m in zip(got, ref, masks):
+        for g, r, m in zip(got, ref, masks, strict=True):
             a = np.asarray(g[k], dtype=np.float64).reshape(np.asarray(r[k]).shape)
             b = np.asarray(r[k], dtype=np.float64)
             if b.ndim == 3 and m is not None:      # [batch, seq, hidden]: attended tokens only
@@ -93,7 +94,7 @@ def compare(got, ref, masks):
     first = np.asarray(ref[0][0])
     if first.ndim == 3 and masks[0] is not None:
         emb_got, emb_ref = [], []
-        for g, r, m in zip(got, ref, masks):
+        for g, r, m in zip(got, ref, masks, strict=True):
             b = np.asarray(r[0], dtype=np.float64)
             a = np.asarray(g[0], dtype=np.float64).reshape(b.shape)
             w = (np.asarray(m).reshape(b.shape[:2]) > 0).astype(np.float64)[..., None]
@@ -127,9 +128,9 @@ def _nn_agree(got, ref):
 def _reference(job, samples):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(job.get("reference_onnx") or job["onnx"], providers=["CPUExecutionProvider"])
     names = job["input_names"]
-    return [sess.run(None, dict(zip(names, s))) for s in samples]
+    return [sess.run(None, dict(zip(names, s, strict=True))) for s in samples]
 
 
 def _load_samples(job):
@@ -153,7 +154,7 @@ def run(job):
     import importlib.metadata as md
 
     if not os.path.isfile(job["onnx"]):
-        raise StepError("ONNX file %s not found" % job["onnx"])
+        raise StepError(f"ONNX file {job['onnx']} not found")
     from rknn.api import RKNN
 
     version = md.version("rknn-toolkit2")
@@ -207,7 +208,7 @@ def main():
         result = {"ok": False, "error": str(e)}
     except Exception as e:  # noqa: BLE001 - reported to the host as one line; traceback in the log
         traceback.print_exc()
-        result = {"ok": False, "error": "%s: %s" % (type(e).__name__, _one_line(e))}
+        result = {"ok": False, "error": f"{type(e).__name__}: {_one_line(e)}"}
     sys.stdout.flush()
     sys.stderr.flush()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
