@@ -293,7 +293,9 @@ def toolkits_cmd() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # standalone_mode=False: typer.Exit(n) comes back as the return value
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except RkdeployError as e:
         if _state["debug"]:
             raise
