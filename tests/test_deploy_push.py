@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from host.deploy import push
+from host.deploy import push, remote
 from host.deploy.push import PushDir, artifact_dir, push_board, push_boards, runner_dir, safe_relpath
 from host.deploy.ssh import SshTransport
 from host.errors import DeployError
@@ -19,6 +20,15 @@ from host.testing.sshd import TestSshd, sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_python(minor: str) -> str | None:
+    """A real interpreter binary of that version on this machine (pyenv's build or the system's; never a
+    pyenv shim, which fails for versions that are not active)."""
+    found = sorted((Path.home() / ".pyenv" / "versions").glob(f"{minor}.*/bin/python{minor}"))
+    found += [p for p in (Path("/usr/bin") / f"python{minor}",) if p.exists()]
+    return str(found[0]) if found else None
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +234,47 @@ def test_old_python_on_the_board_is_refused_before_sending(sshd, known, tmp_path
     with SshTransport(board_for(sshd, workdir=wd, python="/nonexistent/python3"), known_hosts=[known]) as t, \
             pytest.raises(DeployError, match="cannot run Python"):
         push_board(t, _dirs(arts))
+
+
+@pytest.mark.parametrize("minor", ["2.7", "3.6", "3.7"])
+def test_real_old_python_on_the_board_is_named_and_nothing_is_sent(sshd, known, tmp_path, arts, minor):
+    py = real_python(minor)
+    if py is None:
+        pytest.skip(f"no python{minor} on this machine")
+    wd = tmp_path / "wd"
+    with SshTransport(board_for(sshd, workdir=wd, python=py), known_hosts=[known]) as t, \
+            pytest.raises(DeployError, match=rf"Python {minor}\.\d+; the board runner needs Python >= 3\.8"):
+        push_board(t, _dirs(arts))
+    assert not wd.exists()
+
+
+@pytest.mark.skipif(real_python("3.8") is None, reason="no python3.8 on this machine")
+def test_board_side_on_python_3_8_push_resume_install(sshd, known, tmp_path, arts):
+    """The board's oldest supported Python runs the probe, the receiver (incl. resume) and the install."""
+    wd = tmp_path / "wd"
+    board = board_for(sshd, workdir=wd, python=real_python("3.8"))
+    dirs = _dirs(arts)
+    model = dirs[1].files["model.onnx"]
+    (wd / "blobs").mkdir(parents=True)
+    (wd / "blobs" / f".partial-{model.sha256}").write_bytes(model.path.read_bytes()[:MiB])  # a real prefix
+    with SshTransport(board, known_hosts=[known]) as t:
+        first = push_board(t, dirs)
+        again = push_board(t, dirs)
+    total = sum(f.size for d in dirs for f in d.files.values())
+    assert first.skipped == MiB and first.sent == total - MiB
+    assert again.sent == 0 and set(again.installed.values()) == {"unchanged"}
+    assert _tree(wd, "artifacts/tiny-llm/rk3588/int8-dyn") == _local(arts / "tiny-llm" / "rk3588" / "int8-dyn")
+    assert not list((wd / "blobs").glob(".partial-*"))
+
+
+def test_board_side_scripts_need_only_python_3_8(tmp_path):
+    vermin = shutil.which("vermin") or str(ROOT / ".venv" / "bin" / "vermin")
+    if not Path(vermin).exists():
+        pytest.skip("vermin is not installed")
+    for name in ("PROBE", "INSTALL", "RECEIVER", "LOCKED_EXEC"):
+        (tmp_path / f"{name.lower()}.py").write_text(getattr(remote, name))
+    p = subprocess.run([vermin, "-t=3.8-", "--violations", "--no-tips", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_unwritable_workdir_is_refused(sshd, known, tmp_path, arts):

@@ -134,9 +134,7 @@ def preflight(t: Transport, dirs: Sequence[PushDir]) -> dict:
     """Python version, write permission, free disk and blob inventory, in one round trip."""
     b = t.board
     shas = sorted({f.sha256 for d in dirs for f in d.files.values()})
-    py = _q(b.python)
-    script = f"{py} -c {_q(remote.VERSION)} && {py} -c {_q(remote.PROBE)}"
-    res = t.run(["sh", "-c", script], input=json.dumps({"workdir": str(b.workdir), "blobs": shas}).encode(), check=False)
+    res = t.run([b.python, "-c", remote.PROBE], input=json.dumps({"workdir": str(b.workdir), "blobs": shas}).encode(), check=False)
     first, _, rest = res.stdout.partition("\n")
     try:
         version = tuple(int(x) for x in first.strip().split("."))
@@ -155,12 +153,6 @@ def preflight(t: Transport, dirs: Sequence[PushDir]) -> dict:
                           f"({sanitize(str(probe.get('error')))}); fix permissions or set `workdir:` in the inventory")
     probe["python"] = version
     return probe
-
-
-def _q(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 def _one(text: str) -> str:

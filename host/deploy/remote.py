@@ -12,13 +12,15 @@ Board layout under ``workdir``::
 
 from __future__ import annotations
 
-# Reports the interpreter version. Runs on any Python (2.6+ and 3.x) so an old one can be named.
-VERSION = "import sys; sys.stdout.write('%d.%d.%d\\n' % tuple(sys.version_info[:3]))"
-
-# Preflight + inventory of blobs, in one round trip. stdin: {"workdir", "blobs": [sha...]}.
-# Python 2/3 syntax on purpose (it only runs after VERSION said >= 3.8, but never crashes first).
+# Preflight + inventory of blobs, in one round trip and one interpreter start.
+# stdin: {"workdir", "blobs": [sha...]}. First line out: the interpreter's version; below 3.8 it
+# stops there. Python 2/3 syntax on purpose, so an old interpreter is named, never crashes first.
 PROBE = r'''
-import hashlib, json, os, sys
+import sys
+sys.stdout.write("%d.%d.%d\n" % tuple(sys.version_info[:3]))
+if sys.version_info < (3, 8):
+    sys.exit(0)
+import hashlib, json, os
 req = json.loads(sys.stdin.read())
 wd = os.path.abspath(os.path.expanduser(req["workdir"]))
 out = {"workdir": wd, "writable": False, "free": 0, "blobs": {}, "error": None}
