@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -58,6 +59,19 @@ def test_trust_push_twice_doctor_bench(env):
     assert r.returncode == 0 and "2 ok" in r.stderr + r.stdout, r.stdout + r.stderr
     r = run_cli("report", "--format", "csv", env=env)
     assert r.returncode == 0 and r.stdout.count("local-ssh") == 2, r.stdout
+
+    # The same benchmark here: the rows over SSH carry exactly the local rows' fields, board name set.
+    r = run_cli("bench", "--target", "rk3588", "--reps", "2", "--n-prompt", "8", "--n-gen", "4", "--warmup", "0",
+                env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("report", "--format", "jsonl", env=env)
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
+    remote = [x for x in rows if x["board"] == "local-ssh"]
+    local = [x for x in rows if x["board"] != "local-ssh"]
+    assert len(remote) == 2 and len(local) == 2, rows
+    assert all(x["status"] == "ok" for x in rows), rows
+    fields = [{k for k, v in x.items() if v is not None} for x in rows]
+    assert all(f == fields[0] for f in fields), fields
 
 
 def test_target_must_match_board_soc(env):
