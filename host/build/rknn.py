@@ -40,11 +40,12 @@ MAX_ONNX_OPSET = 19          # rknn-toolkit2 2.5.0: "Unsupport onnx opset 20, ne
 SOURCE_SCHEME = "fp32"       # the ONNX artifact the .rknn is converted from
 BACKEND = "rknn-simulator"
 #: Additive attention-mask fill written into the rknn source graph in place of float32's lowest value.
-#: HF exports mask with ``Where(mask, 0, -3.4e38)``; rknn-toolkit2 quantizes that tensor (and fp16
-#: overflows it), so padded tokens leak into attention (simulator cosine ~0.4 on all-MiniLM-L6-v2).
-#: -1e4 keeps exp(score + fill) == 0 in float32, so the float graph's outputs do not change.
+#: HF exports the mask as ``Where(mask, 0, -3.4e38)`` added to the attention scores; w8a8 quantizes
+#: the sum per tensor, so a -3.4e38 (or -1e4) fill stretches its int8 range until every real score
+#: rounds to the same value (uniform attention: simulator sentence cosine 0.42 on all-MiniLM-L6-v2;
+#: 0.90 with -20). In float32 the attended tokens' outputs change by < 2e-6 (all-MiniLM-L6-v2).
 MASK_FILL = -20.0
-MASK_LOWEST = -1.0e30        # constants at or below this in a Where/Add feeding attention are rewritten
+MASK_LOWEST = -1.0e30        # small float constants at or below this are rewritten to MASK_FILL
 
 
 # --- what the artifact depends on -------------------------------------------------------------
@@ -279,12 +280,15 @@ def write_dataset(path: Path, samples: list[list[str]]) -> None:
 # --- adb servers ---------------------------------------------------------------------------------
 
 def adb_pids() -> set[int]:
-    """PIDs of running processes named ``adb`` (from /proc; no pgrep needed)."""
+    """PIDs of live processes named ``adb`` (from /proc; no pgrep needed; zombies are not live)."""
     pids = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() == "adb":
+                stat = (d / "stat").read_text()
+                # "pid (comm) state ...": comm may hold spaces/parens, the state follows the last ')'
+                comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+                if comm == "adb" and state != "Z":
                     pids.add(int(d.name))
     return pids
 
