@@ -86,8 +86,9 @@ class RknnOptions(Strict):
     algorithm: Literal["normal", "mmse", "kl_divergence"] = "normal"
     method: Literal["channel", "layer"] = "channel"
     calib_samples: int = Field(32, ge=1, le=1024)
-    auto_hybrid: bool = Field(False, description="rknn build(auto_hybrid=True): layers with a large quantization "
-                              "error stay float16 (bigger .rknn, higher cosine; recorded in the manifest)")
+    auto_hybrid: bool = Field(False, description="rknn build(auto_hybrid=True): layers whose quantized output "
+                              "cosine is below auto_hybrid_cos stay float16 (bigger .rknn, higher accuracy; in the manifest)")
+    auto_hybrid_cos: float = Field(0.98, gt=0.0, le=1.0, description="rknn config auto_hybrid_cos_thresh")
 
 
 class ModelSpec(Strict):

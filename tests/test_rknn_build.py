@@ -33,7 +33,7 @@ def encoder_recipe(default_recipe_data, path: Path, edit=None) -> Path:
     data = copy.deepcopy(default_recipe_data)
     data["models"] = [m for m in data["models"] if m["name"] == ENC]
     data["quality"] = {**data.get("quality", {}), "sentences": 32}
-    data["models"][0]["rknn"] = {"calib_samples": 16}
+    data["models"][0]["rknn"] = {**data["models"][0].get("rknn", {}), "calib_samples": 16}
     if edit:
         edit(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -196,6 +196,7 @@ def test_export_builds_the_float_source_then_three_rknn_artifacts(built):
         else:
             assert m["dtype"] == s and m["rknn"]["quantized_dtype"] == s
             assert m["rknn"]["quantized_algorithm"] == "normal" and m["rknn"]["quantized_method"] == "channel"
+            assert m["rknn"]["auto_hybrid"] is True and m["rknn"]["auto_hybrid_cos_thresh"] == 0.998  # the recipe's
             assert m["calibration"]["samples"] == 16
         assert m["source_onnx"]["inputs_hash"] == src["inputs_hash"]
         assert m["source_onnx"]["graph_edits"] and "-> -20" in m["source_onnx"]["graph_edits"][0]
@@ -209,13 +210,13 @@ def test_export_builds_the_float_source_then_three_rknn_artifacts(built):
 
 
 def test_simulator_accuracy_is_plausible(built):
-    """fp16 ~ float. Measured (seed-free, deterministic): w8a8 0.899, w4a16 0.906 sentence cosine.
+    """fp16 closer to float than w8a8, w8a8 closer than w4a16 (deterministic; measured 1.0000 / 0.9997 / 0.906).
 
-    w8a8 is NOT closer to float than w4a16 here: rknn quantizes activations per tensor, and the
-    residual stream of all-MiniLM-L6-v2 has outlier channels (error_analysis.txt: the per-layer
-    cosine drops at each output LayerNorm). w4a16 keeps float16 activations; its loss is the int4
-    weights alone and equals torch round-to-nearest per-channel int4 (`rkdeploy quality` simulated
-    row: 0.906). So the test asserts fp16 > both, each quantized scheme in its measured band.
+    The default recipe builds w8a8 with ``rknn.auto_hybrid`` (cos threshold 0.998): rknn quantizes
+    activations per tensor and the residual stream of all-MiniLM-L6-v2 has outlier channels, so plain
+    w8a8 only reaches 0.90 (error_analysis.txt: the per-layer cosine drops at each output LayerNorm).
+    w4a16 keeps float16 activations; its loss is the int4 weights alone and equals torch
+    round-to-nearest per-channel int4 (`rkdeploy quality`'s simulated w4a16 row: 0.906).
     """
     from host.manifest import read_manifest
 
@@ -224,14 +225,15 @@ def test_simulator_accuracy_is_plausible(built):
         a = acc[s]
         print(f"{s}: sentence cos {a['cos_mean']:.4f} (min {a['cos_min']:.4f}), token cos {a['token_cos_mean']:.4f} "
               f"(min {a['token_cos_min']:.4f}), max abs err {a['max_abs_err']:.3g}, NN agree {a['nn_agree']:.3f}")
-    assert acc["fp16"]["cos_mean"] > 0.9999 and acc["fp16"]["cos_min"] > 0.999 and acc["fp16"]["nn_agree"] == 1.0
-    for s in ("w8a8", "w4a16"):
-        assert acc["fp16"]["cos_mean"] > acc[s]["cos_mean"] + 0.05
-        assert acc["fp16"]["token_cos_mean"] > acc[s]["token_cos_mean"]
-        assert acc["fp16"]["max_abs_err"] * 10 < acc[s]["max_abs_err"]
-        assert 0.85 < acc[s]["cos_mean"] < 0.97 and acc[s]["cos_min"] <= acc[s]["cos_mean"]
+    fp16, w8, w4 = acc["fp16"], acc["w8a8"], acc["w4a16"]
+    assert fp16["cos_mean"] > w8["cos_mean"] > w4["cos_mean"]
+    assert fp16["token_cos_mean"] > w8["token_cos_mean"] > w4["token_cos_mean"]
+    assert fp16["max_abs_err"] < w8["max_abs_err"] < w4["max_abs_err"]
+    assert fp16["cos_min"] > 0.999 and fp16["nn_agree"] == 1.0
+    assert w8["cos_mean"] >= 0.99 and w8["nn_agree"] >= 0.9
+    assert 0.85 < w4["cos_mean"] < 0.97
     # per output: the one output, attended tokens of 32 sentences
-    assert len(acc["w8a8"]["per_output"]) == 1 and acc["w8a8"]["per_output"][0]["n_vectors"] > 32
+    assert len(w8["per_output"]) == 1 and w8["per_output"][0]["n_vectors"] > 32
 
 
 def test_rewritten_mask_keeps_the_float_graph(built, tmp_path):

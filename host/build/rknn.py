@@ -103,9 +103,11 @@ def _rknn_args(job) -> dict:
     method = cfg.get("quantized_method", "channel")
     if method == "channel":
         method = opts.method
-    return {"config": {"quantized_dtype": cfg["quantized_dtype"], "quantized_algorithm": opts.algorithm,
-                       "quantized_method": method},
-            "do_quantization": True, "auto_hybrid": bool(getattr(opts, "auto_hybrid", False))}
+    config = {"quantized_dtype": cfg["quantized_dtype"], "quantized_algorithm": opts.algorithm,
+              "quantized_method": method}
+    if opts.auto_hybrid:
+        config["auto_hybrid_cos_thresh"] = opts.auto_hybrid_cos
+    return {"config": config, "do_quantization": True, "auto_hybrid": opts.auto_hybrid}
 
 
 # --- fail fast ------------------------------------------------------------------------------------
@@ -408,7 +410,8 @@ def describe_rknn(scheme: str, rknn: dict) -> str:
     text = describe(scheme)
     if rknn.get("do_quantization"):
         text += f" (rknn-toolkit2 {rknn['quantized_algorithm']} calibration, {rknn['quantized_method']} weights"
-        text += ", auto_hybrid: layers with large error kept in float16)" if rknn.get("auto_hybrid") else ")"
+        text += (f"; auto_hybrid: layers whose output cosine < {rknn['auto_hybrid_cos_thresh']} kept float16)"
+                 if rknn.get("auto_hybrid") else ")")
     return text
 
 
