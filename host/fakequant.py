@@ -9,8 +9,8 @@ labelled ``method: simulated`` and carry ``definition()`` verbatim.
 - activations (``a8``): symmetric int8 per token (per row of the linear input), dynamic;
 - ``a16``: activations stay float (float16 on the NPU; float32 here, the difference is noise);
 - ``fp16``: weights and linear inputs rounded to float16;
-- ``int8-dyn``: what onnxruntime's quantize_dynamic does — per-tensor symmetric int8 weights,
-  per-tensor asymmetric uint8 activations (used by the sensitivity report).
+- ``int8-dyn``: what our ``int8-dyn`` ONNX artifact does — per-channel symmetric int8 weights,
+  dynamic per-tensor asymmetric uint8 activations (quantize_dynamic; for the sensitivity report).
 
 Every ``nn.Linear`` is quantized (``lm_head`` included; when its weight is tied to the embedding,
 only the linear use is quantized); embeddings and norms stay float.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from host.schemes import base_dtype, describe, group_size
 
 #: Bump when the simulation changes (invalidates cached simulated rows).
-FAKEQUANT_VERSION = 1
+FAKEQUANT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class QuantSpec:
     w_bits: int | None            # None: weights not quantized
     group: int | None             # None: per output channel (or per tensor when per_tensor)
     a_bits: int | None            # None: activations float
-    per_tensor: bool = False      # int8-dyn style (per-tensor weights, asymmetric uint8 activations)
+    per_tensor: bool = False      # weights: one scale per tensor
+    act_per_tensor: bool = False  # activations: asymmetric uint8, one scale per tensor (quantize_dynamic)
     half: bool = False            # fp16 rounding of weights and activations
 
 
@@ -41,7 +42,7 @@ def spec(scheme: str) -> QuantSpec:
     if scheme == "fp16":
         return QuantSpec(None, None, None, half=True)
     if scheme == "int8-dyn":
-        return QuantSpec(8, None, 8, per_tensor=True)
+        return QuantSpec(8, None, 8, act_per_tensor=True)
     base = base_dtype(scheme)
     if base not in ("w8a8", "w4a16", "w4a8", "w8a16"):
         raise ValueError(f"no fake-quant for scheme {scheme!r}")
@@ -52,7 +53,7 @@ def spec(scheme: str) -> QuantSpec:
 def definition(scheme: str) -> str:
     """The exact scheme definition written into simulated rows."""
     text = describe(scheme) if scheme != "int8-dyn" else (
-        "int8 symmetric weights per tensor; uint8 asymmetric activations per tensor (quantize_dynamic)")
+        "int8 symmetric weights per output channel; uint8 asymmetric activations per tensor (quantize_dynamic)")
     return f"{text}; simulated in torch: round-to-nearest, every nn.Linear incl. lm_head, embeddings/norms float"
 
 
@@ -145,7 +146,7 @@ def _act_fn(s: QuantSpec):
         return lambda x: x.half().float()
     if s.a_bits is None:
         return None
-    if s.per_tensor:
+    if s.act_per_tensor:
         return quant_act_per_tensor_asym
     return lambda x, _b=s.a_bits: quant_act_per_token(x, _b)
 

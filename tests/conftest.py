@@ -75,3 +75,33 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path
 @pytest.fixture
 def rk():
     return run_cli
+
+
+# >>> export / quality (issue 3)
+#: Quality evaluation cut for tests (the default recipe's 4,096 tokens are for `make export`).
+QUALITY_TEST = {"eval_tokens": 1024, "window": 513, "sentences": 64}
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory, default_recipe_data, builtin_models):
+    """Every ONNX artifact of the default recipe for rk3576, built ONCE per session into a temp root.
+
+    Quality caches (float reference, rows) and the results store live in the same temp folder.
+    """
+    from types import SimpleNamespace
+
+    from host.export import export
+
+    base = tmp_path_factory.mktemp("onnx-export")
+    data = copy.deepcopy(default_recipe_data)
+    data["quality"] = dict(QUALITY_TEST)
+    recipe = base / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    schemes = tuple(dict.fromkeys(s for m in data["models"] for s in m["onnx"]))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RKDEPLOY_QUALITY_CACHE", str(base / "quality-cache"))
+    rep = export(recipe, "rk3576", only=schemes, root=base / "artifacts", progress=False)
+    yield SimpleNamespace(base=base, recipe=recipe, data=data, root=base / "artifacts", report=rep, schemes=schemes,
+                          store=base / "results.sqlite", qcache=base / "quality-cache")
+    mp.undo()
+# <<< export / quality (issue 3)

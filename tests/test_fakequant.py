@@ -108,7 +108,7 @@ def test_spec_of_each_scheme():
     assert spec("w8a8-g128") == QuantSpec(8, 128, 8)
     assert spec("w4a16") == QuantSpec(4, None, None)
     assert spec("w4a16-g64") == QuantSpec(4, 64, None)
-    assert spec("fp16").half and spec("int8-dyn").per_tensor
+    assert spec("fp16").half and spec("int8-dyn") == QuantSpec(8, None, 8, act_per_tensor=True)
     for onnx_only in ("int8", "int4", "fp32", "int8-qdq"):
         with pytest.raises(ValueError, match="no fake-quant"):
             spec(onnx_only)

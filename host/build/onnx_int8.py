@@ -7,8 +7,10 @@ LLM schemes (``format: onnx-genai``; KV-cache I/O named as onnxruntime-genai doe
   model with an explicit KV cache: ``input_ids``, ``attention_mask``, ``position_ids``,
   ``past_key_values.N.key|value`` → ``logits``, ``present.N.key|value``. Plain ONNX ops only, so
   onnxruntime ≥ 1.16 on a board runs it (genai's GroupQueryAttention graphs need a recent one).
-- ``int8-dyn``: ``quantize_dynamic`` (MatMul, QInt8 weights) of that graph, with the MatMuls of
-  the recipe's ``sensitive_layers`` kept in float (plain quantize_dynamic ruins the LLM).
+- ``int8-dyn``: ``quantize_dynamic`` (MatMul, QInt8 weights per output channel, dynamic uint8
+  activations per tensor) of that graph, with the MatMuls of the recipe's ``sensitive_layers``
+  kept in float (plain quantize_dynamic ruins the LLM). Per-channel weights: measured on the
+  default models, encoder cos 0.960 → 0.993, LLM PPL ratio 1.062 → 1.056 (1,024 tokens).
 
 Encoder schemes (``format: onnx-encoder``): ``fp32`` export of the HF encoder
 (``input_ids``, ``attention_mask``, ``token_type_ids`` → ``last_hidden_state``), ``int8-dyn``
@@ -32,7 +34,7 @@ from pathlib import Path
 from host.errors import BuildError
 
 #: Bump when a change here changes the artifacts (forces a rebuild of ONNX artifacts).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2   # 2: int8-dyn weights per output channel
 OPSET = 17
 #: ``intra_op_num_threads`` written into genai_config.json: the big cores of RK3588/RK3576.
 #: onnxruntime-genai is ~2x slower without an explicit thread count (ROCKCHIP.md §9).
@@ -133,7 +135,7 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
     excluded = quantize_llm_dynamic(tmp / "model.onnx", out_dir / "model.onnx", src, job.model.sensitive_layers, log=log)
     shutil.rmtree(tmp)
     write_genai_config(src, out_dir)
-    return {"format": "onnx-genai", "graph": "torch.onnx.export + quantize_dynamic(MatMul, QInt8)",
+    return {"format": "onnx-genai", "graph": "torch.onnx.export + quantize_dynamic(MatMul, QInt8 per-channel)",
             "exclusions": {"rule": f"linear layers whose name contains any of {list(job.model.sensitive_layers)} "
                                    "stay float (recipe field sensitive_layers; see `rkdeploy quality --sensitivity`)",
                            "patterns": list(job.model.sensitive_layers), "nodes": excluded, "count": len(excluded)}}
@@ -286,9 +288,9 @@ def quantize_llm_dynamic(src_onnx: Path, out_onnx: Path, model_dir: Path, patter
     if patterns and not exclude:
         raise BuildError(f"sensitive_layers {list(patterns)} matched no MatMul node of the exported graph")
     del graph
-    log(f"quantize_dynamic MatMul QInt8, {len(exclude)} sensitive MatMuls kept float")
+    log(f"quantize_dynamic MatMul QInt8 per-channel, {len(exclude)} sensitive MatMuls kept float")
     quantize_dynamic(str(src_onnx), str(out_onnx), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                     nodes_to_exclude=exclude)
+                     per_channel=True, nodes_to_exclude=exclude)
     return exclude
 
 
@@ -307,11 +309,11 @@ def _build_encoder(job, src: Path, out_dir: Path, log) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if job.scheme == "int8-dyn":
-        log("quantize_dynamic MatMul QInt8")
+        log("quantize_dynamic MatMul QInt8 per-channel")
         quantize_dynamic(str(tmp / "model.onnx"), str(out_dir / "model.onnx"), op_types_to_quantize=["MatMul"],
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, per_channel=True)
         shutil.rmtree(tmp)
-        return {**base, "graph": "quantize_dynamic(MatMul, QInt8)"}
+        return {**base, "graph": "quantize_dynamic(MatMul, QInt8 per-channel)"}
     sents = _calib_sentences(job)
     _quantize_qdq(src, tmp / "model.onnx", out_dir / "model.onnx", sents, m.seq_len, log=log)
     shutil.rmtree(tmp)
