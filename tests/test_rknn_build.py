@@ -284,3 +284,20 @@ def test_second_export_is_up_to_date_and_no_adb_survives(built):
     assert [r.status for r in rep.results] == ["up to date"] * 3 and rep.seconds < 30
     assert built.adb_after <= built.adb_before, "an adb server started by rknn-toolkit2 survived the build"
     assert R.adb_pids() <= built.adb_before
+
+
+def test_a_toolkit_failure_keeps_its_log_beside_the_artifact(built, monkeypatch, tmp_path):
+    """build() on the real toolkit with a dtype it refuses: one-line BuildError naming the kept log."""
+    job = _job(built.recipe, "rk3576", "w8a8", built.root)
+    bad = {"config": {"quantized_dtype": "w3a3", "quantized_algorithm": "normal", "quantized_method": "channel"},
+           "do_quantization": True, "auto_hybrid": False}
+    monkeypatch.setattr(R, "_rknn_args", lambda _job: bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BuildError) as e:
+        R.build(job, out, log=lambda _line: None)
+    kept = built.root / ENC / "rk3576" / "w8a8.rknn-build.log"
+    msg = str(e.value)
+    assert msg.startswith(f"{ENC}/rk3576/w8a8: rknn-toolkit2: config failed: ") and msg.endswith(f"(log: {kept})")
+    assert "\n" not in msg and "w3a3" in kept.read_text()
+    kept.unlink()

@@ -9,8 +9,11 @@ the toolkit's log beside the artifact, and records the simulator's accuracy as q
 (``method: simulator``).
 
 Source graph: ``artifacts/<model>/<target>/fp32/model.onnx`` (``host.build.onnx_int8``,
-TorchScript exporter, opset 17, eager attention). rknn-toolkit2 needs a float graph: it refuses
-ORT dynamic-quantized ONNX, hangs on QDQ, and reads opset <= 19 only.
+TorchScript exporter, opset 17, eager attention), built or reused first through
+``host.export.run_job`` when missing or stale (``--only w8a8`` does not plan it). rknn-toolkit2
+needs a float graph: it refuses ORT dynamic-quantized ONNX, hangs on QDQ, and reads opset <= 19
+only. The toolkit gets a copy whose attention-mask fill is -20 instead of -3.4e38 (``MASK_FILL``);
+onnxruntime runs the unmodified graph as the accuracy reference.
 """
 
 from __future__ import annotations
