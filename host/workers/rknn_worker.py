@@ -43,9 +43,10 @@ def _one_line(exc):
     return text.replace("\x1b[0m", "").replace("\x1b[1;31m", "")
 
 
-def _step(name, fn, *args, **kwargs):
+def _step(name, fn, *args, quiet=False, **kwargs):
     """Call a toolkit method; raise StepError on an exception or a non-zero return code."""
-    print(f"rkdeploy-worker: {name}", flush=True)
+    if not quiet:
+        print(f"rkdeploy-worker: {name}", flush=True)
     try:
         rc = fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - vendor code raises anything; reported as one line
@@ -177,8 +178,9 @@ def run(job):
         _step("init_runtime (simulator)", rknn.init_runtime)
         samples = _load_samples(job)
         got = []
+        print(f"rkdeploy-worker: inference ({len(samples)} held-out samples)", flush=True)
         for s in samples:
-            out = _step("inference", rknn.inference, inputs=s)
+            out = _step("inference", rknn.inference, inputs=s, quiet=True)
             if out is None:
                 raise StepError("inference returned no outputs (see the log)")
             got.append(out)
