@@ -305,3 +305,18 @@ def test_a_toolkit_failure_keeps_its_log_beside_the_artifact(built, monkeypatch,
     assert msg.startswith(f"{ENC}/rk3576/w8a8: rknn-toolkit2: config failed: ") and msg.endswith(f"(log: {kept})")
     assert "\n" not in msg and "w3a3" in kept.read_text()
     kept.unlink()
+
+
+def test_w4a16_simulator_matches_torch_fake_quant(built, monkeypatch):
+    """Parity: rknn's w4a16 (int4 per-channel weights, float16 activations) in its simulator and our torch
+    round-to-nearest fake-quant of the same scheme give the same sentence cosine on the same sentences."""
+    from host.config import load_recipe
+    from host.quality import evaluate
+
+    monkeypatch.setenv("RKDEPLOY_QUALITY_CACHE", str(built.base / "quality-cache"))
+    rows = evaluate(load_recipe(built.recipe), "rk3576", root=built.root, schemes=("w4a16",), store=built.store)
+    by = {r["method"]: r for r in rows if r["scheme"] == "w4a16"}
+    print(f"w4a16 sentence cosine: rknn simulator {by['simulator']['cos_mean']:.4f}, "
+          f"torch fake-quant {by['simulated']['cos_mean']:.4f}")
+    assert by["simulator"]["cos_mean"] == pytest.approx(by["simulated"]["cos_mean"], abs=0.01)
+    assert by["simulator"]["nn_agree"] == pytest.approx(by["simulated"]["nn_agree"], abs=0.1)
