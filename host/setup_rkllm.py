@@ -103,6 +103,19 @@ def find_python(version: str) -> str:
                         "for your Python")
 
 
+def local_torch_wheel(version: str) -> str | None:
+    """A torch 2.13.0 CPU wheel for CPython ``version`` in the pip find-links folders, if any."""
+    import glob
+    import os
+
+    tag = "cp" + version.replace(".", "")
+    for folder in (os.environ.get("PIP_FIND_LINKS") or "/opt/wheels").split():
+        hits = glob.glob(os.path.join(folder.removeprefix("file://"), f"torch-{TORCH}*cpu*-{tag}-{tag}-*.whl"))
+        if hits:
+            return sorted(hits)[-1]
+    return None
+
+
 def _run(cmd: list[str], what: str) -> None:
     print(f"setup-rkllm: {what}", flush=True)
     res = subprocess.run(cmd, text=True)
@@ -139,7 +152,11 @@ def setup(wheel: Path, *, venvs: Path | None = None, skip_torch: bool = False, f
         constraints = Path(tmp) / "constraints.txt"
         constraints.write_text("" if skip_torch else f"torch=={TORCH}\n")
         if not skip_torch:
-            _run(pip + ["install", f"torch=={TORCH}"], f"torch {TORCH} (CPU wheel where a local one matches)")
+            local = local_torch_wheel(meta["python"])
+            if local is None:
+                print(f"setup-rkllm: note: no local torch {TORCH} CPU wheel for CPython {meta['python']} in "
+                      "$PIP_FIND_LINKS; pip takes torch from the index (for Linux that is the large CUDA build)")
+            _run(pip + ["install", f"torch=={TORCH}"], f"torch {TORCH} ({local or 'from the index'})")
         _run(pip + ["install", "--no-deps", str(wheel)], f"{wheel.name} (--no-deps)")
         if install:
             _run(pip + ["install", "-c", str(constraints), *install], f"its pinned dependencies: {' '.join(install)}")
