@@ -222,6 +222,8 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
                 extra["build_seconds"] = round(time.monotonic() - t0, 2)
             fields_ = _manifest_fields(job, recipe, model_sha, ih, inputs, extra)
             art = write_manifest(tmp, **fields_)
+            tmp.chmod(0o755)                       # mkdtemp/mkstemp made these owner-only
+            (tmp / MANIFEST).chmod(0o644)
         seconds = time.monotonic() - t0
         return JobResult(job, "reused" if sibling else "built", f"from {sibling.parent.name}" if sibling else "",
                          seconds, art.size, ih)

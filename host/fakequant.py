@@ -50,11 +50,14 @@ def spec(scheme: str) -> QuantSpec:
     return QuantSpec(w, group_size(scheme), a if a < 16 else None)
 
 
+SIMULATION = "simulated in torch: round-to-nearest, every nn.Linear incl. lm_head, embeddings/norms float"
+
+
 def definition(scheme: str) -> str:
     """The exact scheme definition written into simulated rows."""
     text = describe(scheme) if scheme != "int8-dyn" else (
         "int8 symmetric weights per output channel; uint8 asymmetric activations per tensor (quantize_dynamic)")
-    return f"{text}; simulated in torch: round-to-nearest, every nn.Linear incl. lm_head, embeddings/norms float"
+    return f"{text}; {SIMULATION}"
 
 
 def quant_weight(w, bits: int, group: int | None, per_tensor: bool = False):

@@ -275,12 +275,15 @@ class _Pending:
 
 
 def _artifacts(recipe: Recipe, target: str, root, schemes) -> dict[str, list]:
-    """Built ONNX artifacts per model name (missing ones are skipped with a note)."""
+    """Built artifacts we measure, per model name: ONNX, and ``.rkllm`` when rkllm-toolkit is installed
+    (its host-side logits of the quantized model; without it the scheme keeps its simulated row)."""
     from host.manifest import read_manifest
     from host.plan import plan
+    from host.toolkits import toolkit_info
 
+    kinds = ("onnx", "rkllm") if toolkit_info("rkllm") else ("onnx",)
     out: dict[str, list] = {}
-    for job in plan(recipe, target, root=root, kinds=("onnx",), schemes=schemes):
+    for job in plan(recipe, target, root=root, kinds=kinds, schemes=schemes):
         try:
             read_manifest(job.out_dir)
         except RkdeployError:
@@ -320,7 +323,9 @@ def evaluate(recipe: Recipe, target: str, *, root: Path | str | None = None, sim
             rows += _evaluate_encoder(recipe, m, target, arts.get(m.name, []), cache, simulated, schemes, log)
     if rows:
         store_rows(rows, store)
-    vendor = vendor_rows(recipe, target, root=root, schemes=schemes, store=store)
+    ours = {r["env"]["quality_key"] for r in rows}
+    vendor = [r for r in vendor_rows(recipe, target, root=root, schemes=schemes, store=store)
+              if (r.get("env") or {}).get("quality_key") not in ours]
     order = {m.name: i for i, m in enumerate(recipe.models)}
     return sorted(rows + vendor, key=lambda r: order.get(r["model"], len(order)))   # stable: per model, ours first
 
@@ -418,7 +423,15 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
         for p in missing:
             t0 = time.monotonic()
             stats = TokenStats.empty()
-            if p.method == "measured":
+            if p.method == "measured" and p.artifact.manifest.get("artifact_kind") == "rkllm":
+                if log:
+                    log(f"{m.name}/{p.scheme}: rkllm-toolkit logits on {ev.n_tokens} held-out tokens")
+                try:
+                    backend = _rkllm_stats(p, windows, ref, stats, log)
+                except RkdeployError as e:
+                    done[p.key] = _error_row(m, target, p, str(e).splitlines()[0], backend="rkllm-toolkit")
+                    continue
+            elif p.method == "measured":
                 if log:
                     log(f"{m.name}/{p.scheme}: onnxruntime on {ev.n_tokens} held-out tokens")
                 lm = OrtCausalLm(p.artifact.path, p.artifact.manifest)
@@ -450,8 +463,21 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
     return [done[p.key] for p in todo if p.key in done]
 
 
-def _error_row(m: ModelSpec, target: str, p: _Pending, error: str) -> dict:
-    row = _row(m, target, p.scheme, p.method, "torch-fakequant", {}, env=_env(p, target, {}))
+def _rkllm_stats(p: _Pending, windows, ref, stats: TokenStats, log) -> str:
+    """A built ``.rkllm`` artifact measured through rkllm-toolkit's host-side logits; returns the backend."""
+    from host.build.rkllm import RkllmToolkitLm
+
+    lm = RkllmToolkitLm(p.artifact.path, windows, log=log)
+    try:
+        for i, w in enumerate(windows):
+            stats.add(ref[i], lm.logprobs(w), w)
+    finally:
+        lm.close()
+    return lm.backend
+
+
+def _error_row(m: ModelSpec, target: str, p: _Pending, error: str, backend: str = "torch-fakequant") -> dict:
+    row = _row(m, target, p.scheme, p.method, backend, {}, artifact=p.artifact, env=_env(p, target, {}))
     row.update(status="error", error=error)
     return _for_target(row, p, target)
 
@@ -588,22 +614,39 @@ def _fmt(v, digits: int) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def quality_table(rows: list[dict], *, title: str = "quality"):
-    from rich.table import Table
+#: (header, row field, digits) of the LLM and the encoder tables.
+LLM_TABLE = (("PPL", "ppl", 2), ("PPL ratio", "ppl_ratio", 4), ("KLD", "kld_mean", 4), ("KLD p99", "kld_p99", 4),
+             ("top-1", "top1_agree", 3))
+ENCODER_TABLE = (("cos", "cos_mean", 4), ("cos min", "cos_min", 4), ("NN agree", "nn_agree", 3))
 
-    t = Table(title=title, title_justify="left", caption=_caption(rows), caption_justify="left")
-    for col in ("model", "scheme", "method", "PPL", "PPL ratio", "KLD", "KLD p99", "top-1", "cos", "cos min",
-                "NN agree", "note"):
-        t.add_column(col, justify="left" if col in ("model", "scheme", "method", "note") else "right",
-                     overflow="fold")
-    for r in rows:
-        env = r.get("env") or {}
-        note = f"error: {r.get('error')}" if r.get("status") == "error" else (
-            "Q4_1-derived weights" if env.get("note") else "")
-        t.add_row(r["model"], r["scheme"], r["method"], _fmt(r.get("ppl"), 2), _fmt(r.get("ppl_ratio"), 4),
-                  _fmt(r.get("kld_mean"), 4), _fmt(r.get("kld_p99"), 4), _fmt(r.get("top1_agree"), 3),
-                  _fmt(r.get("cos_mean"), 4), _fmt(r.get("cos_min"), 4), _fmt(r.get("nn_agree"), 3), note)
-    return t
+
+def quality_table(rows: list[dict], *, title: str = "quality"):
+    """One compact table per model (LLM: PPL/KLD/top-1; encoder: cosine/NN), notes in the caption."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    tables = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        cols = LLM_TABLE if any(r.get("test") == "ppl" or r.get("ppl") is not None for r in mine) else ENCODER_TABLE
+        t = Table(title=f"{title}: {model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        t.add_column("scheme", no_wrap=True)
+        t.add_column("method", overflow="fold")
+        for head, _f, _d in cols:
+            t.add_column(head, justify="right", no_wrap=True)
+        t.add_column("note", overflow="fold")
+        for r in mine:
+            env = r.get("env") or {}
+            note = f"error: {r.get('error')}" if r.get("status") == "error" else ("Q4_1 weights" if env.get("note") else "")
+            method = r["method"]
+            if method == "measured" and r.get("backend") not in (None, "onnxruntime"):
+                method = f"measured ({r['backend']})"
+            t.add_row(r["scheme"], method, *(_fmt(r.get(f), d) for _h, f, d in cols), note)
+        tables.append(t)
+    return Group(*tables, Text(_caption(rows)))
 
 
 def _caption(rows: list[dict]) -> str:
@@ -615,8 +658,10 @@ def _caption(rows: list[dict]) -> str:
                      f"float PPL {e['ppl_float']:.3f}; KLD = KL(float ‖ artifact) per token")
     sims = {r["scheme"]: (r.get("env") or {}).get("definition") for r in rows if r["method"] == "simulated"}
     if sims:
-        lines.append("simulated = torch fake-quant of the scheme (round-to-nearest), not the vendor toolkit:")
-        lines += [f"  {s}: {d}" for s, d in sims.items()]
+        from host.fakequant import SIMULATION
+
+        lines.append(f"simulated = torch fake-quant of the scheme, not the vendor toolkit ({SIMULATION}):")
+        lines += [f"  {s}: {(d or '').replace('; ' + SIMULATION, '')}" for s, d in sims.items()]
     if any(r["method"] == "simulator" for r in rows):
         lines.append("simulator = the vendor toolkit's x86 simulator of the built artifact vs float")
     notes = {(r.get("env") or {}).get("note") for r in rows} - {None}

@@ -100,6 +100,8 @@ def test_manifests_carry_every_field(onnx_export, llm_dir, encoder_dir):
             assert p.stat().st_size == meta["size"], (where, name)
             assert sha256_file(p) == meta["sha256"], (where, name)
         assert m["scheme"] == r.job.scheme and m["target"] == "rk3576" and m["artifact_kind"] == "onnx"
+        assert r.job.out_dir.stat().st_mode & 0o777 == 0o755
+        assert (r.job.out_dir / "manifest.json").stat().st_mode & 0o777 == 0o644
         recipe_sha = recipe_sha or m["recipe_sha256"]
         assert m["recipe_sha256"] == recipe_sha and len(recipe_sha) == 64
         assert m["model_sha256"] == model_sha256(llm_dir if r.job.model.name == LLM else encoder_dir)

@@ -260,3 +260,51 @@ def test_quality_cli_prints_the_table(onnx_export, rk3576_rows):
     print(p.stdout)
     for s in ("int8-dyn", "int8-qdq", "w4a16-g64", "simulated", "measured", "PPL ratio", "NN agree", "Q4_1"):
         assert s in p.stdout, s
+
+
+def test_built_rkllm_artifact_gets_a_measured_row(onnx_export, rk3576_rows, tmp_path, monkeypatch):
+    """With rkllm-toolkit installed, a built .rkllm is measured through the toolkit's host-side logits.
+
+    The toolkit here is the recording double (host/testing/fake_rkllm: logits = float model + small
+    noise), so what is tested is the wiring, labelled "(test double)" in the row's backend.
+    """
+    import copy
+
+    import yaml
+
+    from host.config import load_recipe
+    from host.export import export
+    from host.quality import evaluate
+    from host.testing.fake_rkllm import install_fake_toolkit
+
+    venvs = tmp_path / "venvs"
+    monkeypatch.setenv("RKDEPLOY_VENVS", str(venvs))
+    monkeypatch.setenv("FAKE_RKLLM_RECORD", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("RKDEPLOY_GPU", "0")
+    install_fake_toolkit(venvs, "1.3.0")
+    calib = tmp_path / "calib.json"
+    calib.write_text('[{"input": "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n", "target": "Hello."}]')
+    data = copy.deepcopy(onnx_export.data)
+    data["models"][0]["calibration"] = str(calib)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    root = tmp_path / "art"
+    rep = export(tmp_path / "r.yaml", "rk3588", only=("w8a8",), root=root, progress=False)
+    assert {r.job.label: r.status for r in rep.results if r.job.kind == "rkllm"} == {f"{LLM}/rk3588/w8a8": "built"}
+    t0 = time.monotonic()
+    rows = evaluate(recipe, "rk3588", root=root, store=tmp_path / "s.sqlite")
+    print(f"rk3588 with a built .rkllm: {time.monotonic() - t0:.1f} s")
+    _show(rows)
+    w8a8 = [r for r in rows if r["model"] == LLM and r["scheme"] == "w8a8"]
+    assert sorted(r["method"] for r in w8a8) == ["measured", "simulated"]
+    meas = next(r for r in w8a8 if r["method"] == "measured")
+    assert meas["backend"] == "rkllm-toolkit 1.3.0 (test double)" and meas["status"] == "ok"
+    assert all(meas.get(c) is not None for c in LLM_COLUMNS) and meas["artifact_sha256"]
+    assert 1.0 <= meas["ppl_ratio"] < 1.2 and meas["top1_agree"] > 0.8
+    # without the toolkit: nothing is measured; the stored row of this very artifact (same sha256) is shown
+    monkeypatch.setenv("RKDEPLOY_VENVS", str(tmp_path / "empty"))
+    rows = evaluate(recipe, "rk3588", root=root, store=tmp_path / "s.sqlite")
+    again = {r["method"]: r for r in rows if r["model"] == LLM and r["scheme"] == "w8a8"}
+    assert set(again) == {"measured", "simulated"} and again["measured"]["kld_mean"] == meas["kld_mean"]
+    rows = evaluate(recipe, "rk3588", root=root, store=tmp_path / "other.sqlite")
+    assert [r["method"] for r in rows if r["model"] == LLM and r["scheme"] == "w8a8"] == ["simulated"]

@@ -22,8 +22,10 @@ held-in sentences). Every artifact carries the tokenizer files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -94,10 +96,11 @@ def build(job, out_dir: Path, *, log) -> dict:
 
     src = resolve_model(job.model, fetch=True)
     out_dir = Path(out_dir)
-    if job.model.kind == "llm":
-        extra = _build_llm(job, src, out_dir, log)
-    else:
-        extra = _build_encoder(job, src, out_dir, log)
+    with _quiet_root_logger():   # onnxruntime.quantization warns "consider pre-processing" on the root logger
+        if job.model.kind == "llm":
+            extra = _build_llm(job, src, out_dir, log)
+        else:
+            extra = _build_encoder(job, src, out_dir, log)
     _copy_tokenizer(src, out_dir)
     extra.setdefault("entry", "model.onnx")
     extra["tokenizer"] = "tokenizer.json" if (out_dir / "tokenizer.json").is_file() else None
@@ -105,6 +108,17 @@ def build(job, out_dir: Path, *, log) -> dict:
     extra["tool_versions"] = tool_versions()
     extra["scheme_definition"] = _definition(job.scheme)
     return extra
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _definition(scheme: str) -> str:
