@@ -190,6 +190,16 @@ def test_calibration_change_rebuilds_only_int8_qdq(onnx_export, tmp_path):
     assert old["calibration_sha256"] != new["calibration_sha256"]
 
 
+def test_builder_revision_of_one_scheme_rebuilds_only_that_scheme(onnx_export, tmp_path, monkeypatch):
+    from host.build import onnx_int8
+
+    root = _linked_copy(onnx_export.root, tmp_path / "art")
+    monkeypatch.setitem(onnx_int8.SCHEME_REVISION, "int8-qdq", 99)
+    st = _status(_export(onnx_export.recipe, root))
+    assert st.pop(f"{ENC}/rk3576/int8-qdq") == "built"
+    assert set(st.values()) == {"up to date"}, st
+
+
 # --- crash safety and failures -------------------------------------------------------------------
 
 def test_killed_build_leaves_no_complete_artifact(onnx_export, tmp_path):

@@ -36,7 +36,10 @@ from pathlib import Path
 from host.errors import BuildError
 
 #: Bump when a change here changes the artifacts (forces a rebuild of ONNX artifacts).
-BUILDER_VERSION = 2   # 2: int8-dyn weights per output channel
+BUILDER_VERSION = 1
+#: Per-scheme revisions: bump one when a change alters only that scheme's artifacts, so the others
+#: (and the .rknn files converted from the fp32 graph) stay up to date.
+SCHEME_REVISION = {"int8-dyn": 2}   # 2: weights per output channel
 OPSET = 17
 #: ``intra_op_num_threads`` written into genai_config.json: the big cores of RK3588/RK3576.
 #: onnxruntime-genai is ~2x slower without an explicit thread count (ROCKCHIP.md §9).
@@ -82,6 +85,8 @@ def inputs(job) -> dict:
                          f"(allowed: {', '.join(allowed)})")
     data: dict = {"builder": "onnx", "builder_version": BUILDER_VERSION, "scheme": job.scheme, "opset": OPSET,
                   "tools": tool_versions(), "board_threads": BOARD_THREADS}
+    if job.scheme in SCHEME_REVISION:
+        data["scheme_revision"] = SCHEME_REVISION[job.scheme]
     if job.scheme == "int8-dyn" and m.kind == "llm":
         data["sensitive_layers"] = list(m.sensitive_layers)
     if m.kind == "encoder":
