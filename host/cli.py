@@ -146,7 +146,7 @@ def quality_cmd(
     recipe: Path = RecipeOpt,
     target: str = TargetOpt,
     sensitivity: bool = typer.Option(False, "--sensitivity", help="per layer type × depth: KLD increase when only it is quantized"),
-    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's first vendor scheme)"),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's w8a8 when listed, else its first vendor scheme)"),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
     no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
 ) -> None:
