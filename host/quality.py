@@ -143,15 +143,20 @@ class TokenStats:
 
 # --- float reference (cached) -------------------------------------------------------------------
 
-def load_torch_llm(folder: Path):
+def _load_torch(folder: Path, auto_class: str):
+    """A float32 transformers model from a local folder (offline, explicit threads, no progress bars)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(_threads())
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def load_torch_llm(folder: Path):
+    return _load_torch(folder, "AutoModelForCausalLM")
 
 
 def torch_logprobs(model, ids):
@@ -567,14 +572,7 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
 
 
 def _load_torch_encoder(folder: Path):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(_threads())
-    return AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return _load_torch(folder, "AutoModel")
 
 
 def _ort_embeddings(artifact, feeds):
