@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from host.testing.sshd import TestSshd
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "configs" / "models" / "smollm2-135m.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,3 +107,22 @@ def onnx_export(tmp_path_factory, default_recipe_data, builtin_models):
                           store=base / "results.sqlite", qcache=base / "quality-cache")
     mp.undo()
 # <<< export / quality (issue 3)
+# >>> deploy: one real OpenSSH sshd per test module, its known_hosts, no agent (issue 5)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    with TestSshd.start(tmp_path_factory.mktemp("sshd")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def known(sshd, tmp_path_factory):
+    return sshd.write_known_hosts(tmp_path_factory.mktemp("kh") / "known_hosts")
+
+
+@pytest.fixture(autouse=True)
+def _no_ssh_agent(monkeypatch):
+    """Keys only: an agent on the developer's machine must not make a wrong-key test pass."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+# <<< deploy

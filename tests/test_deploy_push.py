@@ -16,7 +16,7 @@ from host.deploy.push import PushDir, artifact_dir, push_board, push_boards, run
 from host.deploy.ssh import SshTransport
 from host.errors import DeployError
 from host.testing.deploy import board_for, write_artifact
-from host.testing.sshd import TestSshd, sshd_available
+from host.testing.sshd import sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
 MiB = 1 << 20
@@ -29,22 +29,6 @@ def real_python(minor: str) -> str | None:
     found = sorted((Path.home() / ".pyenv" / "versions").glob(f"{minor}.*/bin/python{minor}"))
     found += [p for p in (Path("/usr/bin") / f"python{minor}",) if p.exists()]
     return str(found[0]) if found else None
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with TestSshd.start(tmp_path_factory.mktemp("sshd")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def known(sshd, tmp_path_factory):
-    return sshd.write_known_hosts(tmp_path_factory.mktemp("kh") / "known_hosts")
-
-
-@pytest.fixture(autouse=True)
-def _no_agent(monkeypatch):
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
 
 @pytest.fixture

@@ -17,29 +17,13 @@ from host.deploy.ssh import SshTransport
 from host.errors import DeployError
 from host.results import ResultStore
 from host.testing.deploy import board_for, rehash_manifest
-from host.testing.sshd import TestSshd, sshd_available
+from host.testing.sshd import sshd_available
 from tests.conftest import DEFAULT_RECIPE
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
 LLM = "smollm2-135m-instruct"
 ENC = "all-minilm-l6-v2"
 QUICK = BenchParams(n_prompt=16, n_gen=4, reps=2, warmup=0)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with TestSshd.start(tmp_path_factory.mktemp("sshd")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def known(sshd, tmp_path_factory):
-    return sshd.write_known_hosts(tmp_path_factory.mktemp("kh") / "known_hosts")
-
-
-@pytest.fixture(autouse=True)
-def _no_agent(monkeypatch):
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
 
 @pytest.fixture
