@@ -133,6 +133,7 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
     """``rkdeploy bench --board local``: every built artifact of ``target`` with a backend here."""
     from host.config import load_recipe
     from host.plan import plan
+    from host.toolkits import TOOLKITS, toolkit_info
 
     say = log or (lambda msg: err_console.print(msg, markup=False, highlight=False, soft_wrap=True))
     jobs = plan(load_recipe(recipe), target, root=artifacts_root)
@@ -143,7 +144,11 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
         for job in jobs:
             mpath = job.out_dir / "manifest.json"
             if not mpath.exists():
-                summary.skipped.append(f"{job.label}: not built (run `rkdeploy export --target {target}`)")
+                if job.kind in TOOLKITS and toolkit_info(job.kind) is None:
+                    tk = TOOLKITS[job.kind]
+                    summary.skipped.append(f"{job.label}: not built — {tk.dist} not installed ({tk.install_hint})")
+                else:
+                    summary.skipped.append(f"{job.label}: not built (run `rkdeploy export --target {target}`)")
                 continue
             manifest = json.loads(mpath.read_text())
             backend = pick_backend(manifest, available)
