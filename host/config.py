@@ -91,6 +91,10 @@ class RknnOptions(Strict):
     auto_hybrid_cos: float = Field(0.98, gt=0.0, le=1.0, description="rknn config auto_hybrid_cos_thresh")
 
 
+#: ``sensitive_layers`` when a recipe's model omits it: LLM down_proj, BERT-like encoder FFN output dense.
+DEFAULT_SENSITIVE = {"llm": ("down_proj",), "encoder": ("layer.*.output.dense",)}
+
+
 class ModelSpec(Strict):
     """One model of a recipe and what to build from it per target."""
 
@@ -100,9 +104,14 @@ class ModelSpec(Strict):
     max_context: int = Field(4096, description="rkllm max_context: multiple of 32, <= 16384")
     calibration: Path | None = Field(None, description="rkllm calibration JSON (llm)")
     onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
-    sensitive_layers: list[str] = Field(
-        ["down_proj"],
-        description="int8-dyn keeps linear layers whose name contains one of these in float",
+    sensitive_layers: list[str] | None = Field(
+        None,
+        description="linear layers the ONNX int8 schemes keep in float (LLM: int8-dyn; encoder: int8-dyn and "
+        "int8-qdq). A pattern matches the END of a layer name, component by component; '*' matches within one "
+        "component, never across a dot: 'down_proj' = every model.layers.N.mlp.down_proj; 'layer.*.output.dense' "
+        "= BERT's FFN output encoder.layer.N.output.dense but not encoder.layer.N.attention.output.dense. "
+        "Default when omitted: llm [down_proj]; encoder [layer.*.output.dense], applied only where it matches "
+        "(a pattern the recipe names must match a layer). [] = nothing kept float",
     )
     seq_len: int = Field(128, ge=1, le=8192, description="fixed input length (encoders, rknn)")
     batch: int = Field(1, ge=1, le=256)
@@ -111,6 +120,26 @@ class ModelSpec(Strict):
     )
     rkllm: RkllmOptions = RkllmOptions()
     rknn: RknnOptions = RknnOptions()
+
+    @model_validator(mode="after")
+    def _default_sensitive(self):
+        if self.sensitive_layers is None:     # the kind's default; frozen model, so set it the one allowed way
+            object.__setattr__(self, "sensitive_layers", list(DEFAULT_SENSITIVE[self.kind]))
+        return self
+
+    @property
+    def sensitive_layers_required(self) -> bool:
+        """Must every pattern match a layer? Yes unless it is the encoder default (BERT-like models only)."""
+        return self.kind == "llm" or "sensitive_layers" in self.model_fields_set
+
+    @field_validator("sensitive_layers")
+    @classmethod
+    def _sensitive(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if not p or any(not part.strip() for part in p.split(".")):
+                raise ValueError(f"sensitive_layers entry {p!r}: dot-separated non-empty name components "
+                                 "(e.g. 'down_proj', 'layer.*.output.dense')")
+        return v
 
     @field_validator("name")
     @classmethod

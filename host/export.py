@@ -1,7 +1,8 @@
 """``rkdeploy export``: recipe → checks → plan → build what changed → manifests → summary (+ quality).
 
 Order of work (fail fast): load the recipe, ``host.targets.check`` plus the export pre-checks
-(every ``sensitive_layers`` pattern names a linear layer) — all before any build. Then per job:
+(every ``sensitive_layers`` pattern a recipe names for int8-dyn / int8-qdq matches a linear layer)
+— all before any build. Then per job:
 ``inputs_hash`` = model sha256 + the recipe model fields the kind depends on + ``builder.inputs(job)``;
 "up to date" when the manifest has that hash and the files are intact; an ONNX artifact with the
 same hash under another target is copied (ONNX does not depend on the chip); else the builder
@@ -74,13 +75,16 @@ class ExportReport:
 # --- pre-checks ---------------------------------------------------------------------------------
 
 def sensitive_layer_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[str]:
-    """Every ``sensitive_layers`` pattern of an LLM building ``int8-dyn`` must match a linear layer."""
-    from host.build.onnx_int8 import sensitive_matches
+    """Every ``sensitive_layers`` pattern of a model building a scheme that uses it must match a linear layer."""
+    import re
+
+    from host.build.onnx_int8 import SENSITIVE_SCHEMES, sensitive_matches
     from host.models import check_model_folder, linear_shapes, resolve_model
 
     problems = []
-    for m in recipe.llms():
-        if "int8-dyn" not in m.onnx or (schemes is not None and "int8-dyn" not in schemes):
+    for m in recipe.models:
+        uses = [s for s in SENSITIVE_SCHEMES[m.kind] if s in m.onnx and (schemes is None or s in schemes)]
+        if not uses or not m.sensitive_layers or not m.sensitive_layers_required:
             continue
         try:
             folder = resolve_model(m)
@@ -91,9 +95,10 @@ def sensitive_layer_problems(recipe: Recipe, schemes: list[str] | None = None) -
         layers = linear_shapes(folder)
         for pat in m.sensitive_layers:
             if not sensitive_matches(layers, [pat]):
-                kinds = sorted({name.rsplit(".", 1)[-1] for name in layers})
+                kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in layers})
                 problems.append(f"{m.name}: sensitive_layers entry {pat!r} matches no linear layer of the model "
-                                f"(layer names end in: {', '.join(kinds)})")
+                                f"(a pattern matches the end of a layer name, '*' = one name component; "
+                                f"layers: {', '.join(kinds)})")
     return problems
 
 
