@@ -121,9 +121,52 @@ def test_manifests_carry_every_field(onnx_export, llm_dir, encoder_dir):
     qdq = by[f"{ENC}/rk3576/int8-qdq"]
     assert len(qdq["calibration_sha256"]) == 64 and qdq["calibration"]["sentences"] == 64
     assert by[f"{ENC}/rk3576/fp32"]["calibration_sha256"] is None
+    # the encoder's quantized schemes keep the FFN output dense layers (not attention.output.dense) float
+    for s in ("int8-dyn", "int8-qdq"):
+        ex = by[f"{ENC}/rk3576/{s}"]["exclusions"]
+        assert ex["patterns"] == ["layer.*.output.dense"] and ex["count"] == 6 and "sensitive_layers" in ex["rule"]
+        assert sorted(ex["nodes"]) == [f"/m/encoder/layer.{i}/output/dense/MatMul" for i in range(6)], ex
+    assert by[f"{ENC}/rk3576/fp32"]["exclusions"] is None
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int8-dyn"])
+def test_llm_fp32_stores_the_tied_embedding_once_with_exact_logits(onnx_export, llm_dir):
+    """SmolLM2 ties lm_head to the embedding: one initializer (Gemm transB), logits equal to PyTorch's."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = onnx_export.root / LLM / "rk3576" / "fp32"
+    m = json.loads((folder / "manifest.json").read_text())
+    size = sum(f["size"] for f in m["files"].values())
+    print(f"fp32 LLM artifact: {size / 1e6:.1f} MB (untied export: 656 MB)")
+    assert size < 560e6                           # 134.5 M float parameters = 538 MB, plus tokenizer files
+    tied = m["tied_weights"]
+    assert tied["embedding"] == "m.model.embed_tokens.weight" and tied["bytes_saved"] == 49152 * 576 * 4
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    assert [list(i.dims) for i in graph.initializer if 49152 in i.dims] == [[49152, 576]]
+    head = [n for n in graph.node if n.op_type == "Gemm"]
+    assert len(head) == 1 and head[0].input[1] == tied["embedding"]
+    assert next(a.i for a in head[0].attribute if a.name == "transB") == 1
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), attn_implementation="eager", dtype=torch.float32).eval()
+    ids = np.array([[1, 504, 3575, 282, 4649, 314, 2, 17, 42, 100]], np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+    for i in sess.get_inputs()[3:]:
+        feed[i.name] = np.zeros((1, 3, 0, 64), np.float32)
+    got = sess.run(["logits"], feed)[0]
+    diff = float(np.abs(got - ref).max())
+    print(f"max |logits - torch| = {diff:.2e}")
+    assert got.shape == ref.shape and diff < 1e-3 and (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("scheme", ["fp32", "int8", "int8-dyn"])
 def test_llm_artifact_generates_with_onnxruntime_genai(onnx_export, scheme):
     og = pytest.importorskip("onnxruntime_genai")
     folder = onnx_export.root / LLM / "rk3576" / scheme
@@ -175,6 +218,53 @@ def test_recipe_change_rebuilds_only_int8_dyn(onnx_export, tmp_path):
     assert orig["exclusions"]["count"] == 30
 
 
+def test_encoder_sensitive_layers_change_rebuilds_only_its_quantized_schemes(onnx_export, tmp_path):
+    root = _linked_copy(onnx_export.root, tmp_path / "art")
+    data = copy.deepcopy(onnx_export.data)
+    data["models"][1]["sensitive_layers"] = ["layer.*.output.dense", "intermediate.dense"]
+    rep = _export(_write(tmp_path / "r.yaml", data), root)
+    st = _status(rep)
+    assert st.pop(f"{ENC}/rk3576/int8-dyn") == "built" and st.pop(f"{ENC}/rk3576/int8-qdq") == "built"
+    assert set(st.values()) == {"up to date"}, st
+    for s in ("int8-dyn", "int8-qdq"):
+        ex = json.loads((root / ENC / "rk3576" / s / "manifest.json").read_text())["exclusions"]
+        assert ex["count"] == 12 and sum("/intermediate/dense/" in n for n in ex["nodes"]) == 6, ex
+
+
+def test_sensitive_layer_patterns_match_name_components():
+    from host.build.onnx_int8 import pattern_matches, sensitive_matches
+
+    enc = [f"encoder.layer.{i}.{k}" for i in range(2)
+           for k in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")]
+    assert sensitive_matches(enc, ["layer.*.output.dense"]) == ["encoder.layer.0.output.dense",
+                                                                "encoder.layer.1.output.dense"]
+    assert len(sensitive_matches(enc, ["output.dense"])) == 4            # both kinds: the pattern is a name suffix
+    assert sensitive_matches(enc, ["attention.output.dense"]) == ["encoder.layer.0.attention.output.dense",
+                                                                  "encoder.layer.1.attention.output.dense"]
+    assert pattern_matches("model.layers.3.mlp.down_proj", "down_proj")
+    assert pattern_matches("model.layers.3.mlp.down_proj", "layers.3.mlp.*")
+    assert not pattern_matches("model.layers.3.mlp.down_proj", "down")      # whole components, not substrings
+    assert not pattern_matches("model.layers.3.mlp.down_proj", "layers.*.down_proj")   # '*' is one component
+    assert not pattern_matches("lm_head", "model.lm_head")
+
+
+def test_sensitive_layers_defaults_per_kind():
+    from pydantic import ValidationError
+
+    from host.config import ModelSpec
+
+    enc = ModelSpec(name="e", kind="encoder", source="builtin:all-minilm-l6-v2")
+    llm = ModelSpec(name="l", kind="llm", source="builtin:smollm2-135m-instruct")
+    assert enc.sensitive_layers == ["layer.*.output.dense"] and llm.sensitive_layers == ["down_proj"]
+    # the encoder's built-in (BERT-like) default applies where it matches; a pattern a recipe names must match
+    assert not enc.sensitive_layers_required and llm.sensitive_layers_required
+    named = ModelSpec(name="e", kind="encoder", source="x", sensitive_layers=["layer.*.output.dense"])
+    assert named.sensitive_layers_required
+    assert ModelSpec(name="e", kind="encoder", source="x", sensitive_layers=[]).sensitive_layers == []
+    with pytest.raises(ValidationError, match="sensitive_layers entry 'layer..dense'"):
+        ModelSpec(name="e", kind="encoder", source="x", sensitive_layers=["layer..dense"])
+
+
 def test_calibration_change_rebuilds_only_int8_qdq(onnx_export, tmp_path):
     root = _linked_copy(onnx_export.root, tmp_path / "art")
     data = copy.deepcopy(onnx_export.data)
@@ -194,7 +284,7 @@ def test_builder_revision_of_one_scheme_rebuilds_only_that_scheme(onnx_export, t
     from host.build import onnx_int8
 
     root = _linked_copy(onnx_export.root, tmp_path / "art")
-    monkeypatch.setitem(onnx_int8.SCHEME_REVISION, "int8-qdq", 99)
+    monkeypatch.setitem(onnx_int8.SCHEME_REVISION, ("encoder", "int8-qdq"), 99)
     st = _status(_export(onnx_export.recipe, root))
     assert st.pop(f"{ENC}/rk3576/int8-qdq") == "built"
     assert set(st.values()) == {"up to date"}, st
@@ -278,8 +368,13 @@ def _unknown_layer(data, tmp_path):
     return "sensitive_layers entry 'down_prj' matches no linear layer"
 
 
-@pytest.mark.parametrize("breakage", [_missing_model, _corrupt_safetensors, _unknown_layer],
-                         ids=["missing-model", "corrupt-safetensors", "unknown-layer"])
+def _unknown_encoder_layer(data, tmp_path):
+    data["models"][1]["sensitive_layers"] = ["layer.*.output.dense", "layer.*.output.dens"]
+    return f"{ENC}: sensitive_layers entry 'layer.*.output.dens' matches no linear layer"
+
+
+@pytest.mark.parametrize("breakage", [_missing_model, _corrupt_safetensors, _unknown_layer, _unknown_encoder_layer],
+                         ids=["missing-model", "corrupt-safetensors", "unknown-layer", "unknown-encoder-layer"])
 def test_prebuild_failure_is_one_clear_line(onnx_export, tmp_path, breakage, builtin_models):
     data = copy.deepcopy(onnx_export.data)
     needle = breakage(data, tmp_path)
