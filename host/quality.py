@@ -742,7 +742,7 @@ def render_sensitivity(res: dict, *, top: int = 10):
     kinds = [g["group"].split("@")[0] for g in res["groups"] if g["group"].endswith("@all")][:2]
     hint = Text(
         f"Whole model under {res['scheme']}: KLD {res['kld_full']:.5f}. A group 'X@a-b' quantizes only layer type X "
-        "in decoder layers a..b ('X@all': every depth). The int8-dyn artifact keeps layers whose name contains a "
-        f"`sensitive_layers` entry in float; the top types here suggest: sensitive_layers: [{', '.join(kinds)}] "
+        "in decoder layers a..b ('X@all': every depth). The int8-dyn artifact keeps in float the layers whose "
+        f"dotted name ends with a `sensitive_layers` pattern ('*' = one name part); the top types here suggest: sensitive_layers: [{', '.join(kinds)}] "
         "(edit the recipe, then `rkdeploy export` rebuilds only int8-dyn).")
     return Group(t, hint)

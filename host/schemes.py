@@ -19,7 +19,7 @@ ONNX_SCHEMES = {
     "int8": "onnxruntime-genai builder, weight-only int8 (MatMulNBits, 8 bits)",
     "int4": "onnxruntime-genai builder, weight-only int4 (MatMulNBits, block 32)",
     "int8-dyn": "quantize_dynamic MatMul QInt8 weights + dynamic uint8 activations, sensitive layers kept float",
-    "int8-qdq": "quantize_static QDQ, per-channel int8 weights, calibrated uint8 activations",
+    "int8-qdq": "quantize_static QDQ, per-channel int8 weights, calibrated uint8 activations, sensitive layers kept float",
 }
 #: Schemes that need no quantization in the vendor toolkits.
 FLOAT_VENDOR_SCHEMES = {"fp16"}
