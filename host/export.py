@@ -372,7 +372,7 @@ def summary_table(report: ExportReport):
     t.add_column("artifact", overflow="fold", min_width=20)
     for col, just in ( ("kind", "left"), ("scheme", "left"), ("size", "right"),
                       ("seconds", "right"), ("status", "left")):
-        t.add_column(col, justify=just)
+        t.add_column(col, justify=just, overflow="fold" if col == "status" else "ellipsis")
     for r in report.results:
         status = r.status + (f" — {r.reason}" if r.reason else "")
         style = STATUS_STYLE.get(r.status, "white")

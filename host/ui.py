@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 from rich.console import Console
 from rich.progress import (
@@ -14,8 +16,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped into a log (make, CI) rich would fall back to 80 columns and fold tables into towers;
+# use a log-friendly width there unless COLUMNS says otherwise.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(highlight=False, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_PIPE_WIDTH)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\x1b\[[0-9;?]*[ -/]*[@-~]")
 
