@@ -257,15 +257,14 @@ def _lock_job(job: BuildJob):
 
 def _remove_stale_temps(job: BuildJob, log) -> None:
     """Temp folders of this artifact left by a killed build (we hold its lock, so none is in use)."""
-    name = job.out_dir.name
-    for p in job.out_dir.parent.glob(".*"):
-        if p.name.startswith((f".tmp-{name}-", f".old-{name}-", f".genai-cache-.tmp-{name}-",
-                              f".genai-.tmp-{name}-")):
-            log(f"removing {p.name} (left by an interrupted build)")
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+    from host.fsutil import stale_atomic_dirs
+
+    for p in stale_atomic_dirs(job.out_dir):
+        log(f"removing {p.name} (left by an interrupted build)")
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _size(manifest: dict) -> int:

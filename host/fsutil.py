@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -61,6 +62,19 @@ def fsync_tree(root: Path) -> None:
             with open(os.path.join(dirpath, name), "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(Path(dirpath))
+
+
+def stale_atomic_dirs(final: Path | str) -> list[Path]:
+    """What an interrupted ``atomic_dir(final)`` can leave beside ``final``: its temp folder
+    (``.tmp-<name>-XXXXXXXX``, plus anything a builder names after it, ``<temp>.<suffix>``) and a
+    replaced folder not yet removed (``.old-<name>-<pid>``). Only the caller that holds ``final``'s
+    build lock may delete them; another artifact's temps (``.tmp-<name>-dyn-…``) never match."""
+    final = Path(final)
+    name = re.escape(final.name)
+    pat = re.compile(rf"\.tmp-{name}-[a-z0-9_]{{8}}(\..+)?|\.old-{name}-\d+")
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.iterdir() if pat.fullmatch(p.name))
 
 
 @contextlib.contextmanager

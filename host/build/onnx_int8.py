@@ -189,8 +189,10 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
 
 
 def _genai_builder(src: Path, out_dir: Path, scheme: str, log) -> dict:
-    cache = out_dir.parent / f".genai-cache-{out_dir.name}"
-    logfile = out_dir.parent / f".genai-{out_dir.name}.log"
+    # Beside the temp artifact folder and named after it, so a killed build's leftovers are
+    # ``host.fsutil.stale_atomic_dirs`` of the artifact (removed by the next export).
+    cache = out_dir.with_name(f"{out_dir.name}.genai-cache")
+    logfile = out_dir.with_name(f"{out_dir.name}.genai.log")
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out_dir),
            "-p", scheme, "-e", "cpu", "-c", str(cache)]
     threads = str(build_threads())
