@@ -26,7 +26,7 @@ from host.config import ModelSpec, Recipe
 from host.errors import ConfigError, RkdeployError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
 from host.manifest import load_artifact, now_rfc3339
-from host.textdata import read_docs, sentences
+from host.textdata import read_docs, recipe_sentences
 
 #: Bump when the evaluation changes (invalidates cached float references and rows).
 EVAL_VERSION = 1
@@ -525,7 +525,7 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
     from host.models import model_sha256, resolve_model
 
     folder = resolve_model(m)
-    sents = sentences(read_docs(recipe.text.heldout), recipe.quality.sentences)
+    sents = recipe_sentences(recipe.text, "heldout", recipe.quality.sentences)
     ref_key = _key({"v": EVAL_VERSION, "model": model_sha256(folder), "sents": sents, "seq_len": m.seq_len})
     todo = _pending(m, target, arts, ref_key, simulated, schemes)
     done, missing = _split_cached(todo, cache, target)

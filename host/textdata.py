@@ -44,6 +44,21 @@ def sentences(docs: list[str], limit: int | None = None, *, min_words: int = 6, 
     return out
 
 
+def sentence_source(text, which: str) -> Path:
+    """The file ``recipe_sentences`` reads for ``which`` ("heldin" | "heldout") of a recipe's ``text``."""
+    return getattr(text, f"{which}_sentences") or getattr(text, which)
+
+
+def recipe_sentences(text, which: str, limit: int) -> list[str]:
+    """Up to ``limit`` sentences of a recipe's held-in or held-out text, the same for every step
+    (encoder calibration, rknn calibration, encoder evaluation): the recipe's own sentence list
+    (``heldin_sentences`` / ``heldout_sentences``, one per line) when it names one, else sentences
+    split from the documents."""
+    if getattr(text, f"{which}_sentences"):
+        return read_docs(sentence_source(text, which))[:limit]
+    return sentences(read_docs(sentence_source(text, which)), limit)
+
+
 def _ngrams(docs: list[str], n: int) -> set[tuple[str, ...]]:
     grams: set[tuple[str, ...]] = set()
     for d in docs:

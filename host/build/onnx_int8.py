@@ -97,9 +97,9 @@ def _sha256_text(text: str) -> str:
 
 
 def _calib_sentences(job) -> list[str]:
-    from host.textdata import read_docs, sentences
+    from host.textdata import recipe_sentences
 
-    return sentences(read_docs(job.recipe.text.heldin), QDQ_CALIB_SENTENCES)
+    return recipe_sentences(job.recipe.text, "heldin", QDQ_CALIB_SENTENCES)
 
 
 def inputs(job) -> dict:

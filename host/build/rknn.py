@@ -30,6 +30,7 @@ from pathlib import Path
 
 from host.errors import BuildError, CheckError
 from host.schemes import rknn_config
+from host.textdata import recipe_sentences, sentence_source
 
 BUILDER_VERSION = 2          # 2: attention-mask fill rewritten before conversion
 WORKER = Path(__file__).resolve().parent.parent / "workers" / "rknn_worker.py"
@@ -92,7 +93,9 @@ def inputs(job) -> dict:
         "shape": {"batch": m.batch, "seq_len": m.seq_len},
         # what the fp32 ONNX source depends on (it is built first when missing or stale)
         "source_onnx": onnx_int8.inputs(float_onnx_job(job)),
-        "heldin_sha256": _text_sha(job.recipe.text.heldin), "heldout_sha256": _text_sha(job.recipe.text.heldout),
+        # the files recipe_sentences reads (calibration and evaluation sentences)
+        "heldin_sha256": _text_sha(sentence_source(job.recipe.text, "heldin")),
+        "heldout_sha256": _text_sha(sentence_source(job.recipe.text, "heldout")),
         "eval_sentences": job.recipe.quality.sentences, "mask_fill": MASK_FILL,
     }
 
@@ -222,16 +225,6 @@ def prepare_onnx(src: Path, dst: Path) -> list[str]:
 
 # --- calibration and evaluation data -------------------------------------------------------------
 
-def _sentences(job, which: str, limit: int) -> list[str]:
-    from host.textdata import read_docs, sentences
-
-    text = job.recipe.text
-    listed = getattr(text, f"{which}_sentences")
-    if listed:
-        return read_docs(listed)[:limit]
-    return sentences(read_docs(getattr(text, which)), limit)
-
-
 def tokenize(model_dir: Path, texts: list[str], names: list[str], shapes: list[list[int]]) -> list[list]:
     """Samples (one per batch of ``batch`` sentences), each a list of int64 arrays in input order."""
     import numpy as np
@@ -336,8 +329,8 @@ def build(job, out_dir: Path, *, log) -> dict:
     names, shapes = onnx_input_shapes(onnx_path, m.name, batch=m.batch, seq_len=m.seq_len)
     model_dir = resolve_model(job.model, fetch=True)
     args = _rknn_args(job)
-    calib_texts = _sentences(job, "heldin", m.rknn.calib_samples * m.batch)
-    eval_texts = _sentences(job, "heldout", job.recipe.quality.sentences)
+    calib_texts = recipe_sentences(job.recipe.text, "heldin", m.rknn.calib_samples * m.batch)
+    eval_texts = recipe_sentences(job.recipe.text, "heldout", job.recipe.quality.sentences)
     calib = tokenize(model_dir, calib_texts, names, shapes)
     evals = tokenize(model_dir, eval_texts, names, shapes)
     if not calib or not evals:
