@@ -495,20 +495,29 @@ def export_encoder(src: Path, path: Path, *, log) -> None:
                           output_names=["last_hidden_state"], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
 
 
+#: encoder graph input → field of a ``tokenizers.Encoding``
+ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
 def encode_batch(tokenizer_dir: Path, texts: list[str], seq_len: int, names: list[str]) -> list[dict]:
-    """One feed dict per sentence, padded/truncated to ``seq_len`` (the artifact's fixed shape)."""
+    """One feed dict per sentence (``[1, seq_len]`` int64 per input), padded with the tokenizer's own
+    pad token and truncated to ``seq_len`` (the artifact's fixed shape)."""
     import numpy as np
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tok_path = Path(tokenizer_dir) / "tokenizer.json"
+    if not tok_path.is_file():
+        raise BuildError(f"{tokenizer_dir}: tokenizer.json missing (needed to tokenize sentences)")
+    unknown = [n for n in names if n not in ENCODING_FIELDS]
+    if unknown:
+        raise BuildError(f"ONNX inputs {', '.join(unknown)} cannot be made from a tokenizer "
+                         f"(known: {', '.join(ENCODING_FIELDS)})")
+    tok = Tokenizer.from_file(str(tok_path))
     tok.enable_truncation(seq_len)
-    tok.enable_padding(length=seq_len)
-    feeds = []
-    for enc in tok.encode_batch(texts):
-        f = {"input_ids": np.array([enc.ids], np.int64), "attention_mask": np.array([enc.attention_mask], np.int64),
-             "token_type_ids": np.array([enc.type_ids], np.int64)}
-        feeds.append({k: f[k] for k in names})
-    return feeds
+    pad = tok.padding or {}
+    tok.enable_padding(length=seq_len, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
+    return [{n: np.array([getattr(enc, ENCODING_FIELDS[n])], np.int64) for n in names}
+            for enc in tok.encode_batch(texts)]
 
 
 def _quantize_qdq(src: Path, float_onnx: Path, out_onnx: Path, sents: list[str], seq_len: int, exclude: list[str],

@@ -62,7 +62,7 @@ def float_onnx_job(job):
 
 
 def float_onnx_dir(job) -> Path:
-    return Path(job.out_dir).parent / SOURCE_SCHEME
+    return float_onnx_job(job).out_dir
 
 
 def _source_hash(job) -> str | None:
@@ -228,27 +228,13 @@ def prepare_onnx(src: Path, dst: Path) -> list[str]:
 def tokenize(model_dir: Path, texts: list[str], names: list[str], shapes: list[list[int]]) -> list[list]:
     """Samples (one per batch of ``batch`` sentences), each a list of int64 arrays in input order."""
     import numpy as np
-    from tokenizers import Tokenizer
 
-    tok_path = model_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise BuildError(f"{model_dir}: tokenizer.json missing (needed to tokenize calibration sentences)")
+    from host.build.onnx_int8 import encode_batch
+
     batch, seq_len = shapes[0][0], shapes[0][1]
-    tok = Tokenizer.from_file(str(tok_path))
-    tok.enable_truncation(seq_len)
-    pad = tok.padding or {}
-    tok.enable_padding(length=seq_len, pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"))
-    encs = tok.encode_batch(texts)
-    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-    unknown = [n for n in names if n not in fields]
-    if unknown:
-        raise BuildError(f"ONNX inputs {', '.join(unknown)} cannot be made from a tokenizer "
-                         f"(known: {', '.join(fields)})")
-    samples = []
-    for start in range(0, len(encs) - batch + 1, batch):
-        group = encs[start:start + batch]
-        samples.append([np.array([getattr(e, fields[n]) for e in group], dtype=np.int64) for n in names])
-    return samples
+    feeds = encode_batch(model_dir, texts, seq_len, names)
+    return [[np.concatenate([f[n] for f in feeds[start:start + batch]]) for n in names]
+            for start in range(0, len(feeds) - batch + 1, batch)]
 
 
 def write_samples(folder: Path, samples: list[list], names: list[str]) -> list[list[str]]:
@@ -317,7 +303,9 @@ def stopped_adb(log=None) -> Iterator[None]:
 # --- build ---------------------------------------------------------------------------------------
 
 def build(job, out_dir: Path, *, log) -> dict:
-    from host.models import resolve_model
+    from host.manifest import file_table
+    from host.models import folder_digest, resolve_model
+    from host.quality import store_rows
     from host.targets import get_target
     from host.toolkits import run_worker
 
@@ -394,9 +382,11 @@ def build(job, out_dir: Path, *, log) -> dict:
     log(f"simulator vs float: sentence cos {quality['cos_mean']:.4f} (min {quality['cos_min']:.4f}), "
         f"token cos {quality['token_cos_mean']:.4f}, max abs err {quality['max_abs_err']:.3g}, "
         f"NN agree {quality.get('nn_agree')}")
+    # The row is keyed by the artifact's sha256: folder_digest of these files is manifest.Artifact.sha256
+    # once host.export writes the manifest (host.quality.vendor_rows joins on it).
     files = file_table(out_dir)
-    record_quality(simulator_row(job.model, job.target, job.scheme, extra, sha=folder_digest(files),
-                                 size=sum(f["size"] for f in files.values())))
+    store_rows([simulator_row(job.model, job.target, job.scheme, extra, sha=folder_digest(files),
+                              size=sum(f["size"] for f in files.values()))])
     return extra
 
 
@@ -436,18 +426,6 @@ def summarize(metrics: dict) -> dict:
 
 # --- quality rows --------------------------------------------------------------------------------
 
-def file_table(folder: Path) -> dict:
-    from host.manifest import file_table as table
-
-    return table(folder)
-
-
-def folder_digest(files: dict) -> str:
-    from host.models import folder_digest as digest
-
-    return digest(files)  # == manifest.Artifact.sha256 once host.export writes the manifest
-
-
 def simulator_row(model, target: str, scheme: str, manifest: dict, *, sha: str, size: int) -> dict:
     """The quality row of a .rknn artifact (``method: simulator``), from its manifest fields."""
     from host.manifest import inputs_hash, now_rfc3339
@@ -466,12 +444,3 @@ def simulator_row(model, target: str, scheme: str, manifest: dict, *, sha: str, 
                 "token_cos_min": acc["token_cos_min"], "sentences": acc.get("n_sentences"), "text": acc["text"],
                 "toolkit": tk, "rknn": manifest.get("rknn"), "seconds": acc.get("seconds")},
     }
-
-
-def record_quality(row: dict, store=None) -> dict:
-    """Add a simulator quality row to the results store (same store as the ONNX quality rows)."""
-    from host.quality import store_rows
-
-    store_rows([row], store)
-    return row
-
