@@ -15,7 +15,6 @@ Rows are cached by artifact sha256 (or model sha256 + scheme for simulated rows)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from host.config import ModelSpec, Recipe
 from host.errors import ConfigError, RkdeployError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
-from host.manifest import load_artifact, now_rfc3339
+from host.manifest import inputs_hash, load_artifact, now_rfc3339
 from host.textdata import read_docs, recipe_sentences
 
 #: Bump when the evaluation changes (invalidates cached float references and rows).
@@ -39,10 +38,6 @@ def quality_cache() -> Path:
 
     env = os.environ.get("RKDEPLOY_QUALITY_CACHE")
     return Path(env).expanduser() if env else cache_root().parent / "quality"
-
-
-def _key(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _threads() -> int:
@@ -76,7 +71,7 @@ def llm_eval(recipe: Recipe, model: ModelSpec, *, eval_tokens: int | None = None
     want = eval_tokens or q.eval_tokens
     window = min(q.window, want + 1)
     n_win = -(-want // (window - 1))
-    key = _key({"v": EVAL_VERSION, "model": sha, "text": sha256_file(recipe.text.heldout), "window": window,
+    key = inputs_hash({"v": EVAL_VERSION, "model": sha, "text": sha256_file(recipe.text.heldout), "window": window,
                 "n_windows": n_win})
     return LlmEval(model, folder, sha, window, n_win, key)
 
@@ -195,17 +190,22 @@ def float_reference(recipe: Recipe, ev: LlmEval, windows, *, log=None):
 
 # --- onnxruntime on an artifact -----------------------------------------------------------------
 
+def ort_session(folder: Path, manifest: dict):
+    """The artifact's graph in a CPU onnxruntime session with explicit threads (quiet)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = _threads()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
+                                providers=["CPUExecutionProvider"])
+
+
 class OrtCausalLm:
     """The artifact's graph through plain onnxruntime: one full window, empty KV cache."""
 
     def __init__(self, folder: Path, manifest: dict):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = _threads()
-        so.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
-                                         providers=["CPUExecutionProvider"])
+        self.sess = ort_session(folder, manifest)
         dec = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
         self.kv_heads, self.head = dec["num_key_value_heads"], dec["head_size"]
         self.inputs = [i.name for i in self.sess.get_inputs()]
@@ -366,10 +366,10 @@ def _pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, sch
     another target, or a scheme simulated for two chips, is computed once)."""
     from host.fakequant import FAKEQUANT_VERSION
 
-    todo = [_Pending(m, a.manifest["scheme"], "measured", _key({"v": EVAL_VERSION, "a": a.sha256, "ref": ref_key}), a)
+    todo = [_Pending(m, a.manifest["scheme"], "measured", inputs_hash({"v": EVAL_VERSION, "a": a.sha256, "ref": ref_key}), a)
             for a in arts]
     if simulated:
-        todo += [_Pending(m, s, "simulated", _key({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key}))
+        todo += [_Pending(m, s, "simulated", inputs_hash({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key}))
                  for s in _simulated_schemes(m, target, schemes)]
     return todo
 
@@ -378,7 +378,7 @@ def _for_target(row: dict, p: _Pending, target: str) -> dict:
     """A computed (or cached) row made this target's row; ``env.quality_key`` is what the store dedupes on."""
     row = json.loads(json.dumps(row))
     row["target"] = target
-    row["env"]["quality_key"] = _key({"k": p.key, "t": target})
+    row["env"]["quality_key"] = inputs_hash({"k": p.key, "t": target})
     row["env"]["compute_key"] = p.key
     if p.artifact is not None:
         row["env"]["artifact"] = str(p.artifact.path)
@@ -526,7 +526,7 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
 
     folder = resolve_model(m)
     sents = recipe_sentences(recipe.text, "heldout", recipe.quality.sentences)
-    ref_key = _key({"v": EVAL_VERSION, "model": model_sha256(folder), "sents": sents, "seq_len": m.seq_len})
+    ref_key = inputs_hash({"v": EVAL_VERSION, "model": model_sha256(folder), "sents": sents, "seq_len": m.seq_len})
     todo = _pending(m, target, arts, ref_key, simulated, schemes)
     done, missing = _split_cached(todo, cache, target)
     if not missing:
@@ -577,13 +577,8 @@ def _load_torch_encoder(folder: Path):
 
 def _ort_embeddings(artifact, feeds):
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = _threads()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(artifact.path / artifact.manifest.get("entry", "model.onnx")), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(artifact.path, artifact.manifest)
     names = {i.name for i in sess.get_inputs()}
     out = []
     for f in feeds:
