@@ -39,3 +39,17 @@ class Backend:
 
     def info(self) -> Dict[str, Any]:
         return {"name": self.name}
+
+
+def encoder_feeds(np: Any, batch: List[List[int]], names: Sequence[str]) -> Dict[str, Any]:
+    """The encode test's inputs: token ids, an all-ones mask, zero type ids (only the ``names`` the
+    graph takes). ``np`` is numpy, passed in so this module stays stdlib-only."""
+    ids = np.asarray(batch, dtype=np.int64)
+    full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: full[n] for n in names}
+
+
+def mean_pool(np: Any, hidden: Any, mask: Any) -> Any:
+    """Sentence embeddings: ``hidden`` [batch, seq, dim] averaged over the tokens ``mask`` keeps."""
+    m = mask[..., None].astype(hidden.dtype)
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1)

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .base import Backend, BackendError, BackendUnavailable
+from .base import Backend, BackendError, BackendUnavailable, encoder_feeds, mean_pool
 
 
 def available() -> Tuple[bool, str]:
@@ -298,15 +298,10 @@ class _Encoder:
         self.vocab_size = int(manifest.get("vocab_size") or _tokenizer_vocab(artifact_dir, manifest) or 30522)
 
     def encode(self, batch: List[List[int]]) -> Any:
-        np = self.np
-        ids = np.asarray(batch, dtype=np.int64)
-        mask = np.ones_like(ids)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in self.input_names else [])
+        feeds = encoder_feeds(self.np, batch, names)
         hidden = self.sess.run([self.output], feeds)[0]
-        m = mask[..., None].astype(hidden.dtype)
-        return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1)
+        return mean_pool(self.np, hidden, feeds["attention_mask"])
 
 
 BACKEND = OnnxRuntimeBackend

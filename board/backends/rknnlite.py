@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .base import Backend, BackendError, BackendUnavailable
+from .base import Backend, BackendError, BackendUnavailable, encoder_feeds, mean_pool
 
 #: ``params["core_mask"]`` spelling -> RKNNLite attribute.
 CORE_MASKS = {
@@ -134,18 +134,16 @@ class RknnLiteBackend(Backend):
         np = self.np
         if self.lite is None:
             raise BackendError("rknnlite: encode before load")
-        ids = np.asarray(batch, dtype=np.int64)
+        feeds = encoder_feeds(np, batch, ("input_ids", "attention_mask", "token_type_ids"))
+        ids = feeds["input_ids"]
         if (self.seq_len and ids.shape[1] != self.seq_len) or ids.shape[0] != self.batch:
             raise BackendError("rknnlite: the .rknn has fixed input shape [%d, %d], got %s"
                                % (self.batch, self.seq_len, list(ids.shape)))
-        mask = np.ones_like(ids)
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         outs = self.lite.inference(inputs=[feeds[n] for n in self.input_names])
         if outs is None or not len(outs):
             raise BackendError("RKNNLite.inference returned no outputs (see the runtime log)")
         hidden = np.asarray(outs[0], dtype=np.float32).reshape(ids.shape[0], ids.shape[1], -1)
-        m = mask[..., None].astype(np.float32)
-        return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1)
+        return mean_pool(np, hidden, feeds["attention_mask"])
 
     def close(self) -> None:
         if self.lite is not None:
