@@ -181,7 +181,8 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
     tmp = out_dir / ".float"
     tmp.mkdir()
     export_llm(src, tmp / "model.onnx", log=log)
-    excluded = quantize_llm_dynamic(tmp / "model.onnx", out_dir / "model.onnx", src, job.model.sensitive_layers, log=log)
+    excluded = quantize_dynamic_matmuls(tmp / "model.onnx", out_dir / "model.onnx",
+                                        sensitive_nodes(tmp / "model.onnx", job.model.sensitive_layers), log=log)
     shutil.rmtree(tmp)
     write_genai_config(src, out_dir)
     return {"format": "onnx-genai", "graph": "torch.onnx.export + quantize_dynamic(MatMul, QInt8 per-channel)",
@@ -414,11 +415,11 @@ def exclusions(patterns, nodes: list[str], why: str) -> dict:
             "patterns": list(patterns), "nodes": nodes, "count": len(nodes)}
 
 
-def quantize_llm_dynamic(src_onnx: Path, out_onnx: Path, model_dir: Path, patterns, *, log) -> list[str]:
-    """quantize_dynamic MatMul/QInt8; MatMuls of linear layers matching ``patterns`` stay float."""
+def quantize_dynamic_matmuls(src_onnx: Path, out_onnx: Path, exclude: list[str], *, log) -> list[str]:
+    """quantize_dynamic MatMul/QInt8 per channel (LLM and encoder int8-dyn); the MatMul nodes named in
+    ``exclude`` (``sensitive_nodes``) stay float. Returns ``exclude``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = sensitive_nodes(src_onnx, patterns)
     log(f"quantize_dynamic MatMul QInt8 per-channel, {len(exclude)} sensitive MatMuls kept float")
     quantize_dynamic(str(src_onnx), str(out_onnx), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                      per_channel=True, nodes_to_exclude=exclude)
@@ -442,11 +443,7 @@ def _build_encoder(job, src: Path, out_dir: Path, log) -> dict:
         "the built-in default (BERT-like FFN output) matches no layer of this model: nothing kept float"
     record = exclusions(m.sensitive_layers, excluded, why)
     if job.scheme == "int8-dyn":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        log(f"quantize_dynamic MatMul QInt8 per-channel, {len(excluded)} sensitive MatMuls kept float")
-        quantize_dynamic(str(tmp / "model.onnx"), str(out_dir / "model.onnx"), op_types_to_quantize=["MatMul"],
-                         weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded)
+        quantize_dynamic_matmuls(tmp / "model.onnx", out_dir / "model.onnx", excluded, log=log)
         shutil.rmtree(tmp)
         return {**base, "graph": "quantize_dynamic(MatMul, QInt8 per-channel)", "exclusions": record}
     sents = _calib_sentences(job)
