@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from host.schemes import base_dtype, describe, group_size
+from host.schemes import activation_bits, base_dtype, describe, group_size, weight_bits
 
 #: Bump when the simulation changes (invalidates cached simulated rows).
 FAKEQUANT_VERSION = 2
@@ -46,7 +46,7 @@ def spec(scheme: str) -> QuantSpec:
     base = base_dtype(scheme)
     if base not in ("w8a8", "w4a16", "w4a8", "w8a16"):
         raise ValueError(f"no fake-quant for scheme {scheme!r}")
-    w, a = int(base[1]), int(base.split("a")[1])
+    w, a = weight_bits(scheme), activation_bits(scheme)
     return QuantSpec(w, group_size(scheme), a if a < 16 else None)
 
 
