@@ -29,6 +29,22 @@ TargetOpt = typer.Option(..., "--target", "-t", help="chip: rk3588, rk3576, rk35
 _state = {"debug": False}
 
 
+def _choice(allowed: tuple[str, ...]):
+    """An option callback: a value outside ``allowed`` is a usage error (exit 2), checked before any work."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return check
+
+
+def _known_target(target: str) -> str:
+    """Refuse an unknown chip before anything connects or builds (``CheckError``: exit 1, one line)."""
+    from host.targets import get_target
+
+    return get_target(target).name
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     _state["debug"] = debug
@@ -95,8 +111,8 @@ def calib_build(
     recipe: Path = RecipeOpt,
     model: Optional[str] = typer.Option(None, "--model", help="recipe model (default: its first LLM)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the recipe's calibration path)"),
-    n_prompts: Optional[int] = typer.Option(None, "--n-prompts"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", min=1),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
 ) -> None:
     """Vendor method: held-in prompts + chat template → greedy answers of the float model."""
     from host.calib import build_calibration
@@ -167,11 +183,11 @@ def bench_cmd(
     board: str = typer.Option("local", "--board", "-b", help="board name from the inventory, or 'local' (this machine)"),
     recipe: Path = RecipeOpt,
     target: str = TargetOpt,
-    reps: int = typer.Option(5, "--reps", help="timed repetitions"),
-    warmup: int = typer.Option(1, "--warmup", help="untimed warmup runs"),
-    n_prompt: int = typer.Option(128, "--n-prompt", help="prompt tokens (vendor method: 128)"),
-    n_gen: int = typer.Option(64, "--n-gen", help="generated tokens (vendor method: 64)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all the runner may use)"),
+    reps: int = typer.Option(5, "--reps", min=1, help="timed repetitions"),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="untimed warmup runs"),
+    n_prompt: int = typer.Option(128, "--n-prompt", min=1, help="prompt tokens (vendor method: 128)"),
+    n_gen: int = typer.Option(64, "--n-gen", min=1, help="generated tokens (vendor method: 64)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all the runner may use)"),
     opt: list[str] = typer.Option([], "--opt", help="backend option KEY=VALUE (onnxruntime: engine=auto|genai|ort)"),
     store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
     boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run on these inventory boards over SSH (names, groups, all)"),
@@ -179,10 +195,11 @@ def bench_cmd(
 ) -> None:
     """Run the board runner on every built artifact of TARGET and store the rows."""
     from host.bench import BenchParams, bench_local
-    from host.errors import BenchError, ConfigError
+    from host.errors import BenchError
 
-    if any("=" not in kv for kv in opt):
-        raise ConfigError(f"--opt takes KEY=VALUE, got {opt}")
+    if any("=" not in kv or not kv.split("=", 1)[0].strip() for kv in opt):
+        raise typer.BadParameter(f"takes KEY=VALUE, got {', '.join(repr(kv) for kv in opt)}", param_hint="'--opt'")
+    _known_target(target)
     params = BenchParams(n_prompt=n_prompt, n_gen=n_gen, reps=reps, warmup=warmup, threads=threads,
                          options=dict(kv.split("=", 1) for kv in opt))
     if boards or board != "local":  # over SSH: host.deploy
@@ -198,7 +215,8 @@ def bench_cmd(
 
 @app.command("report")
 def report_cmd(
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl or html"),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl or html",
+                            callback=_choice(("md", "csv", "jsonl", "html"))),
     store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
 ) -> None:
@@ -239,13 +257,14 @@ def push_cmd(
     boards: str = typer.Option(..., "--boards", "-B", help="board names, groups or 'all' (comma separated)"),
     recipe: Path = RecipeOpt,
     target: str = TargetOpt,
-    jobs: int = typer.Option(4, "--jobs", "-j", help="boards pushed at once"),
+    jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="boards pushed at once"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would be pushed, send nothing"),
     inventory: Optional[Path] = InventoryOpt,
 ) -> None:
     """Push the board runner and TARGET's built artifacts (content-addressed, verified, resumable)."""
     from host.deploy import commands
 
+    _known_target(target)
     commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory)
 # <<< commands: boards / push / remote doctor
 # >>> commands: doctor --host / toolkits
@@ -291,7 +310,40 @@ def toolkits_cmd() -> None:
 # <<< commands: doctor --host / toolkits
 
 
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's exception base as typer raises it: typer >= 0.2x vendors its own click copy
+    (``typer._click``), older typer uses the ``click`` package; accept both."""
+    found = []
+    try:
+        from typer._click.exceptions import ClickException as vendored
+
+        found.append(vendored)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _exit_types() -> tuple[type, ...]:
+    found: list[type] = [typer.Exit]
+    try:
+        import click
+
+        found.append(click.exceptions.Exit)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 def main() -> None:
+    """One error path: usage errors exit 2 with click's usage text; known errors (``RkdeployError``)
+    exit 1 as one ``rkdeploy: error: …`` line per problem; anything else is a bug (exit 2, "internal
+    error", traceback only with ``--debug``)."""
     try:
         rc = app(standalone_mode=False)  # standalone_mode=False: typer.Exit(n) comes back as the return value
         if isinstance(rc, int) and rc:
@@ -305,17 +357,16 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("rkdeploy: interrupted")
         sys.exit(130)
-    except typer.Exit as e:
+    except _exit_types() as e:
+        sys.exit(e.exit_code)
+    except _usage_error_types() as e:  # missing/unknown option, bad choice, bad int: click's usage text, exit 2
+        e.show()
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the bug path: exit 2, traceback only with --debug
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         if _state["debug"]:
             raise
-        err_console.print(f"rkdeploy: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", markup=False)
+        err_console.print(f"rkdeploy: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+                          markup=False)
         sys.exit(2)
 
 

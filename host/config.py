@@ -11,12 +11,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Strict as StrictMode
 
 from host.errors import ConfigError
+from host.safeload import line_of, read_yaml
 from host.schemes import ONNX_SCHEMES, validate_scheme
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,14 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool/float/str -> int coercion (a port of 22.5 or `true` is an error, not 22 or 1)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+#: A path written as a YAML string (strict mode alone would want a Path instance).
+FilePath = Annotated[Path, StrictMode(False)]
+#: Versions of configs/targets.yaml this rkdeploy reads.
+TARGETS_SCHEMAS = (1,)
 
 
 # --- targets -------------------------------------------------------------------------------------
@@ -67,6 +75,14 @@ class TargetTable(Strict):
     targets: dict[str, Target]
     unsupported: dict[str, str] = {}
 
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: int) -> int:
+        if v not in TARGETS_SCHEMAS:
+            raise ValueError(f"targets schema {v} is not one this rkdeploy reads "
+                             f"({', '.join(map(str, TARGETS_SCHEMAS))}); upgrade rkdeploy or fix the file")
+        return v
+
 
 # --- recipes -------------------------------------------------------------------------------------
 
@@ -74,12 +90,21 @@ class RkllmOptions(Strict):
     """rkllm-toolkit ``build`` knobs (vendor defaults: normal for w8a8, grq for w4a16 on a GPU)."""
 
     algorithm: Literal["auto", "normal", "grq", "gdq"] = "auto"
-    optimization_level: Literal[0, 1] = 0
+    optimization_level: int = Field(0, ge=0, le=1)
     hybrid_rate: float = Field(0.0, ge=0.0, lt=1.0)
     num_npu_core: int | None = Field(None, description="default: all NPU cores of the target")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    extra: dict = Field({}, description="pass-through kwargs for RKLLM.build (recorded in the manifest)")
+    extra: dict[str, object] = Field({}, description="pass-through kwargs for RKLLM.build (recorded in the manifest)")
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, v: dict) -> dict:
+        try:  # must survive the trip into the manifest and the toolkit worker's JSON job
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"must hold plain JSON values (strings, numbers, lists, mappings): {e}") from None
+        return v
 
 
 class RknnOptions(Strict):
@@ -102,7 +127,7 @@ class ModelSpec(Strict):
     kind: Literal["llm", "encoder"]
     source: str = Field(description="'builtin:NAME' or a local Hugging Face folder")
     max_context: int = Field(4096, description="rkllm max_context: multiple of 32, <= 16384")
-    calibration: Path | None = Field(None, description="rkllm calibration JSON (llm)")
+    calibration: FilePath | None = Field(None, description="rkllm calibration JSON (llm)")
     onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
     sensitive_layers: list[str] | None = Field(
         None,
@@ -173,10 +198,10 @@ class ModelSpec(Strict):
 class TextSources(Strict):
     """Held-in text (calibration) and held-out text (evaluation); must not overlap."""
 
-    heldin: Path
-    heldout: Path
-    heldin_sentences: Path | None = None
-    heldout_sentences: Path | None = None
+    heldin: FilePath
+    heldout: FilePath
+    heldin_sentences: FilePath | None = None
+    heldout_sentences: FilePath | None = None
 
 
 class QualityOptions(Strict):
@@ -194,11 +219,11 @@ class CalibOptions(Strict):
 class Recipe(Strict):
     name: str
     description: str = ""
-    models: list[ModelSpec]
+    models: list[ModelSpec] = Field(min_length=1)
     text: TextSources
     quality: QualityOptions = QualityOptions()
     calib: CalibOptions = CalibOptions()
-    path: Path | None = Field(None, exclude=True)
+    path: FilePath | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _unique(self) -> Recipe:
@@ -232,8 +257,8 @@ class Recipe(Strict):
 
 # --- loading ------------------------------------------------------------------------------------
 
-def _format_validation(err: ValidationError, what: str, path: Path) -> str:
-    lines = []
+def _format_validation(err: ValidationError, what: str, path: Path, lines: dict | None = None) -> str:
+    out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -241,26 +266,21 @@ def _format_validation(err: ValidationError, what: str, path: Path) -> str:
             msg = f"unknown key {e['loc'][-1]!r} in {what}"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{path}: {loc}: {msg.removeprefix('Value error, ')}")
-    return "\n".join(lines)
+        elif e["type"] == "too_short" and e["loc"] and e["loc"][-1] == "models":
+            msg = "the list is empty; a recipe needs at least one model"
+        elif e["type"] in ("int_type", "int_parsing", "int_from_float") and e.get("input") is not None:
+            msg = f"must be a whole number (got {type(e['input']).__name__} {e['input']!r})"
+        line = line_of(lines or {}, e["loc"])
+        out.append(f"{path}: {f'line {line}: ' if line else ''}{loc}: {msg.removeprefix('Value error, ')}")
+    return "\n".join(out)
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+def _read_yaml(path: Path, what: str) -> tuple[dict, dict]:
+    data, lines = read_yaml(path, what=what)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+        got = "an empty file" if data is None else type(data).__name__
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {got}")
+    return data, lines
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -272,11 +292,11 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 
 def load_recipe(path: Path | str) -> Recipe:
     path = Path(path)
-    data = _read_yaml(path)
+    data, lines = _read_yaml(path, "recipe YAML")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, "recipe", path)) from None
+        raise ConfigError(_format_validation(e, "recipe", path, lines)) from None
     base = path.resolve().parent
     models = []
     for m in recipe.models:
@@ -290,11 +310,11 @@ def load_recipe(path: Path | str) -> Recipe:
 
 def load_targets(path: Path | None = None) -> TargetTable:
     path = path or Path(os.environ.get("RKDEPLOY_TARGETS", CONFIGS / "targets.yaml"))
-    data = _read_yaml(Path(path))
+    data, lines = _read_yaml(Path(path), "targets YAML")
     try:
         table = TargetTable.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, "target", Path(path))) from None
+        raise ConfigError(_format_validation(e, "target", Path(path), lines)) from None
     return table.model_copy(update={"targets": {k: v.model_copy(update={"name": k}) for k, v in table.targets.items()}})
 
 

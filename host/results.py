@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from board.rows import ROW_SCHEMA_VERSION, ResultRow, fields, format_value, header, meta
+from board.strictjson import JSONInputError
+from board.strictjson import loads as loads_json
 from host.config import PROJECT_ROOT
 from host.errors import RkdeployError
 from host.ui import sanitize
@@ -58,31 +60,68 @@ def coerce_row(row: ResultRow | dict) -> ResultRow:
 class ResultStore:
     """``ResultStore(path)``: ``add(row)``, ``rows(filters)``; rows come back exactly as added."""
 
-    def __init__(self, path: Path | str | None = DEFAULT_STORE) -> None:
+    def __init__(self, path: Path | str | None = DEFAULT_STORE, *, create: bool = True) -> None:
+        """``create=False`` (reports) opens read-only and creates nothing: a missing store reads as
+        empty, a missing folder is an error. Either way a file that is not an rkdeploy store (a
+        directory, another program's SQLite database, not SQLite at all) is refused untouched."""
         self.path = Path(path) if path else default_store()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory; --store takes an rkdeploy results file "
+                             "(e.g. results/rkdeploy.sqlite)")
+        parent = self.path.parent
+        if not create and not parent.is_dir():
+            raise StoreError(f"{self.path}: folder {parent} does not exist (no results stored there); "
+                             "check --store")
         try:
-            self.db = sqlite3.connect(str(self.path))
-            self._init_schema()
+            if not create and not self.path.exists():
+                self.db = sqlite3.connect(":memory:")  # reads as an empty store; nothing is written to disk
+            elif not create:
+                self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            else:
+                if parent.exists() and not parent.is_dir():
+                    raise StoreError(f"{self.path}: {parent} is not a folder")
+                parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(str(self.path))
+            self._init_schema(write=create or not self.path.exists())
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a readable rkdeploy results store ({e}); "
                              "move it away or pass --store NEW.sqlite") from None
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot open the results store: {e.strerror or e}") from None
 
-    def _init_schema(self) -> None:
+    def _init_schema(self, *, write: bool) -> None:
         db = self.db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        if tables and not {"meta", "rows"} <= tables:
+            raise StoreError(f"{self.path}: an SQLite database of another program (tables: "
+                             f"{', '.join(sorted(tables))}), not an rkdeploy results store; left untouched — "
+                             "pass --store NEW.sqlite")
+        if tables:
+            got = db.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
+            if got is None or not str(got[0]).isdigit():
+                raise StoreError(f"{self.path}: meta table has no valid store_schema ({got[0] if got else 'missing'!r})"
+                                 "; not an rkdeploy results store — pass --store NEW.sqlite")
+            if int(got[0]) > STORE_SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: results store schema {got[0]} is newer than this rkdeploy reads "
+                                 f"({STORE_SCHEMA_VERSION}); upgrade rkdeploy (pip install -U rkdeploy) or pass "
+                                 "--store NEW.sqlite to start a new store")
+            cols = {r[1] for r in db.execute("PRAGMA table_info(rows)")}
+            missing = sorted({"row_schema", "data", *INDEXED} - cols)
+            if missing:
+                raise StoreError(f"{self.path}: table rows lacks column(s) {', '.join(missing)}; not a results "
+                                 "store this rkdeploy wrote — pass --store NEW.sqlite")
+            return
+        if not write:  # an empty SQLite file opened read-only: read it as an empty store, write nothing
+            db.close()
+            self.db = db = sqlite3.connect(":memory:")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        got = db.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
-        if got is not None and int(got[0]) > STORE_SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: results store schema {got[0]} is newer than this rkdeploy reads "
-                             f"({STORE_SCHEMA_VERSION}); upgrade rkdeploy (pip install -U rkdeploy) or pass "
-                             "--store NEW.sqlite to start a new store")
         cols = ", ".join(f"{name} TEXT" for name in INDEXED)
         db.execute(f"CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
                    "row_schema INTEGER NOT NULL, data TEXT NOT NULL)")
         for name in INDEXED:
             db.execute(f"CREATE INDEX IF NOT EXISTS rows_{name} ON rows ({name})")
-        if got is None:
-            db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA_VERSION),))
+        db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA_VERSION),))
         db.commit()
 
     def add(self, row: ResultRow | dict) -> int:
@@ -107,11 +146,20 @@ class ResultStore:
         where = " AND ".join(f"{k} = ?" for k in flt)
         sql = "SELECT row_schema, data FROM rows" + (f" WHERE {where}" if where else "") + " ORDER BY id"
         out = []
-        for schema, data in self.db.execute(sql, [str(v) for v in flt.values()]):
-            if schema > ROW_SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: holds rows of schema {schema}, newer than {ROW_SCHEMA_VERSION}; "
+        sql = sql.replace("SELECT row_schema", "SELECT id, row_schema")
+        for rid, schema, data in self.db.execute(sql, [str(v) for v in flt.values()]):
+            if not isinstance(schema, int) or schema > ROW_SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: holds rows of schema {schema!r}, newer than {ROW_SCHEMA_VERSION}; "
                                  "upgrade rkdeploy")
-            out.append(ResultRow.from_dict(json.loads(data)))
+            try:
+                obj = loads_json(data, f"{self.path}: row id {rid}") if isinstance(data, str) else None
+                if not isinstance(obj, dict):
+                    raise StoreError(f"{self.path}: row id {rid}: data is not a JSON object")
+                out.append(ResultRow.from_dict(obj))
+            except JSONInputError as e:
+                raise StoreError(str(e)) from None
+            except (TypeError, ValueError) as e:
+                raise StoreError(f"{self.path}: row id {rid}: not a valid result row ({e})") from None
         return out
 
     def import_jsonl(self, lines: Iterable[str]) -> int:
@@ -297,7 +345,9 @@ def render(rows: Iterable[ResultRow | dict], fmt: str = "md") -> str:
 
 def report(*, store: Path | str | None = DEFAULT_STORE, fmt: str = "md", filters: dict[str, Any] | None = None) -> str:
     """``rkdeploy report``: render every row in the store (md/html show the newest per configuration)."""
-    with ResultStore(store) as s:
+    if fmt not in RENDERERS:  # before the store is opened: a bad format creates nothing
+        raise StoreError(f"report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    with ResultStore(store, create=False) as s:
         return render(s.rows(filters or {}), fmt)
 
 

@@ -13,9 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from host.errors import ConfigError
+from host.safeload import line_of, read_yaml
 
 HOST_VARS = {"ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file", "soc", "workdir",
              "python", "ansible_connection"}
@@ -88,62 +87,121 @@ def _expect_mapping(value, where: str) -> dict:
     return value
 
 
+def _bad_chars(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _text(hv: dict, key: str, where: str, *, spaces: bool = False) -> str | None:
+    """A host variable that must be a non-empty string (no control characters; no spaces unless allowed)."""
+    if key not in hv or hv[key] is None:
+        return None
+    v = hv[key]
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}: {key} must be a string, got {type(v).__name__} {_short(v)}")
+    if not v.strip() or _bad_chars(v) or (not spaces and any(c.isspace() for c in v)):
+        raise ConfigError(f"{where}: {key} {v!r} is empty or holds spaces/control characters")
+    return v
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _port(hv: dict, where: str) -> int:
+    v = hv.get("ansible_port", 22)
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):  # no 22.5 -> 22, no true -> 1
+        raise ConfigError(f"{where}: ansible_port must be a whole number 1..65535, got {type(v).__name__} {_short(v)}")
+    if not 0 < v < 65536:
+        raise ConfigError(f"{where}: ansible_port {v} is outside 1..65535")
+    return v
+
+
+def _workdir(hv: dict, where: str) -> PurePosixPath:
+    v = hv.get("workdir", DEFAULT_WORKDIR)
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}: workdir must be a string (a board path), got {type(v).__name__} {_short(v)}")
+    p = PurePosixPath(v)
+    if not v.strip() or _bad_chars(v) or ".." in p.parts or str(p) == "/":
+        raise ConfigError(f"{where}: workdir {v!r} is not usable: a folder on the board, relative to the login's "
+                          "home or absolute, without '..', control characters, or '/' itself")
+    return p
+
+
 def _board(name: str, hv: dict, groups: list[str], where: str) -> Board:
-    unknown = sorted(set(hv) - HOST_VARS)
+    here = f"{where}: host {name!r}"
+    unknown = sorted((str(k) for k in set(hv) - HOST_VARS), key=str)
     if unknown:
-        raise ConfigError(f"{where}: host {name!r}: unknown variable {unknown[0]!r}; allowed: {', '.join(sorted(HOST_VARS))}")
-    try:
-        port = int(hv.get("ansible_port", 22))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: host {name!r}: ansible_port {hv.get('ansible_port')!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{where}: host {name!r}: ansible_port {port} is outside 1..65535")
-    workdir = str(hv.get("workdir", DEFAULT_WORKDIR))
-    if "\0" in workdir or not workdir.strip():
-        raise ConfigError(f"{where}: host {name!r}: workdir {workdir!r} is not a usable path")
-    key = hv.get("ansible_ssh_private_key_file")
+        raise ConfigError(f"{here}: unknown variable {unknown[0]!r}; allowed: {', '.join(sorted(HOST_VARS))}")
+    port = _port(hv, here)
+    workdir = _workdir(hv, here)
+    key = _text(hv, "ansible_ssh_private_key_file", here, spaces=True)
+    key_file = Path(os.path.expanduser(key)) if key else None
+    if key_file is not None and key_file.is_dir():
+        raise ConfigError(f"{here}: ansible_ssh_private_key_file {key} is a directory, expected a private key file")
+    _text(hv, "ansible_connection", here)
     return Board(
         name=name,
-        host=str(hv.get("ansible_host", name)),
+        host=_text(hv, "ansible_host", here) or name,
         port=port,
-        user=str(hv["ansible_user"]) if hv.get("ansible_user") is not None else None,
-        key_file=Path(os.path.expanduser(str(key))) if key else None,
-        soc=str(hv["soc"]) if hv.get("soc") is not None else None,
-        workdir=PurePosixPath(workdir),
-        python=str(hv.get("python", "python3")),
+        user=_text(hv, "ansible_user", here),
+        key_file=key_file,
+        soc=_text(hv, "soc", here),
+        workdir=workdir,
+        python=_text(hv, "python", here, spaces=True) or "python3",
         groups=tuple(groups),
     )
 
 
-def parse_inventory(data: dict, source: Path | None = None) -> Inventory:
+def _name(value, what: str, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or _bad_chars(value) or any(c.isspace() for c in value):
+        raise ConfigError(f"{where}: {what} name {_short(value)} must be a non-empty string without spaces")
+    return value
+
+
+def parse_inventory(data: dict, source: Path | None = None, lines: dict | None = None) -> Inventory:
     where = str(source or "inventory")
     data = _expect_mapping(data, where)
+    lines = lines or {}
     host_vars: dict[str, dict] = {}
+    host_where: dict[str, str] = {}
     host_groups: dict[str, list[str]] = {}
     groups: dict[str, list[str]] = {}
 
-    def walk(gname: str, group: dict, inherited: dict, lineage: list[str]) -> None:
-        group = _expect_mapping(group, f"{where}: group {gname!r}")
-        unknown = sorted(set(group) - GROUP_KEYS)
+    def at(path: tuple) -> str:
+        line = line_of(lines, path)
+        return f"{where}: line {line}" if line else where
+
+    def walk(gname: str, group: dict, inherited: dict, lineage: list[str], path: tuple) -> None:
+        gname = _name(gname, "group", at(path))
+        group = _expect_mapping(group, f"{at(path)}: group {gname!r}")
+        unknown = sorted(str(k) for k in set(group) - GROUP_KEYS)
         if unknown:
-            raise ConfigError(f"{where}: group {gname!r}: unknown key {unknown[0]!r}; allowed: hosts, children, vars")
-        gvars = {**inherited, **_expect_mapping(group.get("vars"), f"{where}: group {gname!r} vars")}
+            raise ConfigError(f"{at(path)}: group {gname!r}: unknown key {unknown[0]!r}; allowed: hosts, children, vars")
+        gvars = {**inherited, **_expect_mapping(group.get("vars"), f"{at(path + ('vars',))}: group {gname!r} vars")}
         lineage = [*lineage, gname]
-        for h, hv in _expect_mapping(group.get("hosts"), f"{where}: group {gname!r} hosts").items():
-            hv = _expect_mapping(hv, f"{where}: host {h!r}")
+        hosts = _expect_mapping(group.get("hosts"), f"{at(path + ('hosts',))}: group {gname!r} hosts")
+        for h, hv in hosts.items():
+            hpath = (*path, "hosts", h)
+            h = _name(h, "host", at(hpath))
+            hv = _expect_mapping(hv, f"{at(hpath)}: host {h!r}")
             host_vars[h] = {**gvars, **host_vars.get(h, {}), **hv}
+            host_where.setdefault(h, at(hpath))
             for g in lineage:
                 if g not in host_groups.setdefault(h, []):
                     host_groups[h].append(g)
                 if h not in groups.setdefault(g, []):
                     groups[g].append(h)
-        for cname, child in _expect_mapping(group.get("children"), f"{where}: group {gname!r} children").items():
-            walk(cname, child, gvars, lineage)
+        children = _expect_mapping(group.get("children"), f"{at(path + ('children',))}: group {gname!r} children")
+        for cname, child in children.items():
+            walk(cname, child, gvars, lineage, (*path, "children", cname))
 
     for gname, group in data.items():
-        walk(gname, group, {}, [])
+        walk(gname, group, {}, [], (gname,))
     groups.pop("all", None)  # "all" is always every board
-    boards = {h: _board(h, hv, [g for g in host_groups[h] if g != "all"], where) for h, hv in host_vars.items()}
+    boards = {h: _board(h, hv, [g for g in host_groups[h] if g != "all"], host_where[h]) for h, hv in host_vars.items()}
     return Inventory(boards=boards, groups=groups, source=source)
 
 
@@ -151,8 +209,5 @@ def load_inventory(path: Path | str | None = None) -> Inventory:
     path = Path(path) if path else default_inventory_path()
     if not path.exists():
         raise ConfigError(f"inventory {path} not found; create it (see configs/boards.yaml) or set RKDEPLOY_INVENTORY")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_inventory(data or {}, source=path)
+    data, lines = read_yaml(path, what="inventory YAML")
+    return parse_inventory(data or {}, source=path, lines=lines)
