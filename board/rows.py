@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 # Bump when a field is renamed/removed or its meaning changes (adding a field is compatible
 # for readers of this version or newer). The runner's hello line and the store carry it.
 ROW_SCHEMA_VERSION = 1
+#: ``degraded``: a quality row (or a bench row joined with one) outside its scheme's healthy band.
+STATUSES = ("ok", "error", "degraded")
 
 TABLES = ("md", "html")
 ALL_FORMATS = ("md", "html", "csv")
@@ -104,6 +106,7 @@ class ResultRow:
     cos_min: Optional[float] = _f(display="cos min", formats=_CSV, kind="quality", digits=4)
     nn_agree: Optional[float] = _f(display="NN agree", formats=_ALL, kind="quality", digits=3)
     method: Optional[str] = _f(display="method", formats=_ALL, kind="quality")
+    gate: Optional[str] = _f(display="DEGRADED", formats=_ALL, kind="quality")  # why outside the scheme's band
     # outcome and environment
     status: str = _f("ok", display="status", index=True)
     error: Optional[str] = _f(display="error")
@@ -126,8 +129,8 @@ class ResultRow:
         row = cls(**{k: v for k, v in data.items() if k != "type"})
         if row.kind not in ("bench", "quality"):
             raise ValueError("result-row kind %r; allowed: bench, quality" % (row.kind,))
-        if row.status not in ("ok", "error"):
-            raise ValueError("result-row status %r; allowed: ok, error" % (row.status,))
+        if row.status not in STATUSES:
+            raise ValueError("result-row status %r; allowed: %s" % (row.status, ", ".join(STATUSES)))
         return row
 
 

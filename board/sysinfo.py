@@ -51,6 +51,42 @@ def _kernel(root: str) -> Optional[str]:
     return rel
 
 
+#: ISA features that change which int8/fp16 kernels a runtime picks (onnxruntime's MLAS, llama.cpp,
+#: librkllmrt's CPU parts), by the names /proc/cpuinfo gives them.
+X86_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "f16c")
+ARM_ISA = ("asimd", "asimddp", "i8mm", "asimdhp", "fphp", "bf16", "sve", "sve2")
+#: x86 features with an exact u8×s8 dot product into int32 (VPDPBUSD / AMX). Without one, MLAS's U8S8
+#: kernels use VPMADDUBSW, which adds pairs of products into int16 and saturates.
+X86_EXACT_U8S8 = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _isa(text: str, arch: Optional[str]) -> Dict[str, Any]:
+    """CPU vendor, architecture and the ISA features of ``X86_ISA``/``ARM_ISA`` present (first CPU's flags)."""
+    flags_line = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    vendor = re.search(r"^(?:vendor_id|CPU implementer)\s*:\s*(\S+)", text, re.M)
+    if arch is None:
+        arch = "x86_64" if "vendor_id" in text else ("aarch64" if "CPU implementer" in text else None)
+    known = X86_ISA if arch in ("x86_64", "i686", "AMD64") else ARM_ISA if arch in ("aarch64", "arm64") else ()
+    return {"arch": arch, "vendor": vendor.group(1) if vendor else None,
+            "isa": [f for f in known if f in flags] if flags else None}
+
+
+def int8_u8s8_exact(cpu: Dict[str, Any]) -> Optional[bool]:
+    """Whether onnxruntime's u8×s8 int8 MatMul accumulates exactly in int32 on this CPU (None: unknown).
+
+    ARM (dot-product or widening NEON kernels) and x86 with VNNI/AMX: exact. Other x86 (AVX2, AVX-512
+    without VNNI, SSE): pairs of products saturate in int16, so an int8 artifact with signed weights
+    computes something else here than on a board. rkdeploy builds unsigned weights (exact everywhere).
+    """
+    arch, isa = cpu.get("arch"), cpu.get("isa")
+    if arch in ("aarch64", "arm64"):
+        return True
+    if arch in ("x86_64", "i686", "AMD64") and isa is not None:
+        return any(f in isa for f in X86_EXACT_U8S8)
+    return None
+
+
 def _cpu(root: str) -> Dict[str, Any]:
     text = _read(root, "proc/cpuinfo") or ""
     model = None
@@ -63,7 +99,8 @@ def _cpu(root: str) -> Dict[str, Any]:
     cores = len(re.findall(r"^processor\s*:", text, re.M)) or None
     if cores is None and os.path.abspath(root) == "/":
         cores = os.cpu_count()
-    return {"model": model, "cores": cores, "parts": parts or None,
+    isa = _isa(text, platform.machine() if os.path.abspath(root) == "/" else None)
+    return {"model": model, "cores": cores, "parts": parts or None, **isa,
             "soc": (_read(root, "proc/device-tree/compatible") or "").replace("\x00", " ").strip() or None,
             "board_model": (_read(root, "proc/device-tree/model") or "").replace("\x00", "").strip() or None}
 

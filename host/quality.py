@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.config import ModelSpec, Recipe
+from host import gate
 from host.errors import ConfigError, RkdeployError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
 from host.manifest import inputs_hash, load_artifact, now_rfc3339
 from host.textdata import read_docs, recipe_sentences
 
 #: Bump when the evaluation changes (invalidates cached float references and rows).
-EVAL_VERSION = 1
+EVAL_VERSION = 2   # 2: int8 graphs evaluated with exact int32 accumulation; rows carry the arithmetic path
 SENSITIVITY_TOKENS = 1024
 
 
@@ -191,14 +192,32 @@ def float_reference(recipe: Recipe, ev: LlmEval, windows, *, log=None):
 # --- onnxruntime on an artifact -----------------------------------------------------------------
 
 def ort_session(folder: Path, manifest: dict):
-    """The artifact's graph in a CPU onnxruntime session with explicit threads (quiet)."""
+    """The artifact's graph in a CPU onnxruntime session with explicit threads (quiet).
+
+    An int8 graph with signed weights (not built by us as ``u8u8``) is rewritten to unsigned weights in
+    memory first (``host.build.int8_format``: exact, same integers), so this host accumulates in int32
+    exactly as the board does; ``sess.int8_rewritten`` says how many weights were rewritten.
+    """
     import onnxruntime as ort
+
+    from host.build.int8_format import FORMAT, to_unsigned_weights
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = _threads()
     so.log_severity_level = 3
-    return ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
-                                providers=["CPUExecutionProvider"])
+    path = folder / manifest.get("entry", "model.onnx")
+    model, rewritten = str(path), 0
+    if manifest.get("scheme") != "fp32" and manifest.get("int8_weights") != FORMAT:
+        import onnx
+
+        proto = onnx.load(str(path))
+        rewritten = to_unsigned_weights(proto)
+        if rewritten:
+            model = proto.SerializeToString()
+        del proto
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    sess.int8_rewritten = rewritten
+    return sess
 
 
 class OrtCausalLm:
@@ -235,7 +254,24 @@ def _row(model: ModelSpec, target: str, scheme: str, method: str, backend: str, 
     if artifact is not None:
         row["artifact_sha256"] = artifact.sha256
         row["model_size"] = artifact.size
-    return row
+    return gate.apply(row)
+
+
+def arithmetic_env(backend: str, session=None) -> dict:
+    """The arithmetic path that made a quality row: this host's CPU and the ISA features that change
+    int8/fp16 kernels, the runtime versions, and how int8 MatMuls accumulated (``host.build.int8_format``)."""
+    from board.sysinfo import _cpu, int8_u8s8_exact
+    from host.build.onnx_int8 import tool_versions
+
+    cpu = _cpu("/")
+    env = {"host_cpu": {k: cpu.get(k) for k in ("arch", "vendor", "model", "isa")},
+           "runtime_versions": {k: v for k, v in tool_versions().items() if k in ("torch", "onnxruntime")}}
+    if backend == "onnxruntime":
+        rewritten = getattr(session, "int8_rewritten", 0)
+        env["int8_matmul"] = ("exact int32 (u8u8 weights)" if not rewritten else
+                              f"exact int32 (signed weights rewritten to u8u8 for evaluation: {rewritten})")
+        env["u8s8_exact_here"] = int8_u8s8_exact(cpu)
+    return env
 
 
 ROW_METRICS = ("ppl", "ppl_ratio", "kld_mean", "kld_p99", "top1_agree", "n_tokens", "cos_mean", "cos_min", "nn_agree")
@@ -442,6 +478,7 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
                 lm = OrtCausalLm(p.artifact.path, p.artifact.manifest)
                 for i, w in enumerate(windows):
                     stats.add(ref[i], lm.logprobs(w), w)
+                arith = arithmetic_env("onnxruntime", lm.sess)
                 del lm
                 backend = "onnxruntime"
             else:
@@ -459,9 +496,12 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
                     done[p.key] = _error_row(m, target, p, str(e))
                     continue
                 backend = "torch-fakequant"
+            if backend != "onnxruntime":
+                arith = arithmetic_env(backend)
             metrics = stats.metrics()
             env = _env(p, target, {"ppl_float": metrics["ppl_float"], "window": ev.window, "n_windows": ev.n_windows,
-                                   "text": str(recipe.text.heldout), "seconds": round(time.monotonic() - t0, 1)})
+                                   "text": str(recipe.text.heldout), "seconds": round(time.monotonic() - t0, 1),
+                                   **arith})
             row = _row(m, target, p.scheme, p.method, backend, metrics, artifact=p.artifact, env=env)
             cache.put(p.key, row)
             done[p.key] = _for_target(row, p, target)
@@ -549,7 +589,8 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
         if log:
             log(f"{m.name}/{p.scheme}: {p.method} on {len(sents)} held-out sentences")
         if p.method == "measured":
-            emb = _ort_embeddings(p.artifact, feeds)
+            emb, sess = _ort_embeddings(p.artifact, feeds)
+            arith = arithmetic_env("onnxruntime", sess)
             backend = "onnxruntime"
         else:
             from host.fakequant import fake_quantized
@@ -563,7 +604,9 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
                 done[p.key] = _error_row(m, target, p, str(e))
                 continue
             backend = "torch-fakequant"
-        env = _env(p, target, {"sentences": len(sents), "seq_len": m.seq_len, "text": str(recipe.text.heldout)})
+            arith = arithmetic_env(backend)
+        env = _env(p, target, {"sentences": len(sents), "seq_len": m.seq_len, "text": str(recipe.text.heldout),
+                               **arith})
         row = _row(m, target, p.scheme, p.method, backend, embedding_metrics(ref, emb), artifact=p.artifact, env=env)
         row["seq_len"], row["batch"] = m.seq_len, 1
         cache.put(p.key, row)
@@ -584,7 +627,7 @@ def _ort_embeddings(artifact, feeds):
     for f in feeds:
         h = sess.run(["last_hidden_state"], {k: v for k, v in f.items() if k in names})[0]
         out.append(_mean_pool(h, f["attention_mask"])[0])
-    return np.stack(out)
+    return np.stack(out), sess
 
 
 # --- export hook and table -------------------------------------------------------------------------
@@ -634,6 +677,8 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
         for r in mine:
             env = r.get("env") or {}
             note = f"error: {r.get('error')}" if r.get("status") == "error" else ("Q4_1 weights" if env.get("note") else "")
+            if r.get("status") == gate.DEGRADED:
+                note = f"DEGRADED: {r.get('gate')}" + (f"; {note}" if note else "")
             method = r["method"]
             if method == "measured" and r.get("backend") not in (None, "onnxruntime"):
                 method = f"measured ({r['backend']})"

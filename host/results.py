@@ -22,6 +22,7 @@ from board.rows import ROW_SCHEMA_VERSION, ResultRow, fields, format_value, head
 from board.strictjson import JSONInputError
 from board.strictjson import loads as loads_json
 from host.config import PROJECT_ROOT
+from host import gate
 from host.errors import RkdeployError
 from host.ui import sanitize
 
@@ -40,7 +41,6 @@ INDEXED = tuple(f.name for f in fields() if f.metadata["index"])
 # Rows with the same values here measure the same thing; the report shows the newest one.
 SAME_TEST = ("kind", "model", "target", "scheme", "backend", "runtime", "board", "test", "threads", "n_prompt", "n_gen",
              "batch", "seq_len", "method")
-QUALITY_JOIN = ("model", "target", "scheme")
 METHOD_RANK = {"measured": 0, "simulator": 1, "simulated": 2}
 
 
@@ -125,8 +125,9 @@ class ResultStore:
         db.commit()
 
     def add(self, row: ResultRow | dict) -> int:
+        """Store a row; a quality row is judged by the quality gate first (``host.gate``)."""
         r = coerce_row(row)
-        data = r.to_dict()
+        data = gate.apply(r.to_dict())
         cur = self.db.execute(
             f"INSERT INTO rows ({', '.join(INDEXED)}, row_schema, data) VALUES ({', '.join('?' * (len(INDEXED) + 2))})",
             [None if data[n] is None else str(data[n]) for n in INDEXED] + [ROW_SCHEMA_VERSION, json.dumps(data)],
@@ -224,33 +225,38 @@ def _columns(rows: list[ResultRow], fmt: str, kinds: tuple[str, ...]) -> list[st
             and any(getattr(r, f.name) is not None for r in rows)]
 
 
-def _join_quality(bench: list[ResultRow], quality: list[ResultRow]) -> tuple[list[ResultRow], list[ResultRow]]:
-    """Copy quality fields onto bench rows with the same model+target+scheme; return (joined, unjoined quality)."""
-    by_key: dict[tuple, ResultRow] = {}
+def _join_quality(bench: list[ResultRow], quality: list[ResultRow],
+                  lone: list[ResultRow]) -> tuple[list[ResultRow], list[ResultRow]]:
+    """Copy quality fields onto the bench rows of the SAME artifact (``artifact_sha256``): a quality row
+    of another build of the scheme is never shown beside this build's speed. ``quality`` is every
+    quality row (older ones too: an older build's bench row finds its own); ``lone`` the newest ones,
+    those not joined are returned. A degraded quality row makes the joined bench row degraded too."""
+    by_sha: dict[str, ResultRow] = {}
     for q in quality:  # newest wins within a method; measured beats the simulator beats simulated
-        key = tuple(getattr(q, k) for k in QUALITY_JOIN)
-        old = by_key.get(key)
+        if not q.artifact_sha256:
+            continue
+        old = by_sha.get(q.artifact_sha256)
         if old is None or METHOD_RANK.get(q.method, 9) <= METHOD_RANK.get(old.method, 9):
-            by_key[key] = q
+            by_sha[q.artifact_sha256] = q
     used = set()
     joined = []
     qnames = [f.name for f in fields() if f.metadata["kind"] == "quality"]
     for b in bench:
-        key = tuple(getattr(b, k) for k in QUALITY_JOIN)
-        q = by_key.get(key)
+        q = by_sha.get(b.artifact_sha256 or "")
         if q is not None and b.status == "ok":
-            used.add(key)
-            b = ResultRow.from_dict({**b.to_dict(), **{n: getattr(q, n) for n in qnames}})
+            used.add(id(q))
+            b = ResultRow.from_dict({**b.to_dict(), **{n: getattr(q, n) for n in qnames}, "status": q.status})
         joined.append(b)
-    return joined, [q for k, q in by_key.items() if k not in used]
+    return joined, [q for q in lone if id(by_sha.get(q.artifact_sha256 or "")) not in used]
 
 
 def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]]:
     """The report's tables: (title, columns, rows) — LLM bench, encoder bench, quality-only."""
+    every_quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
     rows = latest(rows)
     bench = [r for r in rows if r.kind == "bench" and r.status == "ok"]
-    quality = [r for r in rows if r.kind == "quality" and r.status == "ok"]
-    bench, lone_quality = _join_quality(bench, quality)
+    quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
+    bench, lone_quality = _join_quality(bench, every_quality, quality)
     out = []
     for title, test in (("LLM: prompt + generation", "pp+tg"), ("Encoder", "encode")):
         group = [r for r in bench if r.test == test]
@@ -260,8 +266,17 @@ def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]
     if others:
         out.append(("Other tests", _columns(others, "md", ("bench", "quality")) + ["test"], others))
     if lone_quality:
-        out.append(("Quality (no benchmark row yet)", _columns(lone_quality, "md", ("quality",)), lone_quality))
+        out.append(("Quality (no benchmark row of the same artifact)", _columns(lone_quality, "md", ("quality",)), lone_quality))
     return out
+
+
+#: Statuses of rows with numbers (shown in the tables); ``degraded`` ones carry their ``gate`` reason.
+OK = ("ok", gate.DEGRADED)
+
+
+def _judged(r: ResultRow) -> ResultRow:
+    """The row as the current quality gate sees it (rows stored before the gate, or under older bands)."""
+    return ResultRow.from_dict(gate.apply(r.to_dict()))
 
 
 def errors(rows: list[ResultRow]) -> list[ResultRow]:
@@ -281,6 +296,12 @@ def render_md(rows: list[ResultRow]) -> str:
         out.append("|" + "|".join("---:" if _numeric(c) else "---" for c in cols) + "|")
         for r in group:
             out.append("| " + " | ".join(_cell(c, r, "md") for c in cols) + " |")
+        out.append("")
+    bad = [r for _t, _c, group in tables(rows) for r in group if r.status == gate.DEGRADED]
+    if bad:
+        out.append("### Degraded (outside the healthy band of their scheme: `rkdeploy quality` says why)\n")
+        out += [f"- {sanitize('/'.join(str(x) for x in (r.model, r.target, r.scheme, r.backend) if x))}: "
+                f"{sanitize(r.gate or '')}" for r in bad]
         out.append("")
     errs = errors(rows)
     if errs:

@@ -20,7 +20,7 @@ def bench_row(scheme="int8", decode=22.2, **kw):
                 prefill_tps=580.25, decode_tps=decode, decode_stddev_tps=0.51, peak_rss_mb=295.3,
                 avg_ns=3_100_000_000, stddev_ns=12_000_000, avg_ts=61.9, stddev_ts=0.2,
                 samples_ns=[3_100_000_000, 3_090_000_000], samples_ts=[61.9, 62.1], test_time="2026-11-28T08:00:00Z",
-                env={"kernel": "6.1", "cpu": {"cores": 2}})
+                env={"kernel": "6.1", "cpu": {"cores": 2}}, artifact_sha256=f"sha-{scheme}")
     base.update(kw)
     return ResultRow(**base)
 
@@ -28,7 +28,9 @@ def bench_row(scheme="int8", decode=22.2, **kw):
 def quality_row(scheme="int8", **kw):
     base = dict(kind="quality", test="ppl", model="smollm2-135m-instruct", target="rk3576", scheme=scheme,
                 backend="onnxruntime", ppl=12.3, ppl_ratio=1.0123, kld_mean=0.0123, kld_p99=0.2,
-                top1_agree=0.951, n_tokens=4096, method="measured")
+                top1_agree=0.951, n_tokens=4096, method="measured", artifact_sha256=f"sha-{scheme}")
+    if kw.get("method") == "simulated":
+        base["artifact_sha256"] = None   # a simulated row describes the scheme, not a built artifact
     base.update(kw)
     return ResultRow(**base)
 
@@ -117,7 +119,7 @@ def test_markdown_reads_like_the_vendor_table_with_quality_joined():
     fp32 = next(ln for ln in lines if "| fp32 |" in ln)
     assert "10.20 ± 0.51" in fp32
     assert "### Encoder" in md and "6.50 ± 0.30" in md and "153.8" in md
-    assert "### Quality (no benchmark row yet)" in md and "simulated" in md
+    assert "### Quality (no benchmark row of the same artifact)" in md and "simulated" in md
 
 
 def test_measured_quality_beats_simulated_in_the_join():
@@ -125,6 +127,40 @@ def test_measured_quality_beats_simulated_in_the_join():
                  quality_row("w8a8", method="simulated", backend="fakequant", ppl_ratio=1.09)], "md")
     row = next(ln for ln in md.splitlines() if "| w8a8 | rkllm |" in ln)
     assert "1.0500" in row and "measured" in row and "1.0900" not in md.split("### Quality")[0]
+
+
+def test_quality_joins_only_the_same_artifact():
+    """A quality row of an older build is never shown beside a newer build's speed, nor a simulated row."""
+    old_q = quality_row("int8", ppl_ratio=1.0777, artifact_sha256="sha-old", test_time="2026-11-01T00:00:00Z")
+    new_bench = bench_row("int8", artifact_sha256="sha-new")
+    md = render([old_q, new_bench, quality_row("w8a8", method="simulated", ppl_ratio=1.0555),
+                 bench_row("w8a8", backend="rkllm")], "md")
+    bench_part, lone = md.split("### Quality (no benchmark row of the same artifact)")
+    assert "1.0777" not in bench_part and "1.0777" in lone
+    assert "1.0555" not in bench_part and "1.0555" in lone
+    # the same build's quality joins, even when a newer build's quality row exists
+    md = render([old_q, bench_row("int8", artifact_sha256="sha-old"), quality_row("int8", ppl_ratio=1.0333,
+                 artifact_sha256="sha-new")], "md")
+    joined = next(ln for ln in md.splitlines() if "| int8 | onnxruntime |" in ln and "22.20" in ln)
+    assert "1.0777" in joined and "1.0333" not in joined
+
+
+def test_degraded_quality_is_flagged_in_store_and_table(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as s:
+        s.add(quality_row("int8-dyn", ppl_ratio=56.7, kld_mean=4.07, top1_agree=0.18, env={}))
+        s.add(bench_row("int8-dyn"))
+        s.add(quality_row("int8", ppl_ratio=1.001, kld_mean=0.005, top1_agree=0.95, env={}))
+        rows = s.rows(kind="quality")
+    bad, good = rows
+    assert bad.status == "degraded" and "PPL ratio 56.7 > 1.1" in bad.gate and bad.env["gate"] == "degraded"
+    assert good.status == "ok" and good.gate is None and good.env["gate"] == "healthy"
+    md = render(rows + [bench_row("int8-dyn")], "md")
+    line = next(ln for ln in md.splitlines() if "| int8-dyn |" in ln)
+    assert "56.7" in line and "PPL ratio 56.7 > 1.1" in line
+    assert "### Degraded" in md and "int8-dyn" in md.split("### Degraded")[1]
+    # a row stored before the gate existed (status ok) is judged when rendered
+    assert "### Degraded" in render([quality_row("int8-dyn", ppl_ratio=9.0)], "md")
+    assert "### Degraded" not in render([quality_row("int8-dyn", ppl_ratio=1.05)], "md")
 
 
 def test_markdown_shows_newest_per_configuration_and_errors():

@@ -10,6 +10,25 @@ import os
 from typing import Dict, Optional
 
 
+#: /proc/cpuinfo "Features" of RK3588's Cortex-A55/A76 (ARMv8.2-A: dot product, fp16; no i8mm, no SVE).
+RK3588_FEATURES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
+                   "asimddp")
+#: /proc/cpuinfo of the two x86 host families seen (one CPU each is enough for the fingerprint).
+X86_CPUINFO = {
+    "amd-zen3": ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
+                 "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2 sha_ni\n\n"),
+    "intel-spr": ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+                  "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 avx512f avx512bw avx512_vnni "
+                  "avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"),
+}
+
+
+def write_cpuinfo(root: str, text: str) -> str:
+    """A tree holding only ``proc/cpuinfo`` (host fingerprint tests); returns ``root``."""
+    _w(root, "proc/cpuinfo", text)
+    return root
+
+
 def _w(root: str, rel: str, text: str) -> None:
     path = os.path.join(root, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -25,7 +44,8 @@ def make_rk3588_tree(root: str, *, governor: str = "performance", dmc: bool = Tr
     _w(root, "proc/device-tree/compatible", "radxa,rock-5b\x00rockchip,rk3588\x00")
     _w(root, "proc/device-tree/model", "Radxa ROCK 5B\x00")
     _w(root, "proc/sys/kernel/osrelease", "5.10.160-rockchip-rk3588\n")
-    cpuinfo = "".join("processor\t: %d\nBogoMIPS\t: 48.00\nCPU part\t: %s\n\n" % (i, "0xd05" if i < 4 else "0xd0b")
+    cpuinfo = "".join("processor\t: %d\nBogoMIPS\t: 48.00\nFeatures\t: %s\nCPU implementer\t: 0x41\n"
+                      "CPU architecture: 8\nCPU part\t: %s\n\n" % (i, RK3588_FEATURES, "0xd05" if i < 4 else "0xd0b")
                       for i in range(8))
     _w(root, "proc/cpuinfo", cpuinfo + "Hardware\t: Rockchip RK3588\n")
     _w(root, "proc/meminfo", "MemTotal:        8039000 kB\nMemFree:         5000000 kB\nMemAvailable:    %d kB\n"
