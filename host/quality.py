@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.config import ModelSpec, Recipe
 from host import gate
+from host.config import ModelSpec, Recipe
 from host.errors import ConfigError, RkdeployError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
 from host.manifest import inputs_hash, load_artifact, now_rfc3339

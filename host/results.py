@@ -21,8 +21,8 @@ from typing import Any
 from board.rows import ROW_SCHEMA_VERSION, ResultRow, fields, format_value, header, meta
 from board.strictjson import JSONInputError
 from board.strictjson import loads as loads_json
-from host.config import PROJECT_ROOT
 from host import gate
+from host.config import PROJECT_ROOT
 from host.errors import RkdeployError
 from host.ui import sanitize
 

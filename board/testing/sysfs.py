@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-
 #: /proc/cpuinfo "Features" of RK3588's Cortex-A55/A76 (ARMv8.2-A: dot product, fp16; no i8mm, no SVE).
 RK3588_FEATURES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
                    "asimddp")
