@@ -128,6 +128,21 @@ def _csv_list(values: Optional[list[str]]) -> tuple[str, ...]:
     return tuple(s.strip() for v in (values or []) for s in v.split(",") if s.strip())
 
 
+StrictOpt = typer.Option(False, "--strict", help="exit 1 when an artifact is outside its scheme's healthy quality band")
+
+
+def _gate_exit(rows: list[dict], strict: bool) -> None:
+    """One stderr line per degraded artifact (``host.gate``); with --strict, exit 1."""
+    from host.gate import degraded
+
+    bad = degraded(rows)
+    for r in bad:
+        err_console.print(f"rkdeploy: warning: {r['model']}/{r['scheme']} is DEGRADED: {r.get('gate')}",
+                          markup=False, highlight=False)
+    if bad and strict:
+        raise typer.Exit(1)
+
+
 @app.command("export")
 def export_cmd(
     recipe: Path = RecipeOpt,
@@ -138,6 +153,7 @@ def export_cmd(
     only: Optional[list[str]] = typer.Option(None, "--only", help="only these schemes (repeat or comma-separate)"),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root (default ./artifacts or $RKDEPLOY_ARTIFACTS)"),
     jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="also write the summary as JSON lines here"),
+    strict: bool = StrictOpt,
 ) -> None:
     """Build every artifact of the recipe for TARGET (only what changed) and print a summary + quality table."""
     from host.export import export, plan_table, summary_table, write_jsonl
@@ -153,6 +169,7 @@ def export_cmd(
         rows = evaluate_export(rep)
         if rows:
             console.print(quality_table(rows, title=f"quality {rep.recipe.name} → {rep.target}"))
+            _gate_exit(rows, strict)
     if rep.failed:
         raise typer.Exit(1)
 
@@ -165,6 +182,7 @@ def quality_cmd(
     scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's w8a8 when listed, else its first vendor scheme)"),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
     no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
+    strict: bool = StrictOpt,
 ) -> None:
     """Quality of the built artifacts vs the float model (PPL ratio, KLD, top-1; encoders: cosine, NN agreement)."""
     from host.config import load_recipe
@@ -176,6 +194,7 @@ def quality_cmd(
         return
     rows = evaluate(r, target, root=artifacts, simulated=not no_simulated)
     console.print(quality_table(rows, title=f"quality {r.name} → {target}"))
+    _gate_exit(rows, strict)
 # <<< commands: export / quality
 # >>> commands: bench / report
 @app.command("bench")
@@ -277,7 +296,7 @@ def doctor_cmd(
     """Which vendor toolkits are installed here (version, venv), and what changes the builds."""
     from rich.table import Table
 
-    from host.hostdoctor import host_facts, toolkit_rows
+    from host.hostdoctor import arithmetic_facts, host_facts, toolkit_rows
 
     if boards:  # over SSH: host.deploy
         from host.deploy import commands
@@ -286,7 +305,7 @@ def doctor_cmd(
 
     if not host:
         raise typer.BadParameter("only --host checks are available here; boards: `python3 -m board doctor` on the board")
-    rows, facts = toolkit_rows(), host_facts()
+    rows, facts = toolkit_rows(), host_facts() + arithmetic_facts()
     if as_json:
         print(json.dumps({"toolkits": rows, "host": facts}, indent=2))
         return
@@ -294,8 +313,9 @@ def doctor_cmd(
     for col in ("toolkit", "status", "version", "where", "notes"):
         t.add_column(col)
     for r in rows:
-        style = "green" if r["status"] == "installed" else "yellow"
-        t.add_row(r["toolkit"], f"[{style}]{r['status']}[/]", r["version"] or "", r["where"] or "", r["notes"])
+        style = "green" if r["status"] == "installed" and not r.get("test_double") else "yellow"
+        version = (r["version"] or "") + (" (test double)" if r.get("test_double") else "")
+        t.add_row(r["toolkit"], f"[{style}]{r['status']}[/]", version, r["where"] or "", r["notes"])
     console.print(t)
     for f in facts:
         console.print(f"{f['status']:4} {f['check']:9} {f['detail']}", markup=False)

@@ -45,6 +45,11 @@ class Ddr(Strict):
     bandwidth_gbs: float = Field(description="theoretical peak DDR bandwidth, GB/s")
 
 
+class TargetCpu(Strict):
+    cores: str = Field(description="the CPU clusters, e.g. 4x Cortex-A76 + 4x Cortex-A55")
+    isa: list[str] = Field(description="/proc/cpuinfo Features that change int8/fp16 kernels (asimddp, asimdhp, i8mm, sve)")
+
+
 class Target(Strict):
     """One chip's capabilities (configs/targets.yaml)."""
 
@@ -56,6 +61,7 @@ class Target(Strict):
     ddr: Ddr
     devfreq: dict[str, str] = {}
     max_freq_mhz: dict[str, int] = {}
+    cpu: TargetCpu | None = None
 
     @field_validator("rkllm_schemes", "rknn_schemes")
     @classmethod

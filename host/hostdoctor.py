@@ -20,14 +20,15 @@ def toolkit_rows() -> list[dict]:
                          "notes": f"install: {tk.install_hint}"})
             continue
         notes = []
-        if info.get("fake"):
-            notes.append("TEST DOUBLE (host/testing), not the vendor toolkit")
+        if info.get("test_double"):
+            notes.append("TEST DOUBLE (host/testing/fake_rkllm), not the vendor toolkit: what it builds is "
+                         "labelled so and runs on no board")
         for pin in info.get("pins_overridden") or []:
             notes.append(f"pin overridden: {pin}")
         if info.get("wheel"):
             notes.append(f"from {info['wheel']}")
         rows.append({"toolkit": tk.dist, "status": "installed", "version": info.get("version"),
-                     "where": info.get("venv"), "notes": "; ".join(notes)})
+                     "where": info.get("venv"), "test_double": bool(info.get("test_double")), "notes": "; ".join(notes)})
     return rows
 
 
@@ -46,3 +47,58 @@ def host_facts() -> list[dict]:
         {"check": "gcc", "status": "ok" if shutil.which("gcc") else "warn",
          "detail": shutil.which("gcc") or "gcc not found (the librkllmrt shim tests compile C)"},
     ]
+
+
+def arithmetic_facts(root: str = "/", artifacts_root=None) -> list[dict]:
+    """How this host's CPU computes int8/fp16 compared with the boards in targets.yaml, and which built
+    ONNX artifacts it would compute differently from them. ``root``: where ``proc/cpuinfo`` is read
+    (a fake tree in tests)."""
+    from board.sysinfo import _cpu, int8_u8s8_exact
+    from host.config import load_targets
+
+    cpu = _cpu(root)
+    boards = {n: t.cpu for n, t in load_targets().targets.items() if t.cpu}
+    facts = [{"check": "cpu", "status": "ok",
+              "detail": f"{cpu.get('vendor') or '?'} {cpu.get('model') or '?'} ({cpu.get('arch') or '?'}), "
+                        f"ISA: {', '.join(cpu.get('isa') or []) or 'none of the int8/fp16 features'}"}]
+    exact = int8_u8s8_exact(cpu)
+    board_text = "; ".join(f"{n}: {c.cores}" for n, c in boards.items())
+    if exact is False:
+        facts.append({"check": "int8", "status": "warn", "detail": (
+            "u8×s8 int8 MatMul saturates here (x86 without VNNI/AMX), the boards accumulate exactly "
+            f"({', '.join(boards)}): signed-weight int8 ONNX graphs compute differently here. rkdeploy's int8 "
+            "artifacts use unsigned weights (exact on every CPU) and its quality evaluation rewrites signed "
+            "ones; other int8 models timed or scored here are not the board's numbers")})
+    else:
+        facts.append({"check": "int8", "status": "ok",
+                      "detail": "int8 MatMul accumulates exactly in int32 here, as on the boards"
+                      if exact else "int8 arithmetic of this CPU unknown (no ISA flags read)"})
+    facts += [{"check": "artifact", "status": "warn", "detail": d} for d in _signed_int8_artifacts(artifacts_root)
+              if exact is False]
+    if cpu.get("arch") == "x86_64":
+        fp16 = sorted(n for n, c in boards.items() if "asimdhp" in c.isa)
+        facts.append({"check": "fp16", "status": "ok", "detail": (
+            "fp16 ONNX ops run in float32 here (x86 converts only)"
+            + (f"; {', '.join(fp16)} compute some in native fp16 (asimdhp): expect last-digit differences"
+               if fp16 else ""))})
+    return facts
+
+
+def _signed_int8_artifacts(root) -> list[str]:
+    """Built ONNX artifacts whose int8 weights are signed (built before u8u8, or elsewhere)."""
+    import json
+
+    from host.build.int8_format import FORMAT
+    from host.plan import artifacts_root
+
+    base = artifacts_root(root)
+    out = []
+    for mf in sorted(base.glob("*/*/*/manifest.json")) if base.is_dir() else []:
+        try:
+            m = json.loads(mf.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("scheme") in ("int8-dyn", "int8-qdq") and m.get("int8_weights") != FORMAT:
+            out.append(f"{mf.parent}: signed int8 weights, computed differently here than on a board "
+                       "(rebuild: rkdeploy export)")
+    return out
