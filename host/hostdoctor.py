@@ -62,7 +62,6 @@ def arithmetic_facts(root: str = "/", artifacts_root=None) -> list[dict]:
               "detail": f"{cpu.get('vendor') or '?'} {cpu.get('model') or '?'} ({cpu.get('arch') or '?'}), "
                         f"ISA: {', '.join(cpu.get('isa') or []) or 'none of the int8/fp16 features'}"}]
     exact = int8_u8s8_exact(cpu)
-    board_text = "; ".join(f"{n}: {c.cores}" for n, c in boards.items())
     if exact is False:
         facts.append({"check": "int8", "status": "warn", "detail": (
             "u8×s8 int8 MatMul saturates here (x86 without VNNI/AMX), the boards accumulate exactly "
