@@ -6,7 +6,7 @@ TARGET ?= rk3576
 RECIPE ?= configs/models/smollm2-135m.yaml
 BOARDS ?= all
 
-.PHONY: setup setup-system setup-rkllm models demo check export quality push bench bench-remote report test lint clean
+.PHONY: setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -48,6 +48,9 @@ demo: setup models   ## set-up → export for rk3576 → local bench → report
 	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) report --format md
+
+readme-numbers: setup   ## rewrite the README's measured tables from the results store (after `make demo`)
+	@$(VENV)/bin/python -m host.readme_numbers README.md
 
 test: setup setup-system   ## the whole suite on real parts (CI runs this)
 	@$(VENV)/bin/python -m pytest -q
