@@ -101,8 +101,13 @@ def _cpu(root: str) -> Dict[str, Any]:
         cores = os.cpu_count()
     isa = _isa(text, platform.machine() if os.path.abspath(root) == "/" else None)
     return {"model": model, "cores": cores, "parts": parts or None, **isa,
-            "soc": (_read(root, "proc/device-tree/compatible") or "").replace("\x00", " ").strip() or None,
-            "board_model": (_read(root, "proc/device-tree/model") or "").replace("\x00", "").strip() or None}
+            "soc": (_devicetree(root, "compatible") or "").replace("\x00", " ").strip() or None,
+            "board_model": (_devicetree(root, "model") or "").replace("\x00", "").strip() or None}
+
+
+def _devicetree(root: str, name: str) -> Optional[str]:
+    """/proc/device-tree links to /sys/firmware/devicetree/base on boards: read either."""
+    return _read(root, "proc/device-tree/" + name) or _read(root, "sys/firmware/devicetree/base/" + name)
 
 
 def cpufreq(root: str) -> Dict[str, Dict[str, Any]]:
@@ -212,14 +217,17 @@ def _package_versions() -> Dict[str, Optional[str]]:
 
 
 def is_rockchip(root: str) -> bool:
-    compat = (_read(root, "proc/device-tree/compatible") or "").lower()
+    compat = (_devicetree(root, "compatible") or "").lower()
     return ("rockchip" in compat or rknpu_version(root) is not None
             or any(n.endswith(".npu") for n in _devfreq(root)))
 
 
 def fingerprint(root: str = "/") -> Dict[str, Any]:
     """Everything that changes a benchmark number, as one JSON-able dict."""
+    from .emulation import detect
+
     return {
+        **detect(root),  # arch, emulated (qemu-user), emulation (its evidence)
         "kernel": _kernel(root),
         "cpu": _cpu(root),
         "cpufreq": cpufreq(root),

@@ -271,6 +271,15 @@ def boards_trust_cmd(name: str = typer.Argument(..., help="board name"), invento
     commands.boards_trust(name, inventory)
 
 
+@boards_app.command("provision")
+def boards_provision_cmd(name: str = typer.Argument(..., help="board name"), inventory: Optional[Path] = InventoryOpt) -> None:
+    """Install the board runtimes (onnxruntime, genai, rknn-toolkit-lite2, numpy) into the board's venv from
+    wheels this host downloads (the board needs no internet). Idempotent."""
+    from host.deploy.provision import provision_command
+
+    provision_command(name, inventory)
+
+
 @app.command("push")
 def push_cmd(
     boards: str = typer.Option(..., "--boards", "-B", help="board names, groups or 'all' (comma separated)"),
