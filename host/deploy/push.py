@@ -2,14 +2,15 @@
 INSTALLED (rename), for many boards in parallel.
 
 The host never hashes big files: artifact sha256s come from their ``manifest.json``. Per board:
-one preflight/probe round trip (Python version, write permission, free disk, which blobs and
-partial blobs are there), one receiver stream for the missing bytes, one install round trip
-that swaps in folders of hard links. Unchanged artifacts: 0 bytes sent.
+one preflight/probe round trip (Python version, write permission, free disk, which blobs are
+there with their size and sha256 verified -- cached on the board by inode/mtime -- and which
+partials), one receiver stream for the missing bytes, and the install of folders of hard links
+in the same stream. Unchanged artifacts: 0 bytes sent. Pushes that overlap on one board (two
+terminals, or one board under two inventory names) are safe: see ``remote``'s locks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ class PushResult:
     seconds: float = 0.0
     status: str = "ok"
     installed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # repairs and waits worth telling (quarantined blobs, ...)
 
     @property
     def ok(self) -> bool:
@@ -134,7 +136,11 @@ def preflight(t: Transport, dirs: Sequence[PushDir]) -> dict:
     """Python version, write permission, free disk and blob inventory, in one round trip."""
     b = t.board
     shas = sorted({f.sha256 for d in dirs for f in d.files.values()})
-    res = t.run([b.python, "-c", remote.PROBE], input=json.dumps({"workdir": str(b.workdir), "blobs": shas}).encode(), check=False)
+    sizes = {f.sha256: f.size for d in dirs for f in d.files.values()}
+    req = {"workdir": str(b.workdir), "blobs": {sha: sizes[sha] for sha in shas}}
+    # No overall limit: a first push after an upgrade may hash many blobs; the probe's heartbeats
+    # keep it alive, and a stopped board still fails after the transport's stall deadline.
+    res = t.run([b.python, "-c", remote.PROBE], input=json.dumps(req).encode(), check=False, timeout=None)
     first, _, rest = res.stdout.partition("\n")
     try:
         version = tuple(int(x) for x in first.strip().split("."))
@@ -160,38 +166,38 @@ def _one(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _prefix_sha(path: Path, n: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = n
-        while left:
-            b = f.read(min(1 << 22, left))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-    return h.hexdigest()
+@dataclass
+class UploadPlan:
+    """What must travel, from the probe: the board decides the exact offsets under its locks."""
+
+    uploads: list[Upload]
+    present: int  # bytes of verified blobs already there
+    partial: int  # bytes of partials the board will probably resume from
+    notes: list[str]
 
 
-def plan_uploads(dirs: Sequence[PushDir], blobs: dict) -> tuple[list[Upload], int]:
-    """Which bytes must travel. Returns (uploads, bytes already on the board)."""
+def plan_uploads(dirs: Sequence[PushDir], blobs: dict) -> UploadPlan:
     uploads: dict[str, Upload] = {}
-    skipped = 0
+    seen: set[str] = set()
+    present = partial = 0
+    notes = []
     for d in dirs:
         for f in d.files.values():
-            if f.sha256 in uploads:
+            if f.sha256 in seen:
                 continue
+            seen.add(f.sha256)
             have = blobs.get(f.sha256) or {}
             if "have" in have:
-                skipped += f.size if f.sha256 not in uploads else 0
+                present += f.size
                 continue
-            offset = 0
+            if have.get("quarantined"):
+                notes.append(f"{f.path.name}: corrupt copy on the board ({sanitize(str(have.get('why')))}) moved to "
+                             f"{sanitize(str(have['quarantined']))}, re-sent")
             part = have.get("partial")
-            if part and 0 < part <= f.size and _prefix_sha(f.path, part) == have.get("prefix"):
-                offset = part  # resume: the bytes already there are exactly ours
-            skipped += offset
-            uploads[f.sha256] = Upload(f.path, f.sha256, f.size, offset)
-    return list(uploads.values()), skipped
+            if isinstance(part, int) and 0 < part <= f.size:
+                partial += part
+            uploads[f.sha256] = Upload(f.path, f.sha256, f.size)
+    return UploadPlan(list(uploads.values()), present, partial, notes)
 
 
 def push_board(t: Transport, dirs: Sequence[PushDir], *, on_start: Callable[[int], None] | None = None,
@@ -203,8 +209,8 @@ def push_board(t: Transport, dirs: Sequence[PushDir], *, on_start: Callable[[int
         t.prepare_put(b.workdir)  # the data stream logs in while the preflight runs
     try:
         probe = preflight(t, dirs)
-        uploads, skipped = plan_uploads(dirs, probe["blobs"])
-        need = sum(u.size - u.offset for u in uploads)
+        plan = plan_uploads(dirs, probe["blobs"])
+        need = sum(u.size for u in plan.uploads) - plan.partial
         if need and need + free_margin(need) > probe["free"]:
             raise DeployError(f"board {b.name}: not enough free disk in {probe['workdir']}: need {_mib(need + free_margin(need))} "
                               f"(incl. margin), {_mib(probe['free'])} free; free some space or set `workdir:`; nothing was sent")
@@ -221,8 +227,9 @@ def push_board(t: Transport, dirs: Sequence[PushDir], *, on_start: Callable[[int
             t.cancel_put()
         raise
     dir_table = [{"path": d.remote, "files": {n: f.sha256 for n, f in d.files.items()}} for d in dirs]
-    installed = t.put(uploads, PurePosixPath(probe["workdir"]), on_bytes=count, install=dir_table)
-    return PushResult(b.name, sent=sent[0], skipped=skipped, seconds=time.monotonic() - start, installed=installed or {})
+    rep = t.put(plan.uploads, PurePosixPath(probe["workdir"]), on_bytes=count, install=dir_table)
+    return PushResult(b.name, sent=sent[0], skipped=plan.present + rep.resumed + rep.already,
+                      seconds=time.monotonic() - start, installed=rep.installed, notes=plan.notes + rep.notes)
 
 
 def _mib(n: int) -> str:
@@ -245,16 +252,22 @@ def push_boards(boards: Sequence[Board], dirs: Sequence[PushDir], *, jobs: int =
     def one(board: Board) -> PushResult:
         task = progress.add_task(board.name, total=None, state="connecting")
         start = time.monotonic()
+        sent = [0]  # what a failure row reports: the bytes that really went out
+
+        def on_bytes(n: int) -> None:
+            sent[0] += n
+            progress.advance(task, n)
+
         tr = None
         try:
             tr = transport(board)
             res = push_board(tr, dirs, on_start=lambda n: progress.update(task, total=n, state="sending"),
-                             on_bytes=lambda n: progress.advance(task, n))
+                             on_bytes=on_bytes)
             progress.update(task, state="ok")
             return res
         except RkdeployError as e:
             progress.update(task, state="[red]failed")
-            return PushResult(board.name, seconds=time.monotonic() - start, status=sanitize(str(e)))
+            return PushResult(board.name, sent=sent[0], seconds=time.monotonic() - start, status=sanitize(str(e)))
         finally:
             if tr is not None:
                 tr.close()
@@ -271,6 +284,8 @@ def summary_table(results: Sequence[PushResult]):
     for col in ("board", "sent", "skipped", "seconds", "MB/s", "status"):
         table.add_column(col, justify="right" if col in ("sent", "skipped", "seconds", "MB/s") else "left")
     for r in results:
-        table.add_row(escape(r.board), _mib(r.sent), _mib(r.skipped), f"{r.seconds:.2f}", f"{r.mb_per_s:.1f}",
-                      "[green]ok[/]" if r.ok else f"[red]{escape(r.status)}[/]")
+        status = "[green]ok[/]" if r.ok else f"[red]{escape(r.status)}[/]"
+        if r.notes:
+            status += " [yellow](" + escape("; ".join(r.notes)) + ")[/]"
+        table.add_row(escape(r.board), _mib(r.sent), _mib(r.skipped), f"{r.seconds:.2f}", f"{r.mb_per_s:.1f}", status)
     return table

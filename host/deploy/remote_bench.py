@@ -84,7 +84,9 @@ class RemoteRunStream:
 
 def remote_doctor(t: Transport, workdir: PurePosixPath) -> list[dict]:
     """``python3 -m board doctor --json`` on the board (exit 1 = a check failed, still a report)."""
-    res = t.run([t.board.python, "-m", "board", "doctor", "--json"], cwd=workdir / "runner", check=False)
+    # silent_ok: probing the NPU/runtime may print nothing for a while; COMMAND_TIMEOUT still bounds it.
+    res = t.run([t.board.python, "-m", "board", "doctor", "--json"], cwd=workdir / "runner", check=False,
+                silent_ok=True)
     try:
         checks = json.loads(res.stdout)
     except ValueError:
@@ -156,7 +158,8 @@ def bench_boards(boards: Sequence[Board], *, recipe, target: str, params, store=
     for board in boards:
         with transport(board) as t:
             res = push_board(t, dirs)
-            say(f"{board.name}: pushed {res.sent / 1e6:.1f} MB ({res.skipped / 1e6:.1f} MB already there)")
+            say(f"{board.name}: pushed {res.sent / 1e6:.1f} MB ({res.skipped / 1e6:.1f} MB already there)"
+                + "".join(f"; {n}" for n in res.notes))
             wd = remote_workdir(t)
             checks = remote_doctor(t, wd)
             _save_doctor(store or default_store(), board.name, checks)
