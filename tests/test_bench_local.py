@@ -35,6 +35,12 @@ def test_bench_local_streams_rows_into_the_store(tmp_path):
                           artifacts_root=root, log=seen.append)
     assert sorted(r.scheme for r in summary.rows) == ["fp32", "int8", "int8-dyn"]
     assert all(r.status == "ok" and r.board == "local" and r.backend == "fake" for r in summary.rows)
+    from board.sysinfo import _cpu
+
+    here = _cpu("/")   # the arithmetic path: CPU vendor/arch and the ISA features that change int8/fp16 kernels
+    for r in summary.rows:
+        assert {k: r.env["cpu"][k] for k in ("arch", "vendor", "isa")} == {k: here[k] for k in ("arch", "vendor", "isa")}
+        assert isinstance(r.env["cpu"]["isa"], list) and r.env["packages"]
     assert any("w8a8: format rkllm needs backend rkllm, not available on local" in s for s in summary.skipped)
     assert any("not built" in s and "int4" in s for s in seen)
     with ResultStore(tmp_path / "r.sqlite") as s:
