@@ -10,7 +10,9 @@ pins clash with ours (v1.3.0: torch==2.6.0, transformers==5.8.0, numpy<=1.26.4, 
 3. the wheel itself with ``--no-deps``, then every other pin it declares, resolved with torch
    held at 2.13.0 (a constraints file);
 4. ``from rkllm.api import RKLLM`` must import; the version is recorded with
-   ``host.toolkits.record_toolkit`` (``rkdeploy doctor --host`` shows it).
+   ``host.toolkits.record_toolkit`` (``rkdeploy doctor --host`` shows it), and so is whether the
+   imported package is rkdeploy's test double (its ``RKDEPLOY_TEST_DOUBLE`` marker): a wheel of
+   ``host/testing/fake_rkllm`` stays labelled as a double, with no flag to remember.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from pathlib import Path
 from host.errors import RkdeployError, ToolkitMissingError
 
 TORCH = "2.13.0"
+_PROBE_PREFIX = "RKDEPLOY_PROBE "
+# Run in the new venv: the toolkit must import; its version, and the test double's marker
+# (host.toolkits.TEST_DOUBLE_MARKER) read from the package it imported. One prefixed JSON line,
+# whatever the toolkit prints on import.
+_PROBE = ("import json, rkllm; from rkllm.api import RKLLM; from importlib import metadata; "
+          "print('" + _PROBE_PREFIX + "' + json.dumps({'version': metadata.version('rkllm-toolkit'), "
+          "'test_double': getattr(rkllm, 'RKDEPLOY_TEST_DOUBLE', None)}))")
 _WHEEL = re.compile(r"^(?P<dist>rkllm_toolkit)-(?P<ver>[^-]+)-(?P<py>cp3\d+)-[^-]+-(?P<plat>[^-]+)\.whl$")
 _REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 
@@ -160,20 +169,24 @@ def setup(wheel: Path, *, venvs: Path | None = None, skip_torch: bool = False, f
         _run(pip + ["install", "--no-deps", str(wheel)], f"{wheel.name} (--no-deps)")
         if install:
             _run(pip + ["install", "-c", str(constraints), *install], f"its pinned dependencies: {' '.join(install)}")
-    probe = subprocess.run([py, "-c", "from rkllm.api import RKLLM; from importlib import metadata; "
-                            "print(metadata.version('rkllm-toolkit'))"], capture_output=True, text=True)
-    if probe.returncode != 0:
+    probe = subprocess.run([py, "-c", _PROBE], capture_output=True, text=True)
+    found = [ln[len(_PROBE_PREFIX):] for ln in probe.stdout.splitlines() if ln.startswith(_PROBE_PREFIX)]
+    if probe.returncode != 0 or not found:
         tail = (probe.stderr.strip().splitlines() or ["?"])[-1]
         hint = (f"; the wheel pins {', '.join(o.split(' ')[0] for o in overridden)} — install that torch into {venv} "
                 "by hand and rerun") if overridden else ""
         raise RkdeployError(f"setup-rkllm: `from rkllm.api import RKLLM` fails in {venv}: {tail}{hint}")
-    version = probe.stdout.strip() or meta["version"]
+    facts = json.loads(found[-1])
+    version = facts["version"] or meta["version"]
     extra = {"wheel": str(wheel), "wheel_sha256": digest, "python": meta["python"], "pins_overridden": overridden,
-             "torch": None if skip_torch else TORCH}
+             "torch": None if skip_torch else TORCH, "test_double": bool(facts["test_double"])}
     record_toolkit("rkllm", venv, version, **extra)
     for o in overridden:
         print(f"setup-rkllm: note: pin {o}: if the toolkit misbehaves, it needs that exact torch in {venv}")
-    print(f"setup-rkllm: rkllm-toolkit {version} ready in {venv}")
+    if extra["test_double"]:
+        print(f"setup-rkllm: note: {wheel.name} is rkdeploy's TEST DOUBLE ({facts['test_double']}): doctor, "
+              "manifests and rows label everything built with it; its .rkllm files run on no board")
+    print(f"setup-rkllm: rkllm-toolkit {version} ready in {venv}" + (" (test double)" if extra["test_double"] else ""))
     return {"name": "rkllm", "version": version, **extra}
 
 

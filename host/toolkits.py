@@ -21,6 +21,10 @@ from host.errors import BuildError, ToolkitMissingError
 
 RESULT_PREFIX = "RKDEPLOY_RESULT "
 INFO_FILE = "rkdeploy-toolkit.json"
+#: A line of the form ``RKDEPLOY_TEST_DOUBLE = "..."`` at the top level of a toolkit package's
+#: ``__init__.py`` marks it as rkdeploy's test double (host/testing/fake_rkllm carries it, and so does
+#: the wheel ``build_fake_wheel`` packs from it). The vendor's packages never define this name.
+TEST_DOUBLE_MARKER = "RKDEPLOY_TEST_DOUBLE ="
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,26 @@ def toolkit_venv(name: str) -> Path | None:
     return venv if (venv / INFO_FILE).is_file() and (venv / "bin" / "python").exists() else None
 
 
+def installed_test_double(venv: Path, module: str) -> bool:
+    """The package of ``module`` installed in ``venv``'s site-packages carries the test-double marker."""
+    top = module.split(".")[0]
+    for init in sorted(Path(venv).glob(f"lib/python3*/site-packages/{top}/__init__.py")):
+        try:
+            lines = init.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if any(line.startswith(TEST_DOUBLE_MARKER) for line in lines):
+            return True
+    return False
+
+
 def toolkit_info(name: str) -> dict | None:
+    """The recorded facts of installed toolkit ``name`` plus ``venv`` and ``test_double``.
+
+    ``test_double`` is true when the setup step recorded it (its probe imported the marked
+    package) OR the installed package carries the marker now: an info file that lost the flag, or
+    one written before the flag existed, never turns the double into "the vendor toolkit".
+    """
     venv = toolkit_venv(name)
     if venv is None:
         return None
@@ -55,7 +78,9 @@ def toolkit_info(name: str) -> dict | None:
         info = json.loads((venv / INFO_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return {**info, "venv": str(venv)}
+    double = bool(info.pop("test_double", False) or info.pop("fake", False)
+                  or installed_test_double(venv, TOOLKITS[name].module))
+    return {**info, "venv": str(venv), "test_double": double}
 
 
 def require_toolkit(name: str) -> Path:

@@ -97,7 +97,7 @@ def test_export_default_recipe_rkllm_jobs_exact_calls(target, fake_tk, llm_recip
         out = tmp_path / "art" / "smollm2-135m-instruct" / target / scheme
         m = read_manifest(out)
         assert m["format"] == "rkllm" and m["artifact_kind"] == "rkllm"
-        assert m["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0"}
+        assert m["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": True}
         r = m["rkllm"]
         assert (r["dtype"], r["algorithm"], r["num_npu_core"], r["max_context"], r["optimization_level"]) == (
             dtype, algo, CORES[target], 4096, 0)
@@ -221,6 +221,9 @@ def test_rkllm_logits_replays_the_artifact(fake_tk, llm_recipe, tmp_path, monkey
     new = calls(fake_tk)[before:]
     assert [c["call"] for c in new] == ["__init__", "load_huggingface", "build", "get_logits", "get_logits"]
     assert new[2]["kwargs"]["quantized_dtype"] == "w8a8" and new[2]["kwargs"]["num_npu_core"] == 3
+    # the vendor's documented call: {"input_ids": LongTensor[1, n]} → a tensor [1, n, vocab]
+    assert [c["kwargs"] for c in new[3:]] == [{"input_ids": "torch.int64[1, 5]"}] * 2
+    assert [c["ret"] for c in new[3:]] == ["torch.float32[1, 5, 49152]"] * 2
     monkeypatch.setenv("FAKE_RKLLM_FAIL", "get_logits:raise")
     with pytest.raises(BuildError, match="get_logits raised RuntimeError"):
         rkllm_logits(art, [[1, 2, 3]], out=tmp_path / "q2" / "logits.npy")
@@ -311,3 +314,114 @@ def test_worker_and_double_run_on_the_toolkits_pythons():
     assert res.returncode == 0, res.stdout + res.stderr
     src = files[0].read_text()
     assert "import host" not in src and "from host" not in src
+
+
+# --- get_logits: the documented call, and only that ----------------------------------------------
+
+@pytest.fixture
+def built_llm(fake_api, llm_dir, calib):
+    llm = fake_api.RKLLM()
+    assert llm.load_huggingface(model=str(llm_dir), device="cpu") == 0
+    assert llm.build(**dict(OK, dataset=str(calib))) == 0
+    return llm
+
+
+def test_fake_get_logits_takes_the_documented_input(built_llm, monkeypatch):
+    """{"input_ids": LongTensor[1, n]} (+ other HF keys, ignored) → float32 tensor [1, n, vocab], as the SDK shows."""
+    import torch
+
+    monkeypatch.setenv("FAKE_RKLLM_FLOAT_LOGITS", "0")
+    ids = torch.tensor([[1, 2, 3, 4]], dtype=torch.long)
+    out = built_llm.get_logits({"input_ids": ids})
+    assert torch.is_tensor(out) and out.dtype == torch.float32 and tuple(out.shape) == (1, 4, 49152)
+    assert out[:, :-1, :].shape == (1, 3, 49152)  # the SDK example's shift_logits
+    again = built_llm.get_logits({"input_ids": ids, "attention_mask": torch.ones_like(ids), "top_k": 1})
+    assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda t: [1, 2, 3, 4], "inputs must be a dict of Hugging Face model inputs like {'input_ids': "
+                             "LongTensor[1, n]}, got list[4]"),
+    (lambda t: {"input_ids": [1, 2, 3, 4]}, "input_ids must be a torch tensor"),
+    (lambda t: {"ids": t.tensor([[1, 2]])}, "inputs has no 'input_ids' (keys: ids)"),
+    (lambda t: {"input_ids": t.tensor([1, 2, 3, 4])}, "must be 2-D [batch, n] with n >= 1, got shape [4]"),
+    (lambda t: {"input_ids": t.tensor([[1.0, 2.0]])}, "must be an integer tensor (torch.int64), got torch.float32"),
+    (lambda t: {"input_ids": t.zeros((1, 0), dtype=t.long)}, "got shape [1, 0]"),
+    (lambda t: {"input_ids": t.tensor([[1, 49152]])}, "out of range for vocab_size 49152"),
+    (lambda t: {"input_ids": __import__("numpy").array([[1, 2]])}, "must be a torch tensor"),
+])
+def test_fake_get_logits_refuses_anything_else_with_the_documented_failure(make, says, built_llm, capsys):
+    import torch
+
+    assert built_llm.get_logits(make(torch)) is None  # the SDK's failure value: `if lm_logits is None`
+    out = capsys.readouterr().out
+    assert out.startswith("E rkllm: get_logits: ") and says in out, out
+
+
+def test_worker_calls_get_logits_as_documented(fake_tk, llm_recipe, tmp_path, monkeypatch):
+    """The worker hands the toolkit {"input_ids": LongTensor[1, n]}; a toolkit answer of another shape,
+    or None, fails the run with the reason (no logits file)."""
+    import numpy as np
+
+    from host.build.rkllm import rkllm_logits
+    from host.export import export
+
+    monkeypatch.setenv("FAKE_RKLLM_FLOAT_LOGITS", "0")
+    export(llm_recipe, "rk3588", root=tmp_path / "art", progress=False)
+    art = tmp_path / "art" / "smollm2-135m-instruct" / "rk3588" / "w8a8"
+    out = rkllm_logits(art, [[5, 6, 7]], out=tmp_path / "ok" / "logits.npy")
+    assert np.load(out).shape == (1, 3, 49152)
+    with pytest.raises(BuildError, match=r"token windows must be non-empty"):
+        rkllm_logits(art, [[]], out=tmp_path / "e" / "logits.npy")
+    with pytest.raises(BuildError, match=r"get_logits returned None .*toolkit said: E rkllm: get_logits: input_ids out "
+                                         r"of range for vocab_size 49152"):
+        rkllm_logits(art, [[1, 99999]], out=tmp_path / "none" / "logits.npy")
+    assert not (tmp_path / "none" / "logits.npy").exists()
+
+
+# --- a test double stays labelled as one ---------------------------------------------------------
+
+def test_double_is_labelled_in_manifest_inputs_and_quality_rows_and_a_vendor_install_is_not(
+        fake_tk, llm_recipe, tmp_path, monkeypatch):
+    """Nothing records a flag: install_fake_toolkit writes no test_double field; the label comes from the
+    marker the double's package carries (toolkit_info scans it, the worker reads it from the module)."""
+    from host.build.rkllm import RkllmToolkitLm
+    from host.export import export
+    from host.manifest import read_manifest
+    from host.toolkits import INFO_FILE, toolkit_info
+
+    venvs = tmp_path / "venvs"
+    assert "test_double" not in json.loads((venvs / "rkllm" / INFO_FILE).read_text())
+    assert toolkit_info("rkllm")["test_double"] is True
+    monkeypatch.setenv("FAKE_RKLLM_FLOAT_LOGITS", "0")
+    art = tmp_path / "art"
+    (first,) = export(llm_recipe, "rk3588", root=art, progress=False).results
+    folder = art / "smollm2-135m-instruct" / "rk3588" / "w8a8"
+    assert read_manifest(folder)["toolkit"]["test_double"] is True
+    assert "TEST DOUBLE" in Path(read_manifest(folder)["build_log"]).read_text()
+    lm = RkllmToolkitLm(folder, [[1, 2, 3]])
+    assert lm.backend == "rkllm-toolkit 1.3.0 (test double)"
+    lm.close()
+
+    # the same version of "the vendor's" toolkit (the double without its marker): not labelled, and the
+    # double's artifact is not "up to date" for it (the inputs hash differs), so it is rebuilt
+    install_fake_toolkit(venvs, "1.3.0", marked=False)
+    assert toolkit_info("rkllm")["test_double"] is False
+    (second,) = export(llm_recipe, "rk3588", root=art, progress=False).results
+    assert second.status == "built" and second.inputs_hash != first.inputs_hash
+    assert read_manifest(folder)["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": False}
+    lm = RkllmToolkitLm(folder, [[1, 2, 3]])
+    assert lm.backend == "rkllm-toolkit 1.3.0"
+    lm.close()
+
+
+def test_installed_test_double_scans_the_package_not_a_flag(tmp_path):
+    from host.toolkits import installed_test_double
+
+    site = tmp_path / "v" / "lib" / "python3.11" / "site-packages" / "rkllm"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text('"""RKDEPLOY_TEST_DOUBLE = in a docstring does not count"""\nX = 1\n')
+    assert not installed_test_double(tmp_path / "v", "rkllm.api")
+    (site / "__init__.py").write_text((FAKE_DIR / "rkllm" / "__init__.py").read_text())
+    assert installed_test_double(tmp_path / "v", "rkllm.api")
+    assert not installed_test_double(tmp_path / "none", "rkllm.api")

@@ -61,8 +61,10 @@ def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "note: pin torch==2.6.0" in res.stdout
+    assert "TEST DOUBLE" in res.stdout and "ready in" in res.stdout and "(test double)" in res.stdout
     info = json.loads((venvs / "rkllm" / "rkdeploy-toolkit.json").read_text())
     assert info["version"] == "1.3.0" and info["dist"] == "rkllm-toolkit" and info["wheel"] == str(wheel)
+    assert info["test_double"] is True  # the probe read the marker from the package it imported
     assert info["pins_overridden"] == ["torch==2.6.0 (using torch==2.13.0)"]
     # a real, isolated venv: the toolkit imports there (and not from this project's .venv)
     probe = subprocess.run([str(venvs / "rkllm" / "bin" / "python"), "-c", "import rkllm.api, sys; print(rkllm.api.__file__)"],
@@ -72,14 +74,24 @@ def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_
     assert again.returncode == 0 and "up to date" in again.stdout
 
     # doctor --host shows it, with version and place; the rknn toolkit row is there too
-    out = rk("doctor", "--host", "--json", env={"RKDEPLOY_VENVS": str(venvs)})
-    assert out.returncode == 0, out.stderr
-    rows = {r["toolkit"]: r for r in json.loads(out.stdout)["toolkits"]}
+    def doctor_rows():
+        out = rk("doctor", "--host", "--json", env={"RKDEPLOY_VENVS": str(venvs)})
+        assert out.returncode == 0, out.stderr
+        return {r["toolkit"]: r for r in json.loads(out.stdout)["toolkits"]}
+
+    rows = doctor_rows()
     assert rows["rkllm-toolkit"]["status"] == "installed" and rows["rkllm-toolkit"]["version"] == "1.3.0"
     assert rows["rkllm-toolkit"]["where"] == str(venvs / "rkllm")
+    assert rows["rkllm-toolkit"]["test_double"] is True and "TEST DOUBLE" in rows["rkllm-toolkit"]["notes"]
     assert rows["rknn-toolkit2"]["status"] == "missing" and "make setup" in rows["rknn-toolkit2"]["notes"]
     table = rk("doctor", "--host", env={"RKDEPLOY_VENVS": str(venvs), "COLUMNS": "250"})
-    assert "rkllm-toolkit" in table.stdout and "installed" in table.stdout and "1.3.0" in table.stdout
+    assert "rkllm-toolkit" in table.stdout and "installed" in table.stdout and "1.3.0 (test double)" in table.stdout
+    assert "TEST DOUBLE" in table.stdout
+    # an info file without the flag (hand-edited, or written before it existed): the installed package still
+    # carries the marker, so the double stays labelled
+    info_file = venvs / "rkllm" / "rkdeploy-toolkit.json"
+    info_file.write_text(json.dumps({k: v for k, v in info.items() if k != "test_double"}))
+    assert doctor_rows()["rkllm-toolkit"]["test_double"] is True
 
     # the builder runs its worker in that venv
     from host.export import export
@@ -95,6 +107,8 @@ def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_
     monkeypatch.setenv("RKDEPLOY_GPU", "0")
     rep = export(make_recipe(edit), "rk3588", root=tmp_path / "art", progress=False)
     assert [r.status for r in rep.results] == ["built"], [r.reason for r in rep.results]
+    manifest = json.loads((rep.results[0].job.out_dir / "manifest.json").read_text())
+    assert manifest["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": True}
 
 
 def test_doctor_host_without_toolkits_gives_install_hints(rk, tmp_path):

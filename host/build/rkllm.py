@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from host.errors import BuildError, ConfigError
+from host.errors import BuildError, ConfigError, RkdeployError
 from host.plan import BuildJob
 from host.schemes import base_dtype, describe, rkllm_dtype
 from host.toolkits import TOOLKITS, require_toolkit, run_worker, toolkit_info
@@ -118,8 +118,11 @@ def inputs(job: BuildJob) -> dict:
     info = toolkit_info(TOOLKIT) or {}
     args = toolkit_args(job, model_dir=Path("<model>"))
     build = {k: v for k, v in args["build"].items() if k != "dataset"}
-    return {"builder": "rkllm/1", "toolkit_version": info.get("version"), "load": {k: v for k, v in args["load"].items()
-            if k != "model"}, "build": build, "calibration_sha256": _calibration_sha256(job)}
+    out = {"builder": "rkllm/1", "toolkit_version": info.get("version"), "load": {k: v for k, v in args["load"].items()
+           if k != "model"}, "build": build, "calibration_sha256": _calibration_sha256(job)}
+    if info.get("test_double"):  # a double's artifact is never "up to date" for the vendor toolkit of the same version
+        out["toolkit_test_double"] = True
+    return out
 
 
 def artifact_name(job: BuildJob) -> str:
@@ -197,13 +200,17 @@ def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
 
     config = read_config(model_dir)
     version = result.get("toolkit_version") or info.get("version")
+    double = bool(result.get("test_double") or info.get("test_double"))  # what the worker imported, or the venv
+    if double:
+        log(f"note: built with rkdeploy's TEST DOUBLE of rkllm-toolkit ({info.get('venv')}): the manifest says so "
+            "and the .rkllm runs on no board")
     b = args["build"]
     return {
         "format": "rkllm",
         "artifact_kind": "rkllm",
         "entry": out.name,
         **({"tokenizer": "tokenizer.json"} if "tokenizer.json" in copied else {}),
-        "toolkit": {"name": TOOLKITS[TOOLKIT].dist, "version": version},
+        "toolkit": {"name": TOOLKITS[TOOLKIT].dist, "version": version, "test_double": double},
         "vocab_size": config.get("vocab_size"),
         "scheme_description": describe(job.scheme),
         "rkllm": {
@@ -245,6 +252,11 @@ def rkllm_logits(job_or_artifact: BuildJob | Path | str, token_windows: Sequence
     per window. Raises ``ToolkitMissingError`` when rkllm-toolkit is absent (quality then stays
     ``simulated``), ``BuildError`` on failure.
     """
+    return _logits_run(job_or_artifact, token_windows, out=out, log=log)[0]
+
+
+def _logits_run(job_or_artifact, token_windows, *, out, log) -> tuple[Path, dict]:
+    """``rkllm_logits``, also returning the worker's result (toolkit version, test double or not)."""
     args, label = _args_from(job_or_artifact)
     windows = [[int(t) for t in w] for w in token_windows]
     if not windows or len({len(w) for w in windows}) != 1 or not windows[0]:
@@ -254,9 +266,18 @@ def rkllm_logits(job_or_artifact: BuildJob | Path | str, token_windows: Sequence
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".log")
-    _run({"mode": "logits", "load": args["load"], "build": args["build"], "windows": windows, "output": str(out)},
-         log_path, log or (lambda _line: None), label)
-    return out
+    result = _run({"mode": "logits", "load": args["load"], "build": args["build"], "windows": windows,
+                   "output": str(out)}, log_path, log or (lambda _line: None), label)
+    return out, result
+
+
+def _manifest_toolkit(artifact_dir) -> dict:
+    from host.manifest import read_manifest
+
+    try:
+        return read_manifest(Path(artifact_dir)).get("toolkit") or {}
+    except (RkdeployError, OSError):
+        return {}
 
 
 class RkllmToolkitLm:
@@ -264,7 +285,8 @@ class RkllmToolkitLm:
 
     All windows go to the toolkit in ONE worker run (it quantizes the model again, as the build
     did), then each ``logprobs(ids)`` is a lookup + log-softmax. ``method`` is ``"measured"`` and
-    ``backend`` names the toolkit (``"(test double)"`` when the installed toolkit is the fake).
+    ``backend`` names the toolkit, ending in ``" (test double)"`` when the toolkit that computed the
+    logits is rkdeploy's double (the worker reads its marker) or the artifact was built by one.
     """
 
     def __init__(self, artifact_dir: Path | str, windows: Sequence[Sequence[int]], *,
@@ -273,11 +295,14 @@ class RkllmToolkitLm:
 
         self._tmp = Path(tempfile.mkdtemp(prefix="rkdeploy-rkllm-q-"))
         keyed = [tuple(int(t) for t in w) for w in windows]
-        self.path = rkllm_logits(artifact_dir, keyed, out=self._tmp / "logits.npy", log=log)
+        self.path, result = _logits_run(artifact_dir, keyed, out=self._tmp / "logits.npy", log=log)
         self.logits = np.load(self.path, mmap_mode="r")
         self.index = {w: i for i, w in enumerate(keyed)}
         info = toolkit_info(TOOLKIT) or {}
-        self.backend = f"rkllm-toolkit {info.get('version')}" + (" (test double)" if info.get("fake") else "")
+        built_by_double = _manifest_toolkit(artifact_dir).get("test_double")
+        double = bool(result.get("test_double") or info.get("test_double") or built_by_double)
+        version = result.get("toolkit_version") or info.get("version")
+        self.backend = f"rkllm-toolkit {version}" + (" (test double)" if double else "")
 
     def logprobs(self, ids):
         import numpy as np

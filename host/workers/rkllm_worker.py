@@ -1,4 +1,4 @@
-"""rkllm-toolkit worker: runs INSIDE the toolkit's venv (stdlib + rkllm; numpy only for logits).
+"""rkllm-toolkit worker: runs INSIDE the toolkit's venv (stdlib + rkllm; numpy and torch only for logits).
 
 Reads one JSON job on stdin, prints progress lines, and prints ``RKDEPLOY_RESULT {json}`` as the
 LAST stdout line (see host/toolkits.py). Modes:
@@ -6,9 +6,12 @@ LAST stdout line (see host/toolkits.py). Modes:
 - ``build``: ``load_huggingface(**load)`` → ``build(**build)`` → ``export_rkllm(tmp)`` → rename to
   ``output``. Every step's return code AND exceptions are checked; on failure nothing is left at
   ``output`` and the temp file is removed.
-- ``logits``: ``load_huggingface`` → ``build`` → ``get_logits(window)`` per token window (the
-  quantized model's host-side logits); writes one float32 ``.npy`` of shape
-  (windows, tokens, vocab) to ``output`` (temp name + rename).
+- ``logits``: ``load_huggingface`` → ``build`` → ``get_logits`` per token window (the quantized
+  model's host-side logits), called as the vendor documents it (``logits_inputs``); writes one
+  float32 ``.npy`` of shape (windows, tokens, vocab) to ``output`` (temp name + rename).
+
+Every result says which package ran: ``toolkit_version`` and ``test_double`` (the marker
+``RKDEPLOY_TEST_DOUBLE`` that rkdeploy's double carries, read from the module imported here).
 
 Python >= 3.9 syntax (the toolkit supports CPython 3.9-3.12); never imports rkdeploy.
 """
@@ -48,6 +51,13 @@ def toolkit_version():
         return getattr(rkllm, "__version__", "unknown")
 
 
+def test_double():
+    """The double's marker text when the imported ``rkllm`` is rkdeploy's test double, else None."""
+    import rkllm
+
+    return getattr(rkllm, "RKDEPLOY_TEST_DOUBLE", None)
+
+
 def step(name, fn, *args, **kwargs):
     """Run one toolkit call; a non-zero return code or an exception both fail the job."""
     say(f"{name} ...")
@@ -58,8 +68,8 @@ def step(name, fn, *args, **kwargs):
         traceback.print_exc(file=sys.stdout)
         raise StepFailed("{} raised {}: {}".format(name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")) from None
     if name == "get_logits":
-        if isinstance(ret, int) and ret != 0 or ret is None:
-            raise StepFailed(f"get_logits returned {ret!r} instead of logits")
+        if ret is None or isinstance(ret, int):  # None is the documented failure value
+            raise StepFailed(f"get_logits returned {ret!r} instead of logits; the toolkit's messages are in the log")
     elif ret != 0:
         raise StepFailed(f"{name} returned {ret!r} (expected 0); the toolkit's messages are in the log")
     say(f"{name} done in {time.monotonic() - t0:.1f} s")
@@ -73,13 +83,34 @@ def remove(path):
         pass
 
 
-def to_numpy(x):
+def logits_inputs(window):
+    """``get_logits``'s argument for one token window, exactly as the vendor calls it.
+
+    rkllm-toolkit documents ``get_logits(inputs)`` with ``inputs`` in "the same format as Hugging
+    Face model inference", e.g. ``{"input_ids": ..., "top_k": 1, ...}``, returning the logits or
+    None on failure (Rockchip_RKLLM_SDK 1.2.0 EN / 1.2.1, 1.2.3, 1.3.0 CN, section 3.1.8, table
+    3-6; airockchip/rknn-llm doc/). Its PPL example there, and rkllm-toolkit/examples/test.py
+    (v1.1.0 .. v1.1.4) ``eval_wikitext``, pass ``{"input_ids": batch}`` where ``batch`` is a
+    slice of ``tokenizer(..., return_tensors="pt").input_ids``: a torch LongTensor [1, n]; and
+    read the result as a torch tensor [1, n, vocab] (``lm_logits[:, :-1, :]``,
+    ``lm_logits.device``). So: one window per call, batch 1, int64.
+    """
+    import torch
+
+    return {"input_ids": torch.tensor([list(window)], dtype=torch.long)}
+
+
+def to_numpy(ret, n_tokens):
+    """[1, n, vocab] logits (torch tensor, as documented; array-likes accepted) → float32 [n, vocab]."""
     import numpy as np
 
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().float().numpy()
-    arr = np.asarray(x, dtype=np.float32)
-    return arr.reshape(arr.shape[-2], arr.shape[-1]) if arr.ndim == 3 and arr.shape[0] == 1 else arr
+    if hasattr(ret, "detach"):  # torch tensor
+        ret = ret.detach().cpu().float().numpy()
+    arr = np.asarray(ret, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[1] != n_tokens:
+        raise StepFailed(f"get_logits returned shape {tuple(arr.shape)} for input_ids [1, {n_tokens}] "
+                         f"(expected [1, {n_tokens}, vocab])")
+    return arr[0]
 
 
 def run_build(llm, job):
@@ -104,9 +135,7 @@ def run_logits(llm, job):
     arr = None
     try:
         for i, window in enumerate(windows):
-            logits = to_numpy(step("get_logits", llm.get_logits, window))
-            if logits.shape[0] != len(window):
-                raise StepFailed(f"get_logits returned {logits.shape[0]} rows for a window of {len(window)} tokens")
+            logits = to_numpy(step("get_logits", llm.get_logits, logits_inputs(window)), len(window))
             if arr is None:
                 shape = (len(windows), len(window), logits.shape[-1])
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
@@ -130,7 +159,10 @@ def main():
     except Exception as e:  # noqa: BLE001 - a broken toolkit venv
         finish({"ok": False, "step": "import", "error": f"cannot import rkllm.api ({type(e).__name__}: {e})"}, 1)
     version = toolkit_version()
-    say(f"rkllm-toolkit {version}, mode {mode}, python {sys.version.split()[0]}")
+    double = test_double()
+    say(f"rkllm-toolkit {version}, mode {mode}, python {sys.version.split()[0]}"
+        + (f" — TEST DOUBLE: {double}" if double else ""))
+    ids = {"toolkit_version": version, "test_double": bool(double)}
     current = "RKLLM()"
     try:
         llm = RKLLM()
@@ -141,11 +173,11 @@ def main():
         current = mode
         extra = run_build(llm, job) if mode == "build" else run_logits(llm, job)
     except StepFailed as e:
-        finish({"ok": False, "step": current, "error": str(e), "toolkit_version": version}, 1)
+        finish(dict(ids, ok=False, step=current, error=str(e)), 1)
     except Exception as e:  # noqa: BLE001 - anything else is still this job's failure, reported as JSON
         traceback.print_exc(file=sys.stdout)
-        finish({"ok": False, "step": current, "error": f"{type(e).__name__}: {e}", "toolkit_version": version}, 1)
-    finish(dict({"ok": True, "toolkit_version": version}, **extra), 0)
+        finish(dict(ids, ok=False, step=current, error=f"{type(e).__name__}: {e}"), 1)
+    finish(dict(ids, ok=True, **extra), 0)
 
 
 if __name__ == "__main__":

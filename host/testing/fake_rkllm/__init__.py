@@ -1,9 +1,10 @@
 """A recording double of rkllm-toolkit, installable as a toolkit "venv" for tests.
 
 ``install_fake_toolkit(venvs_root)`` creates ``<venvs_root>/rkllm`` whose ``bin/python`` runs the
-current interpreter with this folder first on ``sys.path`` (so ``from rkllm.api import RKLLM``
-imports the fake) and records the toolkit as installed. Point ``RKDEPLOY_VENVS`` at
-``venvs_root`` and the builder uses it exactly like a real toolkit venv.
+current interpreter with a copy of this package first on ``sys.path`` (so ``from rkllm.api import
+RKLLM`` imports the fake) and records the toolkit as installed. Point ``RKDEPLOY_VENVS`` at
+``venvs_root`` and the builder uses it exactly like a real toolkit venv. Everything built with it
+is labelled a test double: the package carries ``RKDEPLOY_TEST_DOUBLE`` (see ``rkllm/__init__.py``).
 """
 
 from __future__ import annotations
@@ -16,20 +17,40 @@ from pathlib import Path
 FAKE_DIR = Path(__file__).resolve().parent
 
 
-def install_fake_toolkit(venvs_root: Path | str, version: str = "1.3.0", python: str | None = None) -> Path:
-    from host.toolkits import record_toolkit
+def install_fake_toolkit(venvs_root: Path | str, version: str = "1.3.0", python: str | None = None, *,
+                         marked: bool = True) -> Path:
+    """``<venvs_root>/rkllm``: the double's package in ``lib/python3.X/site-packages`` (as pip would put
+    it), a ``bin/python`` that runs ``python`` (default: this interpreter) with that folder on its path,
+    and the toolkit recorded as installed.
+
+    ``marked=False`` installs a copy WITHOUT the ``RKDEPLOY_TEST_DOUBLE`` line, standing in for the
+    vendor's toolkit in tests of how a real install is labelled; the info file records nothing about
+    doubles either way, so the label comes from what is installed.
+    """
+    import shutil
+
+    from host.toolkits import TEST_DOUBLE_MARKER, record_toolkit
 
     venv = Path(venvs_root) / "rkllm"
+    site = venv / "lib" / (f"python{sys.version_info[0]}.{sys.version_info[1]}" if python is None else "python3") \
+        / "site-packages"
+    if (site / "rkllm").exists():
+        shutil.rmtree(site / "rkllm")
+    shutil.copytree(FAKE_DIR / "rkllm", site / "rkllm", ignore=shutil.ignore_patterns("__pycache__"))
+    if not marked:
+        init = site / "rkllm" / "__init__.py"
+        init.write_text("".join(line for line in init.read_text().splitlines(keepends=True)
+                                if not line.startswith(TEST_DOUBLE_MARKER)))
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     py = venv / "bin" / "python"
     py.write_text(
         "#!/bin/sh\n"
-        f"# fake rkllm-toolkit {version} (host/testing/fake_rkllm)\n"
-        f"PYTHONPATH={shlex.quote(str(FAKE_DIR))} FAKE_RKLLM_VERSION=${{FAKE_RKLLM_VERSION:-{version}}} "
+        f"# rkllm-toolkit {version} stand-in (host/testing/fake_rkllm)\n"
+        f"PYTHONPATH={shlex.quote(str(site))} FAKE_RKLLM_VERSION=${{FAKE_RKLLM_VERSION:-{version}}} "
         f"exec {shlex.quote(python or sys.executable)} \"$@\"\n"
     )
     os.chmod(py, 0o755)
-    record_toolkit("rkllm", venv, version, fake=True, python=python or sys.executable)
+    record_toolkit("rkllm", venv, version, python=python or sys.executable)
     return venv
 
 

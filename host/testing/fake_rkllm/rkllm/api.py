@@ -5,6 +5,7 @@ Environment:
 - ``FAKE_RKLLM_FAIL``: ``STEP:MODE`` with STEP one of load_huggingface, build, export_rkllm,
   get_logits and MODE ``-1`` (return -1) or ``raise`` (raise RuntimeError). ``export_rkllm:raise``
   first writes half a file, as a crash mid-export would.
+- ``get_logits`` takes exactly the documented input (see its docstring) and returns None on failure.
 - ``FAKE_RKLLM_VERSION``: the toolkit version it claims (gdq only <= 1.2.x; _rN algorithms >= 1.2.3).
 
 Constraint violations print an ``E rkllm:`` line and return -1, like the vendor tool's checks.
@@ -87,7 +88,7 @@ class RKLLM:
             _record(step, kwargs, ret=-1)
             return -1
         ret = fn()
-        _record(step, kwargs, ret=ret if not hasattr(ret, "shape") else f"array{tuple(ret.shape)}")
+        _record(step, kwargs, ret=_describe(ret) if hasattr(ret, "shape") else ret)
         return ret
 
     # --- load ---------------------------------------------------------------------------------
@@ -203,29 +204,49 @@ class RKLLM:
         return self._call("export_rkllm", {"export_path": export_path}, do)
 
     def get_logits(self, inputs):
-        """Logits for ``inputs`` (token ids). With torch + transformers importable (the test venv), the
-        float model's logits plus a deterministic perturbation standing in for quantization error
+        """Host-side logits of the built model, with the vendor's documented contract.
+
+        rkllm-toolkit documents ``inputs`` as "the same format as Hugging Face model inference",
+        e.g. ``{"input_ids": ..., "top_k": 1, ...}``, and the logits as the return value, None on
+        failure (Rockchip_RKLLM_SDK 1.2.x/1.3.0 section 3.1.8, table 3-6; its wikitext example and
+        rkllm-toolkit/examples/test.py pass ``{"input_ids": LongTensor[1, n]}`` and slice the result
+        as a torch tensor [1, n, vocab]). So the double accepts exactly a mapping whose
+        ``input_ids`` is a 2-D torch integer tensor (int64, or int32 as Hugging Face embeddings also
+        take) of ids inside the vocabulary; other keys (``attention_mask``, ``top_k``, ...) are
+        ignored. Anything else — a list of ids, a 1-D tensor, floats, numpy — prints an ``E rkllm:``
+        line and returns None, the documented failure value (the closed-source toolkit's own message
+        text is not public; ours names what was given and what is allowed).
+
+        Returns a float32 torch tensor [batch, n, vocab]: with transformers importable (the test venv),
+        the float model's logits plus a deterministic perturbation standing in for quantization error
         (``FAKE_RKLLM_LOGIT_NOISE``, default 0.05 of the logits' std); else, or with
-        ``FAKE_RKLLM_FLOAT_LOGITS=0``, synthetic logits."""
+        ``FAKE_RKLLM_FLOAT_LOGITS=0``, synthetic logits.
+        """
 
         def do():
             if self._built is None:
-                raise RuntimeError("get_logits() before build()")
-            ids = [int(t) for t in inputs]
-            vocab = int(self._model["config"].get("vocab_size") or 32)
-            try:
-                import numpy as np
-            except ImportError:
-                return [[float((7 * t + 3 * j) % 11) for j in range(vocab)] for t in ids]
-            real = self._float_logits(ids)
-            if real is None:
-                base = np.arange(vocab, dtype=np.float32)
-                return np.stack([np.sin(base * 0.01 * (1 + t % 7)) * 4.0 for t in ids]).astype(np.float32)
-            rng = np.random.default_rng(len(self._built["dtype"]) * 1000 + len(ids))
-            scale = float(os.environ.get("FAKE_RKLLM_LOGIT_NOISE", "0.05")) * float(real.std())
-            return (real + rng.standard_normal(real.shape).astype(np.float32) * scale).astype(np.float32)
+                return _none("get_logits() before a successful build()")
+            ids, problem = _logits_input_ids(inputs, int(self._model["config"].get("vocab_size") or 32))
+            if problem:
+                return _none(problem)
+            return self._logits(ids)
 
-        return self._call("get_logits", {"n_tokens": len(list(inputs))}, do)
+        return self._call("get_logits", _describe_inputs(inputs), do)
+
+    def _logits(self, ids):
+        import numpy as np
+        import torch
+
+        vocab = int(self._model["config"].get("vocab_size") or 32)
+        real = self._float_logits(ids)
+        if real is None:
+            base = torch.arange(vocab, dtype=torch.float32)
+            return torch.stack([torch.stack([torch.sin(base * 0.01 * (1 + int(t) % 7)) * 4.0 for t in row])
+                                for row in ids]).to(torch.float32)
+        rng = np.random.default_rng(len(self._built["dtype"]) * 1000 + int(ids.shape[1]))
+        scale = float(os.environ.get("FAKE_RKLLM_LOGIT_NOISE", "0.05")) * float(real.std())
+        noise = torch.from_numpy(rng.standard_normal(tuple(real.shape)).astype(np.float32))
+        return (real + noise * scale).to(torch.float32)
 
     def _float_logits(self, ids):
         if os.environ.get("FAKE_RKLLM_FLOAT_LOGITS", "1") == "0":
@@ -238,8 +259,52 @@ class RKLLM:
         if getattr(self, "_torch_model", None) is None:
             self._torch_model = AutoModelForCausalLM.from_pretrained(self._model["path"], dtype=torch.float32).eval()
         with torch.no_grad():
-            out = self._torch_model(torch.tensor([ids], dtype=torch.long)).logits[0]
-        return out.float().numpy()
+            return self._torch_model(ids.to(torch.long)).logits.float()
+
+
+def _none(msg):
+    print("E rkllm: " + msg, flush=True)
+    return None
+
+
+def _describe(x):
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return "{}{}".format(type(x).__name__ if not hasattr(x, "detach") else str(x.dtype), list(x.shape))
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__}[{len(x)}]"
+    return type(x).__name__
+
+
+def _describe_inputs(inputs):
+    """What the call received, for the record: ``{"input_ids": "torch.int64[1, 5]", ...}``."""
+    if isinstance(inputs, dict):
+        return {str(k): _describe(v) for k, v in inputs.items()}
+    return {"inputs": _describe(inputs)}
+
+
+def _logits_input_ids(inputs, vocab):
+    """(input_ids tensor, None) when ``inputs`` is what the toolkit documents, else (None, problem)."""
+    want = "a dict of Hugging Face model inputs like {'input_ids': LongTensor[1, n]}"
+    try:
+        import torch
+    except ImportError:
+        return None, "get_logits needs torch: its inputs are torch tensors"
+    if not isinstance(inputs, dict):
+        return None, f"get_logits: inputs must be {want}, got {_describe(inputs)}"
+    if "input_ids" not in inputs:
+        return None, "get_logits: inputs has no 'input_ids' (keys: {}); expected {}".format(
+            ", ".join(map(str, inputs)) or "none", want)
+    ids = inputs["input_ids"]
+    if not torch.is_tensor(ids):
+        return None, "get_logits: input_ids must be a torch tensor (tokenizer(..., return_tensors='pt')" \
+                     f".input_ids), got {_describe(ids)}"
+    if ids.dtype not in (torch.int64, torch.int32):
+        return None, f"get_logits: input_ids must be an integer tensor (torch.int64), got {ids.dtype}"
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        return None, f"get_logits: input_ids must be 2-D [batch, n] with n >= 1, got shape {list(ids.shape)}"
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        return None, f"get_logits: input_ids out of range for vocab_size {vocab} (min {int(ids.min())}, max {int(ids.max())})"
+    return ids, None
 
 
 def _check_dataset(path):
