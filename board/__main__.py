@@ -73,13 +73,17 @@ def _emit(lines: List[str], out: Optional[str]) -> None:
 def cmd_bench(a: argparse.Namespace) -> int:
     from .runner import BenchConfig, error_row, run_bench
 
-    hello = {"type": "hello", "runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION}
-    _emit([json.dumps(hello)], a.out)
-    try:
-        opts = dict(kv.split("=", 1) for kv in a.opt)
-    except ValueError:
-        sys.stderr.write("board: error: --opt takes KEY=VALUE, got %s\n" % a.opt)
+    # Every argument is checked before the first line goes out: a usage error leaves --out untouched.
+    bad = [kv for kv in a.opt if "=" not in kv or not kv.split("=", 1)[0].strip()]
+    if bad:
+        sys.stderr.write("board: error: --opt takes KEY=VALUE, got %r\n" % bad[0])
         return 2
+    opts = dict(kv.split("=", 1) for kv in a.opt)
+    if a.out is not None:
+        parent = os.path.dirname(os.path.abspath(a.out))
+        if "\0" in a.out or os.path.isdir(a.out) or not os.path.isdir(parent):
+            sys.stderr.write("board: error: --out %r must be a file in an existing folder\n" % a.out)
+            return 2
     if a.rkllm_abi:
         opts["rkllm_abi"] = a.rkllm_abi
     if a.rkllm_lib:
@@ -91,6 +95,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
                           backend_params=opts, debug=a.debug)
     except ValueError as e:
         sys.stderr.write("board: error: %s\n" % e)
+        return 2
+    hello = {"type": "hello", "runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION}
+    try:
+        _emit([json.dumps(hello)], a.out)
+    except OSError as e:
+        sys.stderr.write("board: error: --out %s: %s\n" % (a.out, e.strerror or e))
         return 2
     try:
         row = run_bench(cfg)
@@ -157,6 +167,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("board: interrupted\n")
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line, traceback only with --debug
+        if a.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write("board: internal error: %s: %s (run with --debug for the traceback)\n" % (type(e).__name__, first))
+        return 2
 
 
 if __name__ == "__main__":

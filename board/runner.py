@@ -19,7 +19,7 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from . import RUNNER_VERSION, metrics
-from .artifact import ArtifactError, artifact_size, entry_sha256, read_artifact
+from .artifact import ArtifactError, artifact_size, check_backend, entry_sha256, read_artifact
 from .backends import BackendError, load_backend
 from .rows import ResultRow
 from .sysinfo import cpufreq, fingerprint
@@ -35,8 +35,15 @@ class BenchConfig:
                  sysfs_root: str = "/", batch: Optional[int] = None, seq_len: Optional[int] = None,
                  encode_iters: int = ENCODE_MIN_ITERS, fresh_process: bool = False,
                  backend_params: Optional[Dict[str, Any]] = None, debug: bool = False) -> None:
-        if n_prompt < 1 or n_gen < 1 or reps < 1 or warmup < 0:
-            raise ValueError("n_prompt, n_gen, reps must be >= 1 and warmup >= 0")
+        for name, value, low in (("n-prompt", n_prompt, 1), ("n-gen", n_gen, 1), ("reps", reps, 1),
+                                 ("warmup", warmup, 0), ("threads", threads, 1), ("batch", batch, 1),
+                                 ("seq-len", seq_len, 1), ("encode_iters", encode_iters, 1)):
+            if value is None and name in ("threads", "batch", "seq-len"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError("--%s must be a whole number >= %d, got %r" % (name, low, value))
+        if not isinstance(backend, str) or not backend:
+            raise ValueError("--backend must name a backend, got %r" % (backend,))
         self.artifact = artifact
         self.backend = backend
         self.n_prompt = n_prompt
@@ -126,6 +133,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     backend = None
     try:
         backend = load_backend(cfg.backend)
+        check_backend(manifest, cfg.backend, os.path.join(cfg.artifact, "manifest.json"))
         params = dict(cfg.backend_params, manifest=manifest, threads=row.threads, n_prompt=cfg.n_prompt, n_gen=cfg.n_gen)
         backend.load(cfg.artifact, params)
         info = backend.info()

@@ -79,9 +79,9 @@ def loads(text: str, where: str, max_depth: int = MAX_DEPTH) -> Any:
     except JSONInputError as e:
         raise JSONInputError("%s: %s (not allowed in JSON)" % (where, e)) from None
     except json.JSONDecodeError as e:
-        raise JSONInputError("%s: not valid JSON: line %d column %d: %s" % (where, e.lineno, e.colno, e.msg)) from None
+        raise JSONInputError("%s is not valid JSON: line %d column %d: %s" % (where, e.lineno, e.colno, e.msg)) from None
     except (ValueError, RecursionError) as e:  # e.g. an integer with more than 4300 digits
-        raise JSONInputError("%s: not valid JSON: %s" % (where, str(e).splitlines()[0][:200])) from None
+        raise JSONInputError("%s is not valid JSON (%s)" % (where, str(e).splitlines()[0][:200])) from None
     dup = _find_dup(data, "")
     if dup is not None:
         raise JSONInputError("%s: duplicate key %s; each key may appear once in an object" % (where, dup))

@@ -18,10 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from board.artifact import ArtifactError, validate_manifest
 from board.backends import BACKENDS_FOR_FORMAT
 from board.rows import ResultRow
+from board.strictjson import JSONInputError
+from board.strictjson import read as read_json_file
 from host.config import PROJECT_ROOT
-from host.errors import BenchError
+from host.errors import BenchError, ConfigError
 from host.results import DEFAULT_STORE, ResultStore, parse_line
 from host.ui import err_console, sanitize
 
@@ -58,6 +61,18 @@ class BenchParams:
     warmup: int = 1
     threads: int | None = None
     options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Checked here, before any board is contacted (a zero count is a usage error, not a row)."""
+        for name, value, low in (("n_prompt", self.n_prompt, 1), ("n_gen", self.n_gen, 1), ("reps", self.reps, 1),
+                                 ("warmup", self.warmup, 0), ("threads", self.threads, 1)):
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+        for k, v in self.options.items():
+            if not isinstance(k, str) or not k.strip() or not isinstance(v, str) or "\n" in k + v or "\0" in k + v:
+                raise ConfigError(f"--opt {k!r}={v!r}: KEY=VALUE on one line, KEY not empty")
 
     def argv(self) -> list[str]:
         out = ["--n-prompt", str(self.n_prompt), "--n-gen", str(self.n_gen), "--reps", str(self.reps),
@@ -150,7 +165,12 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
                 else:
                     summary.skipped.append(f"{job.label}: not built (run `rkdeploy export --target {target}`)")
                 continue
-            manifest = json.loads(mpath.read_text())
+            try:
+                manifest = validate_manifest(read_json_file(str(mpath)), str(mpath))
+            except (ArtifactError, JSONInputError, OSError) as e:
+                summary.skipped.append(f"{job.label}: unreadable manifest ({e}); rebuild it with "
+                                       f"`rkdeploy export --target {target}`")
+                continue
             backend = pick_backend(manifest, available)
             if backend is None:
                 want = ", ".join(BACKENDS_FOR_FORMAT.get(manifest.get("format", ""), ())) or "none"

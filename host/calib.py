@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from board.strictjson import JSONInputError
+from board.strictjson import loads as loads_json
 from host.config import ModelSpec, Recipe
 from host.errors import CalibrationError, ConfigError, ModelError
 from host.fsutil import atomic_write_text
+from host.safeload import read_text
 from host.textdata import NGRAM, _ngrams, read_docs
 
 KEYS = ("input", "target")
@@ -187,15 +190,12 @@ def validate_data(data, where: str, recipe: Recipe, model: str | None = None, *,
 def validate_file(path: Path, recipe: Recipe, model: str | None = None, *, cache=None) -> Report:
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CalibrationError([f"{path}: file not found"]) from None
-    except UnicodeDecodeError as e:
-        raise CalibrationError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CalibrationError([f"{path}: not valid JSON: line {e.lineno} column {e.colno}: {e.msg}"]) from None
+        text = read_text(path, what="calibration JSON file")
+        data = loads_json(text, str(path))
+    except ConfigError as e:
+        raise CalibrationError([str(e)]) from None
+    except JSONInputError as e:
+        raise CalibrationError([str(e)]) from None
     return validate_data(data, str(path), recipe, model, cache=cache)
 
 

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from board.strictjson import JSONInputError
+from board.strictjson import loads as loads_json
 from host.errors import ModelError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
 
@@ -170,27 +172,56 @@ def model_sha256(folder: Path) -> str:
 
 # --- reading shapes without loading weights ------------------------------------------------------
 
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors reference implementation's own limit
+
+
+def _bad_header(path: Path, why: str) -> ModelError:
+    return ModelError(f"{path}: corrupt safetensors file ({why})")
+
+
 def read_safetensors_header(path: Path) -> dict:
-    """Parse a .safetensors header (8-byte little-endian length + JSON); verify it fits the file."""
-    size = path.stat().st_size
+    """Parse a .safetensors header (8-byte little-endian length + JSON); verify it fits the file and
+    has the documented shape: {name: {dtype: str, shape: [int...], data_offsets: [start, end]}, __metadata__: {str: str}}."""
     try:
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, expected a .safetensors file")
+        size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
-                raise ModelError(f"{path}: corrupt safetensors file (shorter than its 8-byte header length)")
+                raise _bad_header(path, "shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or 8 + n > size:
-                raise ModelError(f"{path}: corrupt safetensors file (header length {n} does not fit a {size}-byte file)")
-            header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{path}: corrupt safetensors file (header is not valid JSON)") from None
+            if n <= 0 or 8 + n > size or n > MAX_HEADER_BYTES:
+                raise _bad_header(path, f"header length {n} does not fit a {size}-byte file")
+            text = f.read(n).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad_header(path, "header is not UTF-8 JSON") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = loads_json(text, "header")
+    except JSONInputError as e:
+        raise _bad_header(path, str(e)) from None
+    if not isinstance(header, dict):
+        raise _bad_header(path, f"header is a JSON {type(header).__name__}, expected an object of tensors")
     data_len = size - 8 - n
     for name, meta in header.items():
         if name == "__metadata__":
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise _bad_header(path, "__metadata__ must be an object of strings")
             continue
-        start, end = meta.get("data_offsets", (0, -1))
+        if not isinstance(meta, dict):
+            raise _bad_header(path, f"tensor {name!r} is a JSON {type(meta).__name__}, expected an object")
+        offsets, shape, dtype = meta.get("data_offsets"), meta.get("shape"), meta.get("dtype")
+        if not isinstance(dtype, str):
+            raise _bad_header(path, f"tensor {name!r}: dtype must be a string")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise _bad_header(path, f"tensor {name!r}: shape must be a list of whole numbers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise _bad_header(path, f"tensor {name!r}: data_offsets must be [start, end] whole numbers")
+        start, end = offsets
         if not (0 <= start <= end <= data_len):
-            raise ModelError(f"{path}: corrupt safetensors file (tensor {name!r} lies outside the file: truncated?)")
+            raise _bad_header(path, f"tensor {name!r} lies outside the file: truncated?")
     return header
 
 
@@ -202,6 +233,9 @@ def check_model_folder(folder: Path) -> list[str]:
     if not (folder / "config.json").is_file():
         problems.append(f"{folder}: config.json is missing (not a Hugging Face model folder)")
     weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    for w in [w for w in weights if not w.is_file()]:
+        problems.append(f"{w}: is {'a directory' if w.is_dir() else 'not a regular file'}, expected a .safetensors file")
+    weights = [w for w in weights if w.is_file()]
     if not weights:
         problems.append(f"{folder}: no *.safetensors weights (convert .bin checkpoints to safetensors first)")
     for w in weights:
@@ -228,7 +262,11 @@ def linear_shapes(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
     try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{folder / 'config.json'}: cannot read ({e})") from None
+        cfg = loads_json(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError) as e:  # JSONInputError and UnicodeDecodeError are ValueErrors
+        raise ModelError(f"{path}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg

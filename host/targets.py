@@ -78,6 +78,8 @@ def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache)
             if calib is None:
                 problems.append(f"{model.name}: no calibration JSON in the recipe (field 'calibration'); "
                                 "run `rkdeploy calib build`")
+            elif calib.is_dir():
+                problems.append(f"{model.name}: calibration {calib} is a directory, expected a calibration JSON file")
             elif not calib.is_file():
                 problems.append(f"{model.name}: calibration file {calib} not found; run `rkdeploy calib build`")
     for s in schemes:
