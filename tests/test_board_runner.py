@@ -1,9 +1,10 @@
-"""Board runner: measurement fidelity on injected latencies, aggregates, error rows, registry."""
+"""Board runner: measurement fidelity against an independent clock, aggregates, error rows, registry."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,31 +25,51 @@ def board_cli(*args, cwd=ROOT):
                           cwd=cwd, timeout=120)
 
 
-def test_fidelity_ttft_and_decode_within_2_percent(tmp_path):
-    """Injected 200 ms prefill + 25 ms/token: the runner's numbers match the truth within 2 %.
+PREFILL_MS, TOKEN_MS, N_PROMPT, N_GEN, REPS = 300.0, 30.0, 64, 32, 3
 
-    Truth = when the backend really emitted each token (its own clock, like a runtime's perf
-    counters); on an idle machine that is the injected latency, checked here with the 2 % bound
-    when the emission itself was on time, and loosely otherwise (CI machines are shared).
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (compiles the librkllmrt shim)")
+def test_fidelity_against_the_shim_clock(tmp_path):
+    """The runner's TTFT and decode rate against a clock that is not its own.
+
+    The runner runs as a user runs it (``python -m board bench``, its own process) on the rkllm
+    backend over the librkllmrt shim (C, board/testing/rkllm_shim.c) with 300 ms prefill and 30
+    ms/token injected. The shim stamps entering ``rkllm_run`` and handing out the first and last
+    token with CLOCK_MONOTONIC and writes them to its echo file, which the runner never reads.
+    Per rep: the runner's TTFT spans the shim's (its clock starts before the call and stops in the
+    callback) and exceeds it by less than a third of a token (timing one token too many would add
+    30 ms); its decode rate equals the shim's within 1.5 % ((n-1)/n would be 3.2 % off). Against
+    the injected delays only physical and order-of-magnitude bounds: a sleep never ends early, and
+    a shared machine may stretch it; speed goals live in bench/ (bench/speed_goals.py).
     """
-    art = write_fake_artifact(str(tmp_path / "a"), prefill_ms=200, token_ms=25)
-    row = run_bench(BenchConfig(artifact=art, backend="fake", n_prompt=128, n_gen=16, reps=3, warmup=1))
-    assert row.status == "ok", row.error
-    truth = row.runtime_perf["calls"][1:]  # after the warmup call
-    assert len(truth) == 3
-    for i in range(3):
-        assert row.samples_ttft_ms[i] == pytest.approx(truth[i]["ttft_ms"], rel=0.02)
-        assert row.samples_decode_tps[i] == pytest.approx(truth[i]["decode_tps"], rel=0.02)
-    true_ttft = statistics.mean(t["ttft_ms"] for t in truth)
-    true_decode = statistics.mean(t["decode_tps"] for t in truth)
-    assert row.ttft_ms == pytest.approx(true_ttft, rel=0.02)
-    assert row.decode_tps == pytest.approx(true_decode, rel=0.02)
-    assert row.prefill_tps == pytest.approx(statistics.mean(128e3 / t["ttft_ms"] for t in truth), rel=0.02)
-    on_time = true_ttft == pytest.approx(200.0, rel=0.005) and true_decode == pytest.approx(40.0, rel=0.005)
-    bound = 0.02 if on_time else 0.15
-    assert row.ttft_ms == pytest.approx(200.0, rel=bound)
-    assert row.decode_tps == pytest.approx(40.0, rel=bound)
-    assert row.avg_ns == pytest.approx((0.2 + 15 * 0.025) * 1e9, rel=bound)
+    from board.testing.rkllm import build_shim, write_rkllm_artifact
+
+    lib = build_shim(str(tmp_path / "shim"), "1.3.0")
+    art = write_rkllm_artifact(str(tmp_path / "art"), "1.3.0")
+    echo = tmp_path / "echo.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RKLLM", "RKDEPLOY_RKLLM"))}
+    env.update(RKLLM_SHIM_PREFILL_MS=str(PREFILL_MS), RKLLM_SHIM_TOKEN_MS=str(TOKEN_MS), RKLLM_SHIM_ECHO=str(echo))
+    p = subprocess.run([sys.executable, "-m", "board", "bench", "--backend", "rkllm", "--artifact", art, "--rkllm-lib",
+                        lib, "--n-prompt", str(N_PROMPT), "--n-gen", str(N_GEN), "--reps", str(REPS), "--warmup", "1"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout.splitlines()[-1])
+    assert row["status"] == "ok", row["error"]
+    timing = [e for e in map(json.loads, echo.read_text().splitlines()) if e["event"] == "timing"]
+    assert len(timing) == 1 + REPS and all(t["tokens"] == N_GEN for t in timing)
+    shim_ttft = [t["t_first_ms"] - t["t_enter_ms"] for t in timing[1:]]  # after the warmup run
+    shim_decode = [(N_GEN - 1) * 1000.0 / (t["t_last_ms"] - t["t_first_ms"]) for t in timing[1:]]
+    print(f"runner TTFT {row['samples_ttft_ms']} vs shim {shim_ttft} ms; "
+          f"decode {row['samples_decode_tps']} vs shim {shim_decode} tok/s")
+    for ours, theirs in zip(row["samples_ttft_ms"], shim_ttft, strict=True):
+        assert theirs <= ours < theirs + TOKEN_MS / 3
+    for ours, theirs in zip(row["samples_decode_tps"], shim_decode, strict=True):
+        assert ours == pytest.approx(theirs, rel=0.015)
+    assert row["ttft_ms"] == pytest.approx(statistics.mean(row["samples_ttft_ms"]))
+    assert row["decode_tps"] == pytest.approx(statistics.mean(row["samples_decode_tps"]))
+    # the injected delays: physical lower bound, order-of-magnitude upper bound
+    assert PREFILL_MS <= min(shim_ttft) and max(row["samples_ttft_ms"]) < 10 * PREFILL_MS
+    assert 0.1 < row["decode_tps"] / (1000.0 / TOKEN_MS) < 10
 
 
 def test_row_aggregates_match_the_samples(tmp_path):

@@ -1,7 +1,8 @@
 """rkllm board backend: real gcc, real ctypes, the real runner CLI, against the librkllmrt shim.
 
 The shim (board/testing/rkllm_shim.c) is compiled here for each ABI, exports the vendor symbols
-with the documented layouts, echoes what it received, and emits tokens with injected delays.
+with the documented layouts, echoes what it received, and emits tokens with injected delays; its
+echo file also carries its own clock's stamps, the reference the runner's timers are checked against.
 """
 
 from __future__ import annotations
@@ -66,35 +67,39 @@ def test_ctypes_layouts_match_the_compiled_abi(shims):
 
 
 @pytest.mark.parametrize("abi", ["1.2.1", "1.3.0"])
-def test_bench_rows_match_injected_delays_and_carry_runtime_perf(abi, shims, tmp_path):
+def test_bench_rows_match_the_shim_clock_and_carry_runtime_perf(abi, shims, tmp_path):
     art = write_rkllm_artifact(str(tmp_path / "art"), TOOLKIT_FOR_ABI[abi])
-    for _attempt in range(2):  # this 2-core machine is shared: one retry if a busy moment skewed the timers
-        echo_file = tmp_path / "echo.jsonl"
-        echo_file.unlink(missing_ok=True)
-        res, row = bench(art, shims[abi], env={"RKLLM_SHIM_ECHO": str(echo_file)})
-        assert res.returncode == 0, res.stderr
-        assert row["status"] == "ok" and row["backend"] == "rkllm"
-        perf = row["runtime_perf"]
-        if all(abs(x / truth - 1) < 0.02 for x, truth in ((row["ttft_ms"], PREFILL_MS),
-               (row["decode_tps"], 1000.0 / TOKEN_MS), (perf["prefill_time_ms"], PREFILL_MS))):
-            break
+    echo_file = tmp_path / "echo.jsonl"
+    res, row = bench(art, shims[abi], env={"RKLLM_SHIM_ECHO": str(echo_file)})
+    assert res.returncode == 0, res.stderr
+    assert row["status"] == "ok" and row["backend"] == "rkllm"
+    perf = row["runtime_perf"]
     print(f"ABI {abi}: TTFT {row['ttft_ms']:.2f} ms (injected {PREFILL_MS}), decode {row['decode_tps']:.3f} tok/s "
           f"(injected {1000.0 / TOKEN_MS}); runtime perf prefill {perf['prefill_time_ms']} ms, "
           f"generate {perf['generate_time_ms']} ms for {perf['generate_tokens']} tokens")
     assert (row["n_prompt"], row["n_gen"]) == (N_PROMPT, N_GEN)
-    # the runner's timers vs the injected truth
-    assert row["ttft_ms"] == pytest.approx(PREFILL_MS, rel=0.02)
-    assert row["decode_tps"] == pytest.approx(1000.0 / TOKEN_MS, rel=0.02)
-    # the runtime's own perf stats from the FINISH callback, beside ours
+    # the runner's timers vs the shim's own clock (its echo file; the runner never reads it), per rep
+    timing = [e for e in echo(echo_file) if e["event"] == "timing"][1:]  # after the warmup run
+    assert len(timing) == 3
+    for t, ttft, decode in zip(timing, row["samples_ttft_ms"], row["samples_decode_tps"], strict=True):
+        assert t["t_first_ms"] - t["t_enter_ms"] <= ttft < t["t_first_ms"] - t["t_enter_ms"] + TOKEN_MS / 3
+        assert decode == pytest.approx((N_GEN - 1) * 1000.0 / (t["t_last_ms"] - t["t_first_ms"]), rel=0.015)
+    # the runtime's own perf stats from the FINISH callback, beside ours: they are the shim's clock
+    runs = perf["runs"][1:]
+    for t, r in zip(timing, runs, strict=True):
+        assert r["prefill_time_ms"] == pytest.approx(t["t_first_ms"] - t["t_enter_ms"], abs=0.01)
+        assert r["generate_time_ms"] == pytest.approx(t["t_last_ms"] - t["t_first_ms"], abs=0.01)
     assert perf["prefill_tokens"] == N_PROMPT and perf["generate_tokens"] == N_GEN
-    assert perf["prefill_time_ms"] == pytest.approx(PREFILL_MS, rel=0.02)
-    assert perf["generate_time_ms"] == pytest.approx((N_GEN - 1) * TOKEN_MS, rel=0.02)
+    # vs the injected delays: a sleep never ends early; upper bounds only to an order of magnitude
+    assert PREFILL_MS <= perf["prefill_time_ms"] and row["ttft_ms"] < 10 * PREFILL_MS
+    assert (N_GEN - 1) * TOKEN_MS / 10 < perf["generate_time_ms"] < 10 * (N_GEN - 1) * TOKEN_MS
     assert perf["memory_usage_mb"] > 0 and len(perf["runs"]) == 1 + 3  # warmup + reps
     assert any(f"rkllm-runtime version: {abi}" in x for x in perf["log_tail"])  # RKLLM_LOG_LEVEL=1 captured
     assert any(x.startswith("I rkllm: Generate") for x in perf["log_tail"])
     info = row["env"]["backend"]
     assert info["abi"] == abi and info["abi_source"] == f"artifact toolkit {TOOLKIT_FOR_ABI[abi]}"
     assert info["version"] == abi and Path(info["log"]).is_file()
+    assert "toolkit_test_double" not in info and row["runtime"] == f"rkllm {abi}"  # not built by the double
     # what the runtime received
     ev = echo(echo_file)
     init = [e for e in ev if e["event"] == "init"]
@@ -274,5 +279,8 @@ def test_fake_toolkit_artifact_runs_on_the_matching_runtime(toolkit, abi, shims,
     res, row = bench(art, shims[abi], reps=1, n_gen=8)
     assert row["status"] == "ok", row["error"]
     assert row["env"]["backend"]["abi"] == abi and row["runtime_perf"]["generate_tokens"] == 8
+    # built by the test double: the row says so
+    assert row["env"]["backend"]["toolkit_test_double"] is True
+    assert row["runtime"] == f"rkllm {abi} (artifact from the rkllm-toolkit test double)"
     manifest = json.loads((art / "manifest.json").read_text())
     assert row["artifact_sha256"] == manifest["files"][manifest["entry"]]["sha256"]

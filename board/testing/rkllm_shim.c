@@ -8,7 +8,10 @@
  * the sizes/offsets that order implies on LP64 (aarch64, x86_64).
  *
  * Behaviour (environment variables):
- *   RKLLM_SHIM_ECHO=FILE      append one JSON line per init/run with the parameters received
+ *   RKLLM_SHIM_ECHO=FILE      append one JSON line per init/run with the parameters received, and
+ *                             per run a "timing" line: the shim's own CLOCK_MONOTONIC stamps (ms) of
+ *                             entering rkllm_run and of handing out the first and the last token —
+ *                             a clock independent of the runner, which never reads this file
  *   RKLLM_SHIM_PREFILL_MS=F   prefill delay before the first token (default 50)
  *   RKLLM_SHIM_TOKEN_MS=F     delay between tokens (default 10); tokens follow absolute deadlines
  *   RKLLM_SHIM_ERROR_AT=K     after K tokens, call back with RKLLM_RUN_ERROR and stop
@@ -450,6 +453,13 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         t_last = now_ms();
         emitted++;
         if (s->cb(&r, ud, st) == 1 || s->abort_flag) break;
+    }
+    echo = echo_open();
+    if (echo) {
+        fprintf(echo, "{\"event\": \"timing\", \"abi\": \"%s\", \"t_enter_ms\": %.6f, \"t_first_ms\": %.6f, "
+                "\"t_last_ms\": %.6f, \"tokens\": %ld, \"prefill_ms\": %.6f, \"token_ms\": %.6f}\n",
+                SHIM_VERSION, t0, t_first, t_last, emitted, prefill, tok);
+        fclose(echo);
     }
     memset(&r, 0, sizeof r);
     r.perf.prefill_time_ms = (float)(t_first - t0);
