@@ -79,7 +79,7 @@ def test_push_installs_verified_folders_and_repush_sends_nothing(sshd, known, ar
     assert again.ok, again.status
     assert again.sent == 0 and again.skipped == total
     assert set(again.installed.values()) == {"unchanged"}
-    assert time.monotonic() - t0 < 6.0  # two interpreter starts over SSH; only stat calls on the board
+    assert time.monotonic() - t0 < 20  # order of magnitude (two interpreter starts over SSH); goal: bench/speed_goals.py
 
     # One changed file: only its bytes travel; the folder is swapped atomically.
     write_artifact(arts / "tiny-llm" / "rk3588" / "w8a8", {"model.rkllm": os.urandom(MiB)}, artifact_kind="rkllm")

@@ -111,7 +111,7 @@ def test_unresponsive_host_times_out_naming_the_address(sshd, known):
         t0 = time.monotonic()
         with pytest.raises(DeployError, match=rf"127\.0\.0\.1:{port} timed out after 1s"):
             SshTransport(board_for(sshd, port=port), known_hosts=[known], connect_timeout=1).connect()
-        assert time.monotonic() - t0 < 8
+        assert time.monotonic() - t0 < 10  # a 1 s timeout: order-of-magnitude bound
 
 
 def test_silent_server_times_out_waiting_for_banner(sshd, known):
