@@ -32,6 +32,7 @@ _FIELD_TYPES = {
     "vocab_size": int, "npu_cores": int,
 }
 MODEL_KINDS = ("llm", "encoder")
+_A = {str: "a string", dict: "an object", int: "a whole number"}
 
 
 def _type_name(v: Any) -> str:
@@ -70,7 +71,7 @@ def validate_manifest(manifest: Any, path: str) -> Dict[str, Any]:
     for key, typ in sorted(_FIELD_TYPES.items()):
         v = manifest.get(key)
         if v is not None and not (isinstance(v, typ) and (typ is not int or _is_int(v))):
-            raise ArtifactError("%s: field %r must be %s, got %s" % (path, key, _type_name(typ()), _type_name(v)))
+            raise ArtifactError("%s: field %r must be %s, got %s" % (path, key, _A[typ], _type_name(v)))
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ArtifactError("%s: field 'files' must be an object of name -> {sha256, size}, got %s"

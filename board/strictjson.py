@@ -53,10 +53,11 @@ def _pairs_marking(pairs: List[Any]) -> dict:
 
 
 def _find_dup(obj: Any, path: str, depth: int = 0) -> Optional[str]:
+    """'key' in path of the first object with a repeated key (depth-first, document order)."""
     if depth > MAX_DEPTH:
         return None
     if isinstance(obj, _Dup):
-        return "%s%s" % (path + "." if path else "", obj.dup_key)
+        return "%r in %s" % (obj.dup_key, path or "the top-level object")
     children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
     for k, v in children:
         got = _find_dup(v, "%s[%d]" % (path, k) if isinstance(k, int) else (path + "." if path else "") + str(k),

@@ -369,6 +369,19 @@ def _exit_types() -> tuple[type, ...]:
     return tuple(found)
 
 
+def _command_path(argv: list[str]) -> str:
+    """``rkdeploy calib build`` for argv ``calib build --n-prompts``: the subcommand words argv starts with."""
+    cmd, path = typer.main.get_command(app), ["rkdeploy"]
+    for word in argv:
+        sub = getattr(cmd, "commands", {}).get(word)
+        if sub is None:
+            if word.startswith("-") and not path[1:]:
+                continue  # a root option such as --debug
+            break
+        cmd, path = sub, [*path, word]
+    return " ".join(path)
+
+
 def main() -> None:
     """One error path: usage errors exit 2 with click's usage text; known errors (``RkdeployError``)
     exit 1 as one ``rkdeploy: error: …`` line per problem; anything else is a bug (exit 2, "internal
@@ -389,6 +402,9 @@ def main() -> None:
     except _exit_types() as e:
         sys.exit(e.exit_code)
     except _usage_error_types() as e:  # missing/unknown option, bad choice, bad int: click's usage text, exit 2
+        if getattr(e, "ctx", True) is None:  # raised while parsing (e.g. an option without its value): no usage yet
+            path = _command_path(sys.argv[1:])
+            print(f"Usage: {path} [OPTIONS]\nTry '{path} --help' for help.\n", file=sys.stderr)
         e.show()
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the bug path: exit 2, traceback only with --debug

@@ -37,6 +37,14 @@ FilePath = Annotated[Path, StrictMode(False)]
 TARGETS_SCHEMAS = (1,)
 
 
+def _scheme(name: str) -> str:
+    """``validate_scheme`` inside a pydantic validator: a ValueError, so the message names file, line and field."""
+    try:
+        return validate_scheme(name)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
 # --- targets -------------------------------------------------------------------------------------
 
 class Ddr(Strict):
@@ -66,7 +74,7 @@ class Target(Strict):
     @field_validator("rkllm_schemes", "rknn_schemes")
     @classmethod
     def _schemes(cls, v: list[str]) -> list[str]:
-        return [validate_scheme(s) for s in v]
+        return [_scheme(s) for s in v]
 
     def schemes_for(self, kind: str) -> list[str]:
         if kind == "rkllm":
@@ -190,7 +198,13 @@ class ModelSpec(Strict):
     @field_validator("targets")
     @classmethod
     def _targets(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {t: [validate_scheme(s) for s in schemes] for t, schemes in v.items()}
+        out = {}
+        for t, schemes in v.items():
+            try:
+                out[t] = [validate_scheme(s) for s in schemes]
+            except ConfigError as e:
+                raise ValueError(f"{t}: {e}") from None
+        return out
 
     @property
     def vendor_kind(self) -> str:

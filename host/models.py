@@ -235,10 +235,9 @@ def check_model_folder(folder: Path) -> list[str]:
     weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     for w in [w for w in weights if not w.is_file()]:
         problems.append(f"{w}: is {'a directory' if w.is_dir() else 'not a regular file'}, expected a .safetensors file")
-    weights = [w for w in weights if w.is_file()]
     if not weights:
         problems.append(f"{folder}: no *.safetensors weights (convert .bin checkpoints to safetensors first)")
-    for w in weights:
+    for w in [w for w in weights if w.is_file()]:
         try:
             read_safetensors_header(w)
         except ModelError as e:

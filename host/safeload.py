@@ -28,7 +28,7 @@ def read_text(path: Path | str, *, what: str = "file", max_bytes: int = MAX_BYTE
     path = Path(path)
     try:
         if path.is_dir():
-            raise ConfigError(f"{path}: is a directory, expected a {what}")
+            raise ConfigError(f"{path}: is a directory, expected a file ({what})")
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except FileNotFoundError:
@@ -144,8 +144,9 @@ def read_yaml(path: Path | str, *, what: str = "YAML file") -> tuple[Any, dict[t
     """(data, {key path: line}) of a YAML file; one ``ConfigError`` line for anything malformed."""
     path = Path(path)
     text = read_text(path, what=what)
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses NUL and other unprintable characters right here
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -155,6 +156,10 @@ def read_yaml(path: Path | str, *, what: str = "YAML file") -> tuple[Any, dict[t
         _line_map(loader, node, (), lines)
     except _YamlError as e:
         raise ConfigError(f"{path}: line {e.line}: {e}") from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"{path}: line {line}: character {e.character!r} is not allowed in YAML "
+                          "(control characters other than tab and newline)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" line {mark.line + 1}:" if mark is not None else ""
@@ -163,7 +168,8 @@ def read_yaml(path: Path | str, *, what: str = "YAML file") -> tuple[Any, dict[t
     except RecursionError:  # belt and braces: the caps above should make this unreachable
         raise ConfigError(f"{path}: nested too deeply (at most {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
