@@ -6,7 +6,7 @@ TARGET ?= rk3576
 RECIPE ?= configs/models/smollm2-135m.yaml
 BOARDS ?= all
 
-.PHONY: setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
+.PHONY: board-up board-down setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -14,6 +14,11 @@ setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rk
 setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsync); only when missing
 	@command -v /usr/sbin/sshd >/dev/null && command -v rsync >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; }
+	@# the virtual board (make board-up): qemu-user + binfmt, mmdebstrap, the aarch64 cross compiler
+	@command -v qemu-aarch64-static >/dev/null && command -v update-binfmts >/dev/null && command -v mmdebstrap >/dev/null && \
+	  command -v aarch64-linux-gnu-gcc >/dev/null && test -e /usr/aarch64-linux-gnu/include/stdio.h || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support \
+	    mmdebstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null; }
 
 setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl
 	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
@@ -51,6 +56,14 @@ demo: setup models   ## set-up → export for rk3576 → local bench → report
 
 readme-numbers: setup   ## rewrite the README's measured tables from the results store (after `make demo`)
 	@$(VENV)/bin/python -m host.readme_numbers README.md
+
+board-up: setup setup-system   ## the virtual RK3588 vrk3588 (arm64 Debian under qemu, own sshd): build once (~15 min), start, trust, provision
+	@$(VENV)/bin/python -m host.vboard up
+	@$(RK) boards trust vrk3588
+	@$(RK) boards provision vrk3588
+
+board-down:       ## stop the virtual board (by PID) and unmount it; its state stays cached
+	@$(VENV)/bin/python -m host.vboard down
 
 test: setup setup-system   ## the whole suite on real parts (CI runs this); a test that would skip fails
 	@RKDEPLOY_REQUIRE_REAL=1 $(VENV)/bin/python -m pytest -q

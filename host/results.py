@@ -258,10 +258,19 @@ def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]
     quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
     bench, lone_quality = _join_quality(bench, every_quality, quality)
     out = []
+    # Rows of emulated boards (env.emulated: qemu-user, e.g. the virtual vrk3588) prove that the board side
+    # runs there; their speed is the emulator's, so they never share a table with real measurements.
+    emulated = [r for r in bench if (r.env or {}).get("emulated")]
+    bench = [r for r in bench if not (r.env or {}).get("emulated")]
     for title, test in (("LLM: prompt + generation", "pp+tg"), ("Encoder", "encode")):
         group = [r for r in bench if r.test == test]
         if group:
             out.append((title, _columns(group, "md", ("bench", "quality")), group))
+    for title, test in (("LLM on emulated boards (qemu: it runs; speeds are not the board's)", "pp+tg"),
+                        ("Encoder on emulated boards (qemu: it runs; speeds are not the board's)", "encode")):
+        group = [r for r in emulated if r.test == test]
+        if group:
+            out.append((title, _columns(group, "md", ("bench",)), group))
     others = [r for r in bench if r.test not in ("pp+tg", "encode")]
     if others:
         out.append(("Other tests", _columns(others, "md", ("bench", "quality")) + ["test"], others))

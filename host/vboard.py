@@ -56,6 +56,10 @@ PYTHON = f"{WORKDIR}/venv/bin/python3"
 SHIM_LATENCY = {"RKLLM_SHIM_PREFILL_MS": "100", "RKLLM_SHIM_TOKEN_MS": "25"}
 #: Call logs of the shims (board paths; /tmp is a fresh tmpfs per board-up).
 SHIM_ECHO = {"RKNN_SHIM_ECHO": "/tmp/rknn-shim.jsonl", "RKLLM_SHIM_ECHO": "/tmp/rkllm-shim.jsonl"}
+#: Paths a chroot on an x86 kernel cannot have (procfs has no device-tree here, there is no rknpu DRM
+#: node) come from qemu-user's path prefix: every emulated open/stat of /X looks in PREFIX/X first.
+#: rknn-toolkit-lite2 refuses to start without /proc/device-tree/compatible and /dev/dri/renderD129.
+QEMU_PREFIX = "/etc/rkdeploy/qemu-prefix"
 RKLLM_ABI = "1.3.0"
 #: host command -> Debian package (``make setup-system`` installs the missing ones).
 HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "update-binfmts": "binfmt-support",
@@ -369,8 +373,23 @@ def write_identity(sys_dir: Path) -> None:
     w("kernel/debug/rknpu/version", "RKNPU driver: v0.9.8\n")
     w("kernel/debug/rknpu/load", "NPU load:  Core0:  0%, Core1:  0%, Core2:  0%,\n")
     w("kernel/debug/rknpu/freq", "1000000000\n")
-    w("firmware/devicetree/base/compatible", "radxa,rock-5b\0rockchip,rk3588\0")
+    w("firmware/devicetree/base/compatible", COMPATIBLE)
     w("firmware/devicetree/base/model", MODEL + "\0")
+
+
+COMPATIBLE = "radxa,rock-5b\0rockchip,rk3588\0"
+
+
+def write_qemu_prefix(prefix: Path) -> None:
+    """The files served through ``QEMU_LD_PREFIX``: /proc/device-tree (a link to the devicetree in /sys
+    on boards) and a placeholder for the rknpu render node (a plain file: nothing opens it, the shim
+    talks to no driver)."""
+    dt = prefix / "proc" / "device-tree"
+    dt.mkdir(parents=True, exist_ok=True)
+    (dt / "compatible").write_text(COMPATIBLE)
+    (dt / "model").write_text(MODEL + "\0")
+    (prefix / "dev" / "dri").mkdir(parents=True, exist_ok=True)
+    (prefix / "dev" / "dri" / "renderD129").write_text("")
 
 
 def marker(key: str) -> dict:
@@ -417,7 +436,7 @@ def _keygen(path: Path) -> None:
 
 
 def sshd_config() -> str:
-    env = " ".join(f"{k}={v}" for k, v in sorted({**SHIM_LATENCY, **SHIM_ECHO}.items()))
+    env = " ".join(f"{k}={v}" for k, v in sorted({**SHIM_LATENCY, **SHIM_ECHO, "QEMU_LD_PREFIX": QEMU_PREFIX}.items()))
     return "\n".join([
         f"Port {PORT}", f"ListenAddress {ADDRESS}",
         "HostKey /etc/ssh/rkdeploy_host_ed25519_key", "PidFile /run/sshd-rkdeploy.pid",
@@ -502,6 +521,7 @@ def _start(p: Paths, key: str, say: Callable[[str], None]) -> None:
     etc = root / "etc"
     (etc / "rkdeploy").mkdir(exist_ok=True)
     (etc / "rkdeploy" / "virtual-board.json").write_text(json.dumps(marker(key), indent=1) + "\n")
+    write_qemu_prefix(root / QEMU_PREFIX.lstrip("/"))
     for lib, src in build_shims(p.shims).items():
         dst = root / "usr" / "lib" / lib
         if not dst.exists() or dst.read_bytes() != src.read_bytes():
@@ -515,7 +535,8 @@ def _start(p: Paths, key: str, say: Callable[[str], None]) -> None:
     (etc / "ssh" / "rkdeploy_sshd_config").write_text(sshd_config())
     log = open(p.log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/rkdeploy_sshd_config"],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "QEMU_LD_PREFIX": QEMU_PREFIX})
     log.close()
     p.pidfile.write_text(f"{proc.pid}\n")
     if not _listening(SSHD_START_TIMEOUT_S, proc.pid):

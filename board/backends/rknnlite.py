@@ -15,6 +15,7 @@ host from targets.yaml): 3 cores → ``NPU_CORE_0_1_2``, 2 → ``NPU_CORE_0_1``,
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from .base import Backend, BackendError, BackendUnavailable, encoder_feeds, mean_pool
@@ -67,6 +68,19 @@ def core_mask_name(params: Dict[str, Any], manifest: Dict[str, Any]) -> str:
     except (TypeError, ValueError):
         cores = 0
     return MASK_FOR_CORES.get(cores, "auto")
+
+
+def sdk_versions(text: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(runtime, driver) from ``get_sdk_version()``: the 2.x wheel returns a banner
+    ``===\nRKNN VERSION:\n  API: 2.3.2 (...)\n  DRV: 0.9.8\n===`` (seen on aarch64), not one version."""
+    if not text:
+        return None, None
+    text = str(text)
+    api = re.search(r"API:\s*([^\n]+)", text)
+    drv = re.search(r"DRV:\s*([^\n]+)", text)
+    if api is None:
+        return (" ".join(text.split()) or None), None
+    return api.group(1).strip(), drv.group(1).strip() if drv else None
 
 
 class RknnLiteBackend(Backend):
@@ -126,8 +140,9 @@ class RknnLiteBackend(Backend):
             except Exception:  # noqa: BLE001 - version text is informational only
                 sdk = None
         version = _lite_version()
+        sdk, driver = sdk_versions(sdk)
         self._info = {"name": self.name, "version": version, "core_mask": mask_key, "core_mask_value": mask,
-                      "sdk_version": sdk, "threads": None,
+                      "sdk_version": sdk, "driver_version": driver, "threads": None,
                       "runtime": "rknn-toolkit-lite2 %s" % (version or "?") + (" (%s)" % sdk if sdk else "")}
 
     def encode(self, batch: List[List[int]]) -> Any:

@@ -1,0 +1,59 @@
+""".rknn artifacts for the librknnrt shim (``rknn_shim.c``): the model file is the shim's text header,
+written from the same manifest fields the rknnlite backend reads (inputs, batch, seq_len).
+
+``write_shim_rknn_artifact(dir, ...)`` writes ``model.rknn`` + ``manifest.json``; the real
+rknn-toolkit-lite2 wheel loads it (``load_rknn`` reads the bytes, ``init_runtime`` hands them to
+``rknn_init``) and the shim answers with these shapes after ``run_ms`` per ``rknn_run``.
+``build_shim(out_dir, cc)`` compiles the shim (gcc here, aarch64-linux-gnu-gcc for a board).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from typing import Any, Dict, List, Optional
+
+SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rknn_shim.c")
+
+
+def build_shim(out_dir: str, cc: str = "gcc") -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    lib = os.path.join(out_dir, "librknnrt.so")
+    subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O2", "-shared", "-fPIC",
+                    SHIM_SOURCE, "-o", lib, "-lm"], check=True, capture_output=True, text=True)
+    return lib
+
+
+def shim_model(*, target: str, names: List[str], batch: int, seq_len: int, hidden: int, run_ms: float,
+               npu_cores: int = 3) -> bytes:
+    lines = ["RKNN-SHIM 1", "target %s" % target, "run_ms %g" % run_ms, "npu_cores %d" % npu_cores]
+    lines += ["input %s int64 %d %d" % (n, batch, seq_len) for n in names]
+    lines += ["output last_hidden_state float32 %d %d %d" % (batch, seq_len, hidden), "end", ""]
+    return "\n".join(lines).encode()
+
+
+def write_shim_rknn_artifact(path: str, *, model: str = "all-minilm-l6-v2", target: str = "rk3588",
+                             scheme: str = "w8a8", npu_cores: int = 3, batch: int = 1, seq_len: int = 16,
+                             hidden: int = 8, run_ms: float = 20.0, names: Optional[List[str]] = None,
+                             model_target: Optional[str] = None, extra: Optional[Dict[str, Any]] = None) -> str:
+    """An encoder ``.rknn`` artifact folder for the shim (``model_target`` != target: a mismatched model)."""
+    os.makedirs(path, exist_ok=True)
+    names = list(names or ["input_ids", "attention_mask", "token_type_ids"])
+    data = shim_model(target=model_target or target, names=names, batch=batch, seq_len=seq_len, hidden=hidden,
+                      run_ms=run_ms, npu_cores=npu_cores)
+    with open(os.path.join(path, "model.rknn"), "wb") as f:
+        f.write(data)
+    manifest: Dict[str, Any] = {
+        "schema": 1, "model": model, "model_kind": "encoder", "target": target, "scheme": scheme,
+        "artifact_kind": "rknn", "format": "rknn", "entry": "model.rknn", "vocab_size": 1000, "npu_cores": npu_cores,
+        "files": {"model.rknn": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}},
+        "toolkit": {"name": "rknn-toolkit2", "version": "2.5.0"},
+        "inputs": {"batch": batch, "seq_len": seq_len, "names": names, "dtype": "int64"},
+        "output": "last_hidden_state", "shim": {"run_ms": run_ms, "hidden": hidden},
+    }
+    manifest.update(extra or {})
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return path
