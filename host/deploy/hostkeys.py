@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,11 @@ import paramiko
 from host.deploy.inventory import Board
 from host.errors import DeployError, HostKeyError
 from host.fsutil import atomic_write_text
+
+# paramiko logs a traceback from its transport thread before the error reaches us (e.g. "no
+# acceptable host key"); every such failure becomes one clear line here, so keep its log quiet
+# unless the user configured logging (--debug).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def project_known_hosts() -> Path:
@@ -42,9 +48,27 @@ def load_host_keys(files: list[Path]) -> paramiko.HostKeys:
         if f.exists():
             try:
                 keys.load(str(f))
-            except (OSError, paramiko.SSHException) as e:
-                raise HostKeyError(f"known_hosts file {f} cannot be read: {e}") from None
+            except (OSError, ValueError, paramiko.SSHException) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise HostKeyError(f"known_hosts file {f} cannot be read: {why}; it must be an OpenSSH known_hosts "
+                                   "text file (one 'host keytype base64key' line per key)") from None
     return keys
+
+
+def files_knowing(name: str, files: list[Path]) -> list[Path]:
+    """The files (existing, each once) that hold a key for ``name``; all existing ones if none does."""
+    existing: list[Path] = []
+    for f in files:
+        if f.is_file() and f.resolve() not in {e.resolve() for e in existing}:
+            existing.append(f)
+    holding = []
+    for f in existing:
+        try:
+            if load_host_keys([f]).lookup(name):
+                holding.append(f)
+        except HostKeyError:
+            continue
+    return holding or existing
 
 
 def unknown_key_error(board: Board, key: paramiko.PKey) -> HostKeyError:
@@ -55,12 +79,15 @@ def unknown_key_error(board: Board, key: paramiko.PKey) -> HostKeyError:
 
 
 def changed_key_error(board: Board, got: paramiko.PKey, expected: paramiko.PKey, files: list[Path]) -> HostKeyError:
-    where = " or ".join(str(f) for f in files)
+    holding = files_knowing(board.known_hosts_name, files)
+    where = " and ".join(str(f) for f in holding) or "your known_hosts"
+    offered = f"{got.get_name()} {fingerprint(got)}" if got.get_name() != expected.get_name() else fingerprint(got)
     return HostKeyError(
         f"board {board.name}: HOST KEY CHANGED for {board.known_hosts_name}: known {expected.get_name()} "
-        f"{fingerprint(expected)}, offered {fingerprint(got)}; refusing to connect (possible impersonation). "
+        f"{fingerprint(expected)}, offered {offered}; refusing to connect (possible impersonation). "
         f"If the board was reinstalled, remove the old line from {where} "
-        f"(ssh-keygen -R '{board.known_hosts_name}' -f FILE) and run: rkdeploy boards trust {board.name}")
+        f"(ssh-keygen -R '{board.known_hosts_name}' -f {holding[0] if len(holding) == 1 else 'FILE'}) "
+        f"and run: rkdeploy boards trust {board.name}")
 
 
 class RefuseUnknownPolicy(paramiko.MissingHostKeyPolicy):
@@ -73,8 +100,9 @@ class RefuseUnknownPolicy(paramiko.MissingHostKeyPolicy):
         raise unknown_key_error(self.board, key)
 
 
-def scan_host_key(board: Board, *, timeout: float = 10.0, key_types: list[str] | None = None) -> paramiko.PKey:
-    """Open an SSH connection far enough to read the server's host key (no login)."""
+def scan_host_key(board: Board, *, timeout: float = 10.0, key_types: list[str] | None = None) -> paramiko.PKey | None:
+    """Open an SSH connection far enough to read the server's host key (no login). None when
+    ``key_types`` is given and the server offers none of them."""
     try:
         sock = socket.create_connection((board.host, board.port), timeout=timeout)
     except OSError as e:
@@ -86,6 +114,11 @@ def scan_host_key(board: Board, *, timeout: float = 10.0, key_types: list[str] |
             t.get_security_options().key_types = key_types
         t.start_client(timeout=timeout)
         return t.get_remote_server_key()
+    except paramiko.IncompatiblePeer:
+        if not key_types:
+            raise DeployError(f"board {board.name}: the SSH server at {board.host}:{board.port} offers no host key "
+                              "type this client supports") from None
+        return None  # the caller asks again without the restriction, to name what the board offers
     except (paramiko.SSHException, OSError, EOFError) as e:
         raise DeployError(f"board {board.name}: no SSH server answered at {board.host}:{board.port}: {e}") from None
     finally:
@@ -102,6 +135,9 @@ def trust_board(board: Board, *, files: list[Path] | None = None, record_to: Pat
     known = load_host_keys([*files, record_to]).lookup(board.known_hosts_name) or {}
     # Once any key is known, only a key of a known type may be compared (no silent type switch).
     key = scan_host_key(board, key_types=list(known.keys()) or None)
+    if key is None:  # the board offers none of the known types any more: a changed key
+        offered = scan_host_key(board)
+        raise changed_key_error(board, offered, next(iter(known.values())), [*files, record_to])
     old = known.get(key.get_name())
     if old is not None:
         if old.asbytes() == key.asbytes():

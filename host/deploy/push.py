@@ -26,6 +26,7 @@ from host.fsutil import sha256_file
 from host.ui import sanitize
 
 MIN_PYTHON = (3, 8)
+EAGER_MAX = 1 << 20
 
 
 def free_margin(need: int) -> int:
@@ -196,7 +197,10 @@ def plan_uploads(dirs: Sequence[PushDir], blobs: dict) -> UploadPlan:
             part = have.get("partial")
             if isinstance(part, int) and 0 < part <= f.size:
                 partial += part
-            uploads[f.sha256] = Upload(f.path, f.sha256, f.size)
+            # Small files go out without a round trip each (the board reads and drops them if another push
+            # finished them meanwhile); big ones and partly sent ones wait for the board's offset.
+            eager = not part and f.size <= EAGER_MAX
+            uploads[f.sha256] = Upload(f.path, f.sha256, f.size, eager=eager)
     return UploadPlan(list(uploads.values()), present, partial, notes)
 
 

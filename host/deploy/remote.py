@@ -139,9 +139,15 @@ def cache_load(bd):
         return c if isinstance(c, dict) else {}
     except (IOError, OSError, ValueError):
         return {}
-def cache_add(wd, bd, cache, sha, st):
+PENDING = {}
+def cache_add(wd, bd, cache, sha, st, flush=True):
     """Record a verified blob (best effort: a lost entry only costs a re-hash later)."""
-    cache[sha] = cache_key(st)
+    cache[sha] = PENDING[sha] = cache_key(st)
+    if flush:
+        cache_flush(wd, bd, cache)
+def cache_flush(wd, bd, cache):
+    if not PENDING:
+        return
     try:
         lfd, deadline = None, time.time() + 2
         while lfd is None and time.time() < deadline:
@@ -152,7 +158,8 @@ def cache_add(wd, bd, cache, sha, st):
             return
         try:
             c = cache_load(bd)
-            c[sha] = cache_key(st)
+            c.update(PENDING)
+            PENDING.clear()
             c = dict((k, v) for k, v in c.items() if good_sha(k) and os.path.isfile(os.path.join(bd, k)))
             tmp = os.path.join(bd, "%s.%d.tmp" % (CACHE, os.getpid()))
             with open(tmp, "w") as f:
@@ -350,6 +357,7 @@ say(install=locked_install(wd, req["dirs"], float(req.get("stall", 30))))
 # The receiver (argv[1] = workdir, argv[2] = seconds a lock holder may stand still). A dialogue
 # on stdin/stdout, one JSON line per message:
 #   host {"sha256", "size"}  -> board takes the blob's lock, then answers
+#        (with "eager": true the bytes from 0 follow at once: small files, no round trip to wait)
 #        {"status": "have"}                       verified blob already there (nothing to send)
 #        {"status": "send", "offset": n, ...}     host sends bytes [n:size]; "quarantined" names a
 #                                                 corrupt blob just moved aside
@@ -436,7 +444,16 @@ def open_partial(part, size):
     if pst is not None:
         os.unlink(part)
     return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), 0
-def receive(sha, size, cache):
+def discard(n):
+    while n > 0:
+        b = read(min(1 << 20, n))
+        if not b:
+            break
+        n -= len(b)
+        WORK[0] += len(b)
+def receive(sha, size, cache, eager):
+    """One blob, under its lock. ``eager``: the host sent the bytes from 0 without waiting for our answer
+    (small files): they are read even when not needed, and any old partial is replaced."""
     part = os.path.join(bd, ".partial-" + sha)
     final = os.path.join(bd, sha)
     state, why, st = check_blob(wd, bd, cache, sha, size)
@@ -444,9 +461,13 @@ def receive(sha, size, cache):
         if os.path.exists(part):
             os.unlink(part)
         say(sha256=sha, status="have")
+        if eager:
+            discard(size)
         return
     moved = quarantine(bd, cache, sha, st) if state == "corrupt" else None
     try:
+        if eager and os.path.lexists(part):
+            os.unlink(part)
         fd, off = open_partial(part, size)
     except OSError as e:
         fail(sha, e)
@@ -480,6 +501,7 @@ def receive(sha, size, cache):
     ht.join()
     os.close(fd)
     if got < size:
+        cache_flush(wd, bd, cache)
         say(sha256=sha, status="short", have=got, offset=off)
         sys.exit(3)
     if err:  # the prefix could not be read back
@@ -492,7 +514,7 @@ def receive(sha, size, cache):
     dfd = os.open(bd, os.O_RDONLY)
     os.fsync(dfd)
     os.close(dfd)
-    cache_add(wd, bd, cache, sha, os.lstat(final))
+    cache_add(wd, bd, cache, sha, os.lstat(final), flush=size >= 8 << 20)  # small ones: at install / the end
     say(sha256=sha, status="ok", offset=off)
 if not os.path.isdir(bd):
     os.makedirs(bd)
@@ -504,6 +526,7 @@ while True:
         break
     hdr = json.loads(line)
     if "install" in hdr:
+        cache_flush(wd, bd, cache)
         try:
             say(install=locked_install(wd, hdr["install"], stall))
         except (OSError, ValueError) as e:
@@ -518,11 +541,14 @@ while True:
     lfd = lock(lp, "blob " + sha, stall, (os.path.join(bd, ".partial-" + sha),))
     if lfd is None:
         say(sha256=sha, status="busy", holder=holder(lp), idle=stall)
+        if hdr.get("eager"):
+            discard(size)
         continue
     try:
-        receive(sha, size, cache)
+        receive(sha, size, cache, bool(hdr.get("eager")))
     finally:
         unlock(lfd)
+cache_flush(wd, bd, cache)
 '''
 
 # flock wrapper: argv = lockfile wait|nowait command... ; holds the lock across exec.

@@ -70,6 +70,7 @@ class Upload:
     path: Path
     sha256: str
     size: int
+    eager: bool = False  # small and not partly there: send at once, without waiting for the board's answer
 
 
 @dataclass
@@ -195,6 +196,14 @@ class SshTransport:
         except TimeoutError:
             client.close()
             raise DeployError(f"board {b.name}: connection to {b.host}:{b.port} timed out after {t:g}s") from None
+        except paramiko.IncompatiblePeer as e:
+            client.close()
+            if "host key" in str(e):  # the board offers none of the known key types any more
+                known = hostkeys.load_host_keys(self.known_hosts).lookup(b.known_hosts_name) or {}
+                offered = hostkeys.scan_host_key(b, timeout=t)
+                if known and offered is not None:
+                    raise hostkeys.changed_key_error(b, offered, next(iter(known.values())), self.known_hosts) from None
+            raise DeployError(f"board {b.name}: SSH to {b.host}:{b.port} failed: {e}") from None
         except paramiko.SSHException as e:
             client.close()
             if time.monotonic() - started >= 0.9 * t or "banner" in str(e).lower():
@@ -450,8 +459,12 @@ class _Dialogue:
     def _send(self, up: Upload) -> None:
         self.tries[up.sha256] = self.tries.get(up.sha256, 0) + 1
         self.done.pop(up.sha256, None)
+        eager = up.eager and self.tries[up.sha256] == 1
         self.waiting_for = f"waiting for the board to accept {up.path.name}"
-        self.pipe.send(json.dumps({"sha256": up.sha256, "size": up.size}).encode() + b"\n")
+        self.pipe.send(json.dumps({"sha256": up.sha256, "size": up.size, "eager": eager}).encode() + b"\n")
+        if eager:  # the board's answer is handled when it comes (_handle)
+            self._send_bytes(up, 0)
+            return
         while True:
             msg = self._next()
             if msg is None:
@@ -459,10 +472,14 @@ class _Dialogue:
             if msg.get("sha256") == up.sha256 and msg.get("status") in ("have", "send", "busy"):
                 break
             self._handle(msg)
+        self._accepted(up, msg)
+
+    def _accepted(self, up: Upload, msg: dict) -> None:
+        """The board's answer to a blob header: have / send from offset / busy."""
         status = msg["status"]
         if status == "busy":
             raise DeployError(f"board {self.board.name}: another push to this board ({sanitize(str(msg.get('holder')))}) "
-                              f"holds {up.path.name} and made no progress for {msg.get('idle')} s; it is stopped or "
+                              f"holds {up.path.name} and made no progress for {float(msg.get('idle') or 0):g} s; it is stopped or "
                               "stalled: let it end (or kill it) and push again")
         if status == "have":
             self.report.already += up.size
@@ -473,6 +490,10 @@ class _Dialogue:
             self.report.notes.append(f"{up.path.name}: corrupt copy on the board ({sanitize(str(msg.get('why')))}) "
                                      f"moved to {sanitize(str(msg['quarantined']))}, re-sent")
         self.report.resumed += offset
+        if not msg.get("eager"):
+            self._send_bytes(up, offset)
+
+    def _send_bytes(self, up: Upload, offset: int) -> None:
         self.current = up
         with open(up.path, "rb") as f:
             self.pipe.send_file(f, offset, up.size - offset, self.on_bytes)
@@ -513,8 +534,11 @@ class _Dialogue:
             if status == "error":
                 self.errors.append(msg)
             return
-        self.done[sha] = msg
         up = self.uploads[sha]
+        if status in ("have", "send", "busy"):  # the answer to an eager header
+            self._accepted(up, {**msg, "eager": True})
+            return
+        self.done[sha] = msg
         if status == "mismatch" and int(msg.get("offset") or 0) > 0 and self.tries.get(sha, 0) <= self.RETRIES:
             self.report.notes.append(f"{up.path.name}: the partial copy on the board was corrupt; re-sent from the start")
             self.report.resumed -= int(msg["offset"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path, PurePosixPath
 
 from host.deploy.inventory import Board
@@ -44,3 +46,58 @@ def rehash_manifest(folder: Path | str) -> Path:
     m["files"] = {n: {"sha256": sha256_file(folder / n), "size": (folder / n).stat().st_size} for n in m["files"]}
     mpath.write_text(json.dumps(m, indent=1, sort_keys=True))
     return folder
+
+
+RECEIVER_MARK = "# rkdeploy receiver"
+
+
+def receiver_pids(workdir: Path | str) -> list[int]:
+    """PIDs of board-side receivers (``remote.RECEIVER``) writing into ``workdir`` on this machine."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[2].startswith(RECEIVER_MARK.encode()) and argv[3] == str(workdir).encode():
+            out.append(int(cmdline.parent.name))
+    return out
+
+
+def blob_problems(workdir: Path | str) -> list[str]:
+    """Every ``blobs/<sha>`` whose bytes do not hash to its name (empty: all intact)."""
+    bad = []
+    for p in sorted((Path(workdir) / "blobs").glob("[0-9a-f]" * 64)):
+        if sha256_file(p) != p.name:
+            bad.append(f"{p.name[:16]}…: {p.stat().st_size} bytes, sha256 {sha256_file(p)[:16]}…")
+    return bad
+
+
+def _push_main(argv: list[str]) -> int:
+    """``python -m host.testing.deploy push INVENTORY BOARDS ARTIFACTS TARGET KNOWN_HOSTS [STALL]``: push the
+    runner and every artifact of TARGET under ARTIFACTS (as ``rkdeploy push`` does, without a recipe);
+    one JSON line per board; exit 1 when a board failed. For tests that kill pushes at random."""
+    from host.deploy.inventory import load_inventory
+    from host.deploy.push import artifact_dir, push_boards, runner_dir
+    from host.deploy.ssh import SshTransport
+
+    inventory, selection, root, target, known = argv[:5]
+    stall = float(argv[5]) if len(argv) > 5 else None
+    boards = load_inventory(inventory).select(selection)
+    folders = sorted(m.parent for m in Path(root).glob(f"*/{target}/*/manifest.json"))
+    dirs = [runner_dir(), *(artifact_dir(f, Path(root)) for f in folders)]
+    if os.environ.get("RKDEPLOY_TEST_READY"):  # imported and planned: start when told (one line on stdin)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    results = push_boards(boards, dirs, jobs=len(boards), show_progress=False,
+                          transport=lambda b: SshTransport(b, known_hosts=[Path(known)], stall_timeout=stall))
+    for r in results:
+        print(json.dumps(dataclasses.asdict(r)), flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["push"] or len(sys.argv) < 7:
+        print(_push_main.__doc__, file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(_push_main(sys.argv[2:]))

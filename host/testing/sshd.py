@@ -52,12 +52,12 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
     return path
 
 
-def _config(d: Path, port: int, user: str) -> str:
+def _config(d: Path, port: int, user: str, host_key: Path) -> str:
     sftp = next((p for p in SFTP_SERVER_CANDIDATES if Path(p).exists()), "internal-sftp")
     return "\n".join([
         f"Port {port}",
         "ListenAddress 127.0.0.1",
-        f"HostKey {d / 'host_ed25519'}",
+        f"HostKey {host_key}",
         f"PidFile {d / 'sshd.pid'}",
         f"AuthorizedKeysFile {d / 'authorized_keys'}",
         f"AllowUsers {user}",
@@ -91,12 +91,15 @@ class TestSshd:
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def start(cls, dir: Path | str, *, port: int | None = None, detach: bool = False) -> TestSshd:
+    def start(cls, dir: Path | str, *, port: int | None = None, detach: bool = False,
+              host_key_type: str = "ed25519") -> TestSshd:
+        """``host_key_type`` (ed25519, rsa, ecdsa): the only host key this server offers."""
         d = Path(dir)
         d.mkdir(parents=True, exist_ok=True)
         user = getpass.getuser()
-        if not (d / "host_ed25519").exists():
-            keygen(d / "host_ed25519")
+        host_key = d / f"host_{host_key_type}"
+        if not host_key.exists():
+            keygen(host_key, host_key_type)
         if not (d / "client_ed25519").exists():
             keygen(d / "client_ed25519")
         shutil.copy(d / "client_ed25519.pub", d / "authorized_keys")
@@ -105,12 +108,12 @@ class TestSshd:
         last_err = ""
         for _attempt in range(5):
             p = port or free_port()
-            (d / "sshd_config").write_text(_config(d, p, user))
+            (d / "sshd_config").write_text(_config(d, p, user, host_key))
             log = open(d / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
             proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=detach)
             log.close()
-            sshd = cls(dir=d, port=p, user=user, client_key=d / "client_ed25519", host_key=d / "host_ed25519",
+            sshd = cls(dir=d, port=p, user=user, client_key=d / "client_ed25519", host_key=host_key,
                        proc=proc)
             if sshd._wait_listening():
                 (d / "sshd.pid").write_text(f"{proc.pid}\n")
@@ -179,7 +182,7 @@ class TestSshd:
     # -- files that point rkdeploy at it -----------------------------------------------------
     def host_key_line(self) -> str:
         """The ``known_hosts`` line for this server (``[127.0.0.1]:PORT ssh-ed25519 AAAA...``)."""
-        kind, blob = (self.dir / "host_ed25519.pub").read_text().split()[:2]
+        kind, blob = Path(f"{self.host_key}.pub").read_text().split()[:2]
         return f"[{self.host}]:{self.port} {kind} {blob}\n"
 
     def write_known_hosts(self, path: Path | str) -> Path:
