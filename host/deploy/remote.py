@@ -473,7 +473,9 @@ def receive(sha, size, cache, eager):
         fail(sha, e)
     say(sha256=sha, status="send", offset=off, quarantined=moved, why=why if moved else None)
     h = hashlib.sha256()
-    hq, wq, err = queue.Queue(32), queue.Queue(32), []
+    # Resuming, the hasher first reads the partial back: let up to 256 MiB of new bytes wait for it
+    # meanwhile, so reading the prefix overlaps the transfer instead of stalling it.
+    hq, wq, err = queue.Queue(256 if off else 32), queue.Queue(32), []
     ht = threading.Thread(target=hasher, args=(h, hq, part, off, err))
     ht.start()
     wt = threading.Thread(target=writer, args=(fd, wq, err, off))
