@@ -288,12 +288,17 @@ def push_cmd(
     jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="boards pushed at once"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would be pushed, send nothing"),
     inventory: Optional[Path] = InventoryOpt,
+    stall_timeout: Optional[float] = typer.Option(
+        None, "--stall-timeout", min=0.5, max=3600,
+        help="seconds a board may take no bytes and say nothing before it counts as stopped "
+             "(default $RKDEPLOY_STALL_TIMEOUT or 30)"),
 ) -> None:
     """Push the board runner and TARGET's built artifacts (content-addressed, verified, resumable)."""
     from host.deploy import commands
 
     _known_target(target)
-    commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory)
+    commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory,
+                  stall_timeout=stall_timeout)
 # <<< commands: boards / push / remote doctor
 # >>> commands: doctor --host / toolkits
 @app.command("doctor")

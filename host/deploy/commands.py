@@ -55,7 +55,7 @@ def boards_trust(name: str, inventory: Path | None = None) -> None:
 
 
 def push(selection: str, *, recipe: Path, target: str, jobs: int = 4, dry_run: bool = False,
-         inventory: Path | None = None) -> None:
+         inventory: Path | None = None, stall_timeout: float | None = None) -> None:
     from host.config import load_recipe
     from host.deploy.push import push_boards, runner_dir, summary_table, target_artifacts
 
@@ -74,7 +74,9 @@ def push(selection: str, *, recipe: Path, target: str, jobs: int = 4, dry_run: b
             console.print(f"{d.remote}: {len(d.files)} files, {size / 1e6:.1f} MB", markup=False)
         console.print(f"→ {', '.join(b.name for b in boards)} (nothing sent: --dry-run)", markup=False)
         return
-    results = push_boards(boards, dirs, jobs=jobs)
+    from host.deploy.ssh import SshTransport
+
+    results = push_boards(boards, dirs, jobs=jobs, transport=lambda b: SshTransport(b, stall_timeout=stall_timeout))
     console.print(summary_table(results))
     failed = [r.board for r in results if not r.ok]
     if failed:
