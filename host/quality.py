@@ -257,7 +257,7 @@ def _row(model: ModelSpec, target: str, scheme: str, method: str, backend: str, 
     return gate.apply(row)
 
 
-def arithmetic_env(backend: str, session=None) -> dict:
+def arithmetic_env(backend: str, session=None, manifest: dict | None = None) -> dict:
     """The arithmetic path that made a quality row: this host's CPU and the ISA features that change
     int8/fp16 kernels, the runtime versions, and how int8 MatMuls accumulated (``host.build.int8_format``)."""
     from board.sysinfo import _cpu, int8_u8s8_exact
@@ -267,9 +267,13 @@ def arithmetic_env(backend: str, session=None) -> dict:
     env = {"host_cpu": {k: cpu.get(k) for k in ("arch", "vendor", "model", "isa")},
            "runtime_versions": {k: v for k, v in tool_versions().items() if k in ("torch", "onnxruntime")}}
     if backend == "onnxruntime":
+        from host.build.int8_format import FORMAT
+
         rewritten = getattr(session, "int8_rewritten", 0)
-        env["int8_matmul"] = ("exact int32 (u8u8 weights)" if not rewritten else
-                              f"exact int32 (signed weights rewritten to u8u8 for evaluation: {rewritten})")
+        if rewritten:
+            env["int8_matmul"] = f"exact int32 (signed weights rewritten to u8u8 for evaluation: {rewritten})"
+        elif (manifest or {}).get("int8_weights") == FORMAT:
+            env["int8_matmul"] = "exact int32 (u8u8 weights)"
         env["u8s8_exact_here"] = int8_u8s8_exact(cpu)
     return env
 
@@ -478,7 +482,7 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
                 lm = OrtCausalLm(p.artifact.path, p.artifact.manifest)
                 for i, w in enumerate(windows):
                     stats.add(ref[i], lm.logprobs(w), w)
-                arith = arithmetic_env("onnxruntime", lm.sess)
+                arith = arithmetic_env("onnxruntime", lm.sess, p.artifact.manifest)
                 del lm
                 backend = "onnxruntime"
             else:
@@ -590,7 +594,7 @@ def _evaluate_encoder(recipe, m, target, arts, cache, simulated, schemes, log) -
             log(f"{m.name}/{p.scheme}: {p.method} on {len(sents)} held-out sentences")
         if p.method == "measured":
             emb, sess = _ort_embeddings(p.artifact, feeds)
-            arith = arithmetic_env("onnxruntime", sess)
+            arith = arithmetic_env("onnxruntime", sess, p.artifact.manifest)
             backend = "onnxruntime"
         else:
             from host.fakequant import fake_quantized
