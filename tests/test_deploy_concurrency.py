@@ -252,3 +252,27 @@ def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known
     assert blob_problems(wd) == []
     for f in folders:
         assert _tree(wd / "artifacts/m/rk3588" / f.name) == _tree(f)
+
+
+def test_killed_pushes_leave_no_known_hosts_file(sshd, known, tmp_path):
+    root = tmp_path / "artifacts"
+    write_artifact(root / "big" / "rk3588" / "fp16", {"weights.bin": os.urandom(32 * MiB)})
+    wd = tmp_path / "wd"
+    inv = sshd.write_inventory(tmp_path / "boards.yaml", workdir=str(wd))
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    for _ in range(2):
+        p = subprocess.Popen([sys.executable, "-m", "host.testing.deploy", "push", str(inv), "all", str(root), "rk3588",
+                              str(known)], cwd=ROOT, env={**os.environ, "TMPDIR": str(tmpdir)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not receiver_pids(wd) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        p.kill()  # SIGKILL: no exit path of ours runs
+        p.wait()
+        assert _wait_gone(wd) == []
+    r = subprocess.run([sys.executable, "-m", "host.testing.deploy", "push", str(inv), "all", str(root), "rk3588",
+                        str(known)], cwd=ROOT, env={**os.environ, "TMPDIR": str(tmpdir)}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list(tmpdir.iterdir()) == []

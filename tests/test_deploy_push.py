@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -286,3 +288,31 @@ def test_many_boards_in_parallel_one_failing(sshd, known, tmp_path, arts):
         assert _tree(tmp_path / f"wd{i}", "artifacts/tiny-llm/rk3588/w8a8") == _local(arts / "tiny-llm/rk3588/w8a8")
     table = push.summary_table(results)
     assert [c.header for c in table.columns] == ["board", "sent", "skipped", "seconds", "MB/s", "status"]
+
+
+def test_failure_row_reports_the_bytes_actually_sent(sshd, known, tmp_path):
+    root = tmp_path / "artifacts"
+    folder = write_artifact(root / "big" / "rk3588" / "fp16", {"weights.bin": os.urandom(48 * MiB)})
+    wd = tmp_path / "wd"
+    stop = threading.Event()
+
+    def cut_when_board_has(n: int) -> None:  # drop every connection once the board holds n bytes
+        while not stop.is_set():
+            for p in (wd / "blobs").glob(".partial-*") if (wd / "blobs").exists() else []:
+                with contextlib.suppress(OSError):
+                    if p.stat().st_size >= n:
+                        for pid in sshd.session_pids():
+                            os.kill(pid, 9)
+                        return
+            time.sleep(0.01)
+
+    cutter = threading.Thread(target=cut_when_board_has, args=(12 * MiB,))
+    cutter.start()
+    try:
+        row = push_boards([board_for(sshd, workdir=wd)], [artifact_dir(folder, root)], show_progress=False,
+                          transport=lambda b: SshTransport(b, known_hosts=[known]))[0]
+    finally:
+        stop.set()
+        cutter.join()
+    assert not row.ok and "cut off" in row.status
+    assert 12 * MiB <= row.sent < 48 * MiB, row

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,44 @@ def test_silent_server_times_out_waiting_for_banner(sshd, known):
         port = srv.getsockname()[1]
         with pytest.raises(DeployError, match=rf"127\.0\.0\.1:{port} timed out"):
             SshTransport(board_for(sshd, port=port), known_hosts=[known], connect_timeout=1).connect()
+
+
+def test_board_now_offering_another_key_type_is_one_line_naming_both_keys(tmp_path, capfd):
+    other = keygen(tmp_path / "old_ed25519")  # what known_hosts remembers: an ed25519 key
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    with TestSshd.start(tmp_path / "rsa-sshd", host_key_type="rsa") as rsa:  # the board now offers only RSA
+        kh = tmp_path / "known_hosts"
+        kh.write_text(f"[127.0.0.1]:{rsa.port} {kind} {blob}\n")
+        before = kh.read_bytes()
+        board = board_for(rsa)
+        missing = tmp_path / "no-such-known_hosts"
+        with pytest.raises(HostKeyError) as by_connect:
+            SshTransport(board, known_hosts=[missing, kh, kh]).connect()
+        with pytest.raises(HostKeyError) as by_trust:
+            hostkeys.trust_board(board, files=[missing, kh], record_to=kh)
+    for ei in (by_connect, by_trust):
+        msg = str(ei.value)
+        assert "HOST KEY CHANGED" in msg and "\n" not in msg
+        assert f"known ssh-ed25519 {_fp(f'{other}.pub')}" in msg
+        assert f"offered ssh-rsa {_fp(rsa.dir / 'host_rsa.pub')}" in msg
+        assert msg.count(str(kh)) == 2 and str(missing) not in msg  # "remove the old line from KH (ssh-keygen ... -f KH)"
+    assert kh.read_bytes() == before
+    assert "Traceback" not in capfd.readouterr().err  # paramiko's transport thread stays quiet
+
+
+def test_changed_key_advice_names_only_files_that_hold_the_host(sshd, tmp_path):
+    other = keygen(tmp_path / "other_host")
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    project = tmp_path / "project_known_hosts"
+    project.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    user = tmp_path / "user_known_hosts"
+    user.write_text("unrelated.example ssh-ed25519 " + blob + "\n")
+    missing = tmp_path / "home" / ".ssh" / "known_hosts"
+    with pytest.raises(HostKeyError) as ei:
+        SshTransport(board_for(sshd), known_hosts=[missing, user, project]).connect()
+    msg = str(ei.value)
+    assert f"remove the old line from {project} (ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {project})" in msg
+    assert str(user) not in msg and str(missing) not in msg
+    with pytest.raises(HostKeyError) as ei:
+        hostkeys.trust_board(board_for(sshd), files=[missing, project], record_to=project)
+    assert str(ei.value).count(str(project)) == 2 and str(missing) not in str(ei.value)
