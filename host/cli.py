@@ -189,6 +189,7 @@ def quality_cmd(
     from host.quality import evaluate, quality_table, sensitivity_report
 
     r = load_recipe(recipe)
+    _known_target(target)
     if sensitivity:
         console.print(sensitivity_report(r, target, scheme=scheme))
         return

@@ -149,7 +149,10 @@ class ResultStore:
         out = []
         sql = sql.replace("SELECT row_schema", "SELECT id, row_schema")
         for rid, schema, data in self.db.execute(sql, [str(v) for v in flt.values()]):
-            if not isinstance(schema, int) or schema > ROW_SCHEMA_VERSION:
+            if not isinstance(schema, int):
+                raise StoreError(f"{self.path}: row id {rid}: row_schema {schema!r} is not a number; "
+                                 "not a row this rkdeploy wrote")
+            if schema > ROW_SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: holds rows of schema {schema!r}, newer than {ROW_SCHEMA_VERSION}; "
                                  "upgrade rkdeploy")
             try:

@@ -10,6 +10,7 @@ and what is allowed. ``lines`` maps a key path to its YAML line so schema errors
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ from board.strictjson import MAX_DEPTH, JSONInputError
 from board.strictjson import loads as _loads_json
 from host.errors import ConfigError
 
-MAX_NODES = 100_000          # expanded YAML nodes (aliases counted at every use: no "billion laughs")
-MAX_BYTES = 16 * 1024 * 1024  # config files are small; refuse a 2 GB file before reading it
+MAX_NODES = 50_000           # YAML values, aliases counted at every use (no "billion laughs")
+MAX_BYTES = 16 * 1024 * 1024  # JSON inputs (calibration sets); refuse a 2 GB file before reading it
+# YAML configs (recipes, targets, inventories) are a few KB; PyYAML parses ~10-50k tokens/s, so
+# this cap also bounds the time spent on a hostile file.
+MAX_YAML_BYTES = 1024 * 1024
 
 
 def read_text(path: Path | str, *, what: str = "file", max_bytes: int = MAX_BYTES) -> str:
@@ -36,7 +40,7 @@ def read_text(path: Path | str, *, what: str = "file", max_bytes: int = MAX_BYTE
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     if len(raw) > max_bytes:
-        raise ConfigError(f"{path}: larger than {max_bytes // (1024 * 1024)} MiB; a {what} is a small text file")
+        raise ConfigError(f"{path}: larger than {max_bytes // 1024} KiB; a {what} is a small text file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -45,12 +49,32 @@ def read_text(path: Path | str, *, what: str = "file", max_bytes: int = MAX_BYTE
                           f"save the {what} as UTF-8") from None
 
 
+_QUOTED = re.compile(r"'(?:[^'\n]|'')*'|\"(?:[^\"\\\n]|\\.)*\"")
+_COMMENT = re.compile(r"(?:^|(?<=\s))#[^\n]*")
+_FLOW = re.compile(r"[\[\]{}]")
+
+
+def _flow_too_deep(text: str) -> int | None:
+    """Line where flow brackets nest deeper than MAX_DEPTH (quoted text and comments ignored), or None.
+
+    PyYAML's scanner reads a whole flow collection before the composer sees its first node, in time
+    that grows with the square of its depth: 10k brackets take seconds. This linear pass runs first."""
+    bare = _COMMENT.sub("", _QUOTED.sub("''", text))
+    depth = 0
+    for m in _FLOW.finditer(bare):
+        depth = depth + 1 if m.group() in "[{" else max(0, depth - 1)
+        if depth > MAX_DEPTH:
+            return bare.count("\n", 0, m.start()) + 1
+    return None
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader + duplicate keys refused, nesting capped, recursive aliases refused."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
         self._open_anchors: list[str] = []
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
@@ -61,6 +85,9 @@ class _Loader(yaml.SafeLoader):
                                  "(recursive alias); aliases must point to complete nodes")
             return super().compose_node(parent, index)
         event = self.peek_event()
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _YamlError(event.start_mark, f"holds more than {MAX_NODES} values; a config file is small")
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _YamlError(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
@@ -143,7 +170,10 @@ def _line_map(loader: _Loader, node, path: tuple, out: dict) -> None:  # noqa: A
 def read_yaml(path: Path | str, *, what: str = "YAML file") -> tuple[Any, dict[tuple, int]]:
     """(data, {key path: line}) of a YAML file; one ``ConfigError`` line for anything malformed."""
     path = Path(path)
-    text = read_text(path, what=what)
+    text = read_text(path, what=what, max_bytes=MAX_YAML_BYTES)
+    deep = _flow_too_deep(text)
+    if deep is not None:
+        raise ConfigError(f"{path}: line {deep}: nested deeper than {MAX_DEPTH} levels")
     loader = None
     try:
         loader = _Loader(text)  # the reader refuses NUL and other unprintable characters right here
