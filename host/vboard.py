@@ -316,6 +316,8 @@ def customize_image(rootfs: Path) -> None:
             _run(["chroot", str(rootfs), "useradd", "-m", "-s", "/bin/bash", USER])
         except subprocess.CalledProcessError as e:
             raise VBoardError(f"useradd {USER} in the rootfs failed: {e.stderr.strip()}") from None
+    # "!" (locked) in /etc/shadow makes sshd refuse a key login when PAM is off; "*": no password, not locked.
+    _run(["chroot", str(rootfs), "usermod", "-p", "*", USER])
     for d in ("run/sshd", "etc/rkdeploy"):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
 
