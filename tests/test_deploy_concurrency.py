@@ -4,6 +4,7 @@ two names, corrupt blobs, a stopped receiver / sshd child (stall deadline), a pu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from host.deploy.push import artifact_dir, push_board, push_boards, runner_dir
 from host.deploy.ssh import SshTransport, StalledError
 from host.errors import DeployError
-from host.testing.deploy import blob_problems, board_for, receiver_pids, write_artifact
+from host.testing.deploy import blob_problems, board_for, push_artifacts, receiver_pids, write_artifact
 from host.testing.sshd import sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
@@ -193,17 +194,46 @@ def test_corrupt_blob_is_quarantined_resent_and_the_row_says_so(sshd, known, tmp
     assert blob_problems(wd) == []
 
 
-def _ready_push(inv: Path, known: Path, root: Path) -> subprocess.Popen:
-    """A push process that has imported and planned everything and waits for a line on stdin to start."""
-    return subprocess.Popen([sys.executable, "-m", "host.testing.deploy", "push", str(inv), "all", str(root), "rk3588",
-                             str(known), "10"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "RKDEPLOY_TEST_READY": "1"})
+class _ForkedPush:
+    """A push in a forked copy of this process (everything already imported: starts at once); SIGKILL-able."""
 
+    def __init__(self, *args):
+        self.r, w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: push, write the rows, leave without running any cleanup of pytest's
+            code = 3
+            try:
+                os.close(self.r)
+                rows = push_artifacts(*args)
+                os.write(w, json.dumps([dataclasses.asdict(r) for r in rows]).encode())
+                code = 0 if all(r.ok for r in rows) else 1
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                os.write(w, repr(e).encode())
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.rc: int | None = None
 
-def _go(p: subprocess.Popen) -> None:
-    assert p.stdout.readline() == "ready\n", p.stderr.read()
-    p.stdin.write("go\n")
-    p.stdin.flush()
+    def poll(self) -> int | None:
+        if self.rc is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.rc = os.waitstatus_to_exitcode(status)
+        return self.rc
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float = 120) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.rc is None:
+            self.kill()
+            raise AssertionError(f"push {self.pid} did not end within {timeout} s")
+        with os.fdopen(self.r) as f:
+            return self.rc, f.read()
 
 
 def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known, tmp_path):
@@ -221,10 +251,9 @@ def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known
         for sha in big_blobs:  # make each round send something: drop finished blobs (partials stay)
             if rng.random() < 0.8:
                 (wd / "blobs" / sha).unlink(missing_ok=True)
-        a, b = _ready_push(inv, known, root), _ready_push(inv, known, root)
-        _go(a)
+        a = _ForkedPush(inv, "all", root, "rk3588", known, 10.0)
         time.sleep(rng.uniform(0.0, 0.5))
-        _go(b)
+        b = _ForkedPush(inv, "all", root, "rk3588", known, 10.0)
         deadline = time.monotonic() + 10  # until both have a receiver on the board (or one is done)
         while len(receiver_pids(wd)) < 2 and a.poll() is None and b.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -232,9 +261,9 @@ def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known
         victim, other = (a, b) if rng.random() < 0.5 else (b, a)
         time.sleep(rng.uniform(0.0, 0.8))
         victim.kill()
-        victim.communicate()
-        out, err = other.communicate(timeout=120)
-        assert other.returncode == 0, f"round {i}: {out}\n{err}"
+        victim.wait()
+        rc, out = other.wait()
+        assert rc == 0, f"round {i}: {out}"
         assert blob_problems(wd) == [], f"round {i}"
         assert not (wd / "blobs" / ".quarantine").exists(), f"round {i}: a push found a corrupt blob"
         for f in folders:

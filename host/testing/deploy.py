@@ -73,24 +73,29 @@ def blob_problems(workdir: Path | str) -> list[str]:
     return bad
 
 
-def _push_main(argv: list[str]) -> int:
-    """``python -m host.testing.deploy push INVENTORY BOARDS ARTIFACTS TARGET KNOWN_HOSTS [STALL]``: push the
-    runner and every artifact of TARGET under ARTIFACTS (as ``rkdeploy push`` does, without a recipe);
-    one JSON line per board; exit 1 when a board failed. For tests that kill pushes at random."""
+def push_artifacts(inventory: Path | str, selection: str, root: Path | str, target: str, known: Path | str,
+                   stall: float | None = None) -> list:
+    """Push the runner and every artifact of ``target`` under ``root`` (as ``rkdeploy push`` does, without
+    a recipe) to the selected boards; returns the ``PushResult`` rows."""
     from host.deploy.inventory import load_inventory
     from host.deploy.push import artifact_dir, push_boards, runner_dir
     from host.deploy.ssh import SshTransport
 
-    inventory, selection, root, target, known = argv[:5]
-    stall = float(argv[5]) if len(argv) > 5 else None
-    boards = load_inventory(inventory).select(selection)
+    boards = load_inventory(Path(inventory)).select(selection)
     folders = sorted(m.parent for m in Path(root).glob(f"*/{target}/*/manifest.json"))
     dirs = [runner_dir(), *(artifact_dir(f, Path(root)) for f in folders)]
     if os.environ.get("RKDEPLOY_TEST_READY"):  # imported and planned: start when told (one line on stdin)
         print("ready", flush=True)
         sys.stdin.readline()
-    results = push_boards(boards, dirs, jobs=len(boards), show_progress=False,
-                          transport=lambda b: SshTransport(b, known_hosts=[Path(known)], stall_timeout=stall))
+    return push_boards(boards, dirs, jobs=len(boards), show_progress=False,
+                       transport=lambda b: SshTransport(b, known_hosts=[Path(known)], stall_timeout=stall))
+
+
+def _push_main(argv: list[str]) -> int:
+    """``python -m host.testing.deploy push INVENTORY BOARDS ARTIFACTS TARGET KNOWN_HOSTS [STALL]``: push the
+    runner and every artifact of TARGET under ARTIFACTS; one JSON line per board; exit 1 when a board failed.
+    For tests that kill pushes at random."""
+    results = push_artifacts(*argv[:5], stall=float(argv[5]) if len(argv) > 5 else None)
     for r in results:
         print(json.dumps(dataclasses.asdict(r)), flush=True)
     return 0 if all(r.ok for r in results) else 1
