@@ -38,6 +38,18 @@ def _choice(allowed: tuple[str, ...]):
     return check
 
 
+def _out_file(path: Optional[Path], option: str) -> Optional[Path]:
+    """An output file option: refused before any work when it names a folder or lies under a file."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory; give a file name", param_hint=f"'{option}'")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint=f"'{option}'")
+    return path
+
+
 def _known_target(target: str) -> str:
     """Refuse an unknown chip before anything connects or builds (``CheckError``: exit 1, one line)."""
     from host.targets import get_target
@@ -118,6 +130,7 @@ def calib_build(
     from host.calib import build_calibration
     from host.config import load_recipe
 
+    _out_file(out, "--out")
     path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts, max_new_tokens=max_new_tokens)
     console.print(f"wrote {path}")
 
@@ -158,6 +171,7 @@ def export_cmd(
     """Build every artifact of the recipe for TARGET (only what changed) and print a summary + quality table."""
     from host.export import export, plan_table, summary_table, write_jsonl
 
+    _out_file(jsonl, "--jsonl")
     rep = export(recipe, target, dry_run=dry_run, require=_csv_list(require), only=_csv_list(only) or None,
                  root=artifacts)
     console.print(plan_table(rep) if dry_run else summary_table(rep))
@@ -244,6 +258,7 @@ def report_cmd(
     from host.fsutil import atomic_write_text
     from host.results import report
 
+    _out_file(out, "--out")
     text = report(store=store, fmt=fmt)
     if out:
         atomic_write_text(out, text)

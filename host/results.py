@@ -65,11 +65,12 @@ class ResultStore:
         empty, a missing folder is an error. Either way a file that is not an rkdeploy store (a
         directory, another program's SQLite database, not SQLite at all) is refused untouched."""
         self.path = Path(path) if path else default_store()
+        explicit = path is not None  # a --store that names a missing folder is a typo; the default is not
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory; --store takes an rkdeploy results file "
                              "(e.g. results/rkdeploy.sqlite)")
         parent = self.path.parent
-        if not create and not parent.is_dir():
+        if not create and not parent.is_dir() and explicit:
             raise StoreError(f"{self.path}: folder {parent} does not exist (no results stored there); "
                              "check --store")
         try:

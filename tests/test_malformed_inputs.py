@@ -276,6 +276,10 @@ USAGE = {  # rkdeploy usage errors: exit 2, click's usage text, one "Error:" lin
     "boards_trust_without_name": (["boards", "trust"], ["Missing argument 'name'"]),
     "calib_build_max_new_tokens_negative": (["calib", "build", "--max-new-tokens", "-1"], ["--max-new-tokens"]),
     "debug_then_usage_error": (["--debug", "check"], ["Missing option '--target'"]),
+    "report_out_is_directory": (["report", "--out", "{C}/stores"], ["--out", "is a directory"]),
+    "report_out_under_a_file": (["report", "--out", "{C}/known_hosts/corrupt/r.md"], ["--out", "is a file, not a folder"]),
+    "export_jsonl_is_directory": (["export", "-t", "rk3588", "--dry-run", "--jsonl", "{C}/calib"], ["--jsonl"]),
+    "calib_build_out_is_directory": (["calib", "build", "--out", "{C}/calib/is_a_directory.json"], ["--out"]),
 }
 KNOWN = {  # rkdeploy known errors from arguments: exit 1, one "rkdeploy: error:" line
     "push_unknown_target": (["push", "-B", "all", "-t", "rk9999"], ["unknown target 'rk9999'", "rk3588"]),
@@ -455,6 +459,8 @@ def test_report_creates_nothing_before_validation(clean):
     clear_error(rk("report", "--store", other), 1, ["another program"])
     res = rk("report", "--store", "fresh.sqlite")  # a missing store in an existing folder reads as empty
     assert res.rc == 0 and "no results yet" in res.out and not Path("fresh.sqlite").exists()
+    res = rk("report")  # the default store ($RKDEPLOY_RESULTS, folder not there yet): empty, no folder made
+    assert res.rc == 0 and "no results yet" in res.out and not Path("results").exists()
 
 
 def test_bench_store_of_another_program_is_left_untouched(clean, tmp_path):
