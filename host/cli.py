@@ -50,6 +50,16 @@ def _out_file(path: Optional[Path], option: str) -> Optional[Path]:
     return path
 
 
+def _dir_option(path: Optional[Path], option: str) -> Optional[Path]:
+    """A folder option (cache, artifacts root): refused before any work when it or a parent is a file."""
+    if path is None:
+        return None
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise typer.BadParameter(f"{parent} is a file, not a folder", param_hint=f"'{option}'")
+    return path
+
+
 def _known_target(target: str) -> str:
     """Refuse an unknown chip before anything connects or builds (``CheckError``: exit 1, one line)."""
     from host.targets import get_target
@@ -72,6 +82,7 @@ def models_fetch(
     """Materialise the built-in models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) offline."""
     from host.models import BUILTINS, fetch_builtin, read_record
 
+    _dir_option(cache, "--cache")
     for name in BUILTINS:
         with err_console.status(f"materialising {name} …"):
             path = fetch_builtin(name, cache, force=force)
@@ -172,6 +183,13 @@ def export_cmd(
     from host.export import export, plan_table, summary_table, write_jsonl
 
     _out_file(jsonl, "--jsonl")
+    _dir_option(artifacts, "--artifacts")
+    from host.toolkits import TOOLKITS
+
+    unknown = [k for k in _csv_list(require) if k not in TOOLKITS]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(map(repr, unknown))}: kinds are {', '.join(sorted(TOOLKITS))}",
+                                 param_hint="'--require'")
     rep = export(recipe, target, dry_run=dry_run, require=_csv_list(require), only=_csv_list(only) or None,
                  root=artifacts)
     console.print(plan_table(rep) if dry_run else summary_table(rep))
@@ -202,6 +220,7 @@ def quality_cmd(
     from host.config import load_recipe
     from host.quality import evaluate, quality_table, sensitivity_report
 
+    _dir_option(artifacts, "--artifacts")
     r = load_recipe(recipe)
     _known_target(target)
     if sensitivity:

@@ -280,6 +280,11 @@ USAGE = {  # rkdeploy usage errors: exit 2, click's usage text, one "Error:" lin
     "report_out_under_a_file": (["report", "--out", "{C}/known_hosts/corrupt/r.md"], ["--out", "is a file, not a folder"]),
     "export_jsonl_is_directory": (["export", "-t", "rk3588", "--dry-run", "--jsonl", "{C}/calib"], ["--jsonl"]),
     "calib_build_out_is_directory": (["calib", "build", "--out", "{C}/calib/is_a_directory.json"], ["--out"]),
+    "models_cache_is_a_file": (["models", "fetch", "--cache", "{C}/calib/nan.json"], ["--cache", "is a file"]),
+    "export_artifacts_under_a_file": (["export", "-t", "rk3588", "--dry-run", "--artifacts", "{C}/calib/nan.json/x"],
+                                      ["--artifacts", "is a file"]),
+    "export_require_unknown_kind": (["export", "-t", "rk3588", "--dry-run", "--require", "rkllm,bogus"],
+                                    ["--require", "'bogus'", "rkllm, rknn"]),
 }
 KNOWN = {  # rkdeploy known errors from arguments: exit 1, one "rkdeploy: error:" line
     "push_unknown_target": (["push", "-B", "all", "-t", "rk9999"], ["unknown target 'rk9999'", "rk3588"]),
@@ -298,8 +303,11 @@ KNOWN = {  # rkdeploy known errors from arguments: exit 1, one "rkdeploy: error:
     "boards_trust_unknown_board": (["boards", "trust", "nosuch", "--inventory", "{C}/inventories/base.yaml"],
                                    ["no board named 'nosuch'", "b1"]),
     "inventory_missing_file": (["boards", "list", "--inventory", "missing.yaml"], ["missing.yaml", "not found"]),
+    "known_hosts_is_directory": (["boards", "list", "--inventory", "{C}/inventories/base.yaml"],
+                                 ["known_hosts", "stores", "cannot be read"]),
 }
-KNOWN_ENV = {"known_hosts_corrupt": {"RKDEPLOY_KNOWN_HOSTS": "{C}/known_hosts/corrupt"}}
+KNOWN_ENV = {"known_hosts_corrupt": {"RKDEPLOY_KNOWN_HOSTS": "{C}/known_hosts/corrupt"},
+             "known_hosts_is_directory": {"RKDEPLOY_KNOWN_HOSTS": "{C}/stores"}}
 
 
 # --- running ------------------------------------------------------------------------------------
