@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -163,3 +166,27 @@ def test_changed_key_advice_names_only_files_that_hold_the_host(sshd, tmp_path):
     with pytest.raises(HostKeyError) as ei:
         hostkeys.trust_board(board_for(sshd), files=[missing, project], record_to=project)
     assert str(ei.value).count(str(project)) == 2 and str(missing) not in str(ei.value)
+
+
+def test_silent_commands_live_while_the_board_answers_and_fail_when_it_stops(sshd, known):
+    with SshTransport(board_for(sshd), known_hosts=[known], stall_timeout=1.5) as t:
+        # Silent for 4 s, SSH answering: a long benchmark is not a stalled board.
+        assert list(t.stream(["sh", "-c", "sleep 4; echo done"])) == ["done"]
+        assert t.run(["sh", "-c", "sleep 4; echo done"], silent_ok=True).stdout == "done\n"
+        with pytest.raises(DeployError, match=r"stopped answering \(no progress for 1.5 s\) running `sh -c"):
+            t.run(["sh", "-c", "sleep 4; echo done"])  # the board programs print heartbeats; this prints nothing
+        stopped = []
+        try:
+            lines = t.stream(["sh", "-c", "echo started; sleep 30"])
+            assert next(lines) == "started"
+            stopped = sshd.session_pids()
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(DeployError, match=r"^board local-ssh stopped answering \(no progress for 1.5 s\)"):
+                next(lines)
+            assert time.monotonic() - t0 < 1.5 * 2 + 4
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)

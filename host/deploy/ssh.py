@@ -127,6 +127,21 @@ class Transport(Protocol):
     def put(self, uploads: Sequence[Upload], workdir: PurePosixPath, *, on_bytes: Callable[[int], None] | None = None,
             install: list[dict] | None = None) -> PutReport: ...
 
+    def _alive(self) -> bool:
+        """Does the board's SSH server still answer (a keepalive request, which OpenSSH answers at once)
+        within ``stall_timeout`` s? paramiko's request has no timeout of its own: it runs in a thread
+        that ends when the connection closes."""
+        transport = self.client.get_transport()
+        done = threading.Event()
+
+        def ping() -> None:
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                transport.global_request("keepalive@openssh.com", wait=True)
+            done.set()
+
+        threading.Thread(target=ping, daemon=True).start()
+        return done.wait(self.stall_timeout)
+
     def get(self, remote_path: PurePosixPath, local: Path) -> None: ...
 
     def close(self) -> None: ...
@@ -249,12 +264,13 @@ class SshTransport:
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = COMMAND_TIMEOUT,
             cwd: PurePosixPath | None = None, check: bool = True, silent_ok: bool = False) -> RunResult:
-        """Run ``argv`` on the board. Fails after ``timeout`` s in all, or (unless ``silent_ok``) once the
-        command printed nothing for ``stall_timeout`` s (the board programs print heartbeats)."""
+        """Run ``argv`` on the board. Fails after ``timeout`` s in all, or once the command printed nothing
+        for ``stall_timeout`` s (the board programs print heartbeats while they work); with ``silent_ok``
+        only once the board does not answer over SSH either."""
         chan = self._channel(quote_command(argv, cwd))
         out, err = bytearray(), bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
-        watch = _Watch(None if silent_ok else self.stall_timeout)
+        watch = _Watch(self.stall_timeout)
         try:
             if input:
                 chan.sendall(input)
@@ -270,8 +286,10 @@ class SshTransport:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeployError(f"board {self.board.name}: `{_short(argv)}` did not finish within {timeout:g}s")
-                if watch.left() <= 0:
+                if watch.left() <= 0 and (not silent_ok or not self._alive()):
                     raise stalled(self.board, self.stall_timeout, f" running `{_short(argv)}`")
+                if watch.left() <= 0:
+                    watch.bump()  # silent, but the board answered over SSH
                 select.select([chan], [], [], 0.2)
             rc = chan.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -286,12 +304,19 @@ class SshTransport:
     def stream(self, argv: Sequence[str], *, cwd: PurePosixPath | None = None,
                on_stderr: Callable[[str], None] | None = None) -> Iterator[str]:
         """Yield stdout lines as they arrive; stderr lines go to ``on_stderr``. Non-zero exit raises
-        ``DeployError`` after the last line (its ``returncode`` attribute holds the status)."""
+        ``DeployError`` after the last line (its ``returncode`` attribute holds the status). A command
+        may stay silent (a long benchmark) as long as the board answers over SSH; one that does not
+        answer for ``stall_timeout`` s has stopped."""
         chan = self._channel(quote_command(argv, cwd))
         chan.shutdown_write()
         buf, ebuf, err_tail = b"", b"", []
+        watch = _Watch(self.stall_timeout)
         try:
             while True:
+                if watch.left() <= 0:
+                    if not self._alive():
+                        raise stalled(self.board, self.stall_timeout, f" running `{_short(argv)}`")
+                    watch.bump()
                 got = False
                 while chan.recv_ready():
                     buf += chan.recv(65536)
@@ -299,6 +324,8 @@ class SshTransport:
                 while chan.recv_stderr_ready():
                     ebuf += chan.recv_stderr(65536)
                     got = True
+                if got:
+                    watch.bump()
                 *lines, buf = buf.split(b"\n")
                 yield from (ln.decode("utf-8", "replace") for ln in lines)
                 *elines, ebuf = ebuf.split(b"\n")
@@ -322,6 +349,21 @@ class SshTransport:
             err = DeployError(f"board {self.board.name}: `{_short(argv)}` exited {rc}: {' | '.join(t for t in err_tail if t)}")
             err.returncode = rc
             raise err
+
+    def _alive(self) -> bool:
+        """Does the board's SSH server still answer (a keepalive request, which OpenSSH answers at once)
+        within ``stall_timeout`` s? paramiko's request has no timeout of its own: it runs in a thread
+        that ends when the connection closes."""
+        transport = self.client.get_transport()
+        done = threading.Event()
+
+        def ping() -> None:
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                transport.global_request("keepalive@openssh.com", wait=True)
+            done.set()
+
+        threading.Thread(target=ping, daemon=True).start()
+        return done.wait(self.stall_timeout)
 
     def get(self, remote_path: PurePosixPath, local: Path) -> None:
         try:
