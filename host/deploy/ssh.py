@@ -558,9 +558,9 @@ class _Dialogue:
                 what = str(msg.get("what", ""))
                 if what not in self.waited:
                     self.waited.add(what)
-                    name = self._name(what.rpartition(" ")[2]) if what.startswith("blob ") else what
-                    self.report.notes.append(f"waited for another push ({sanitize(str(msg.get('holder')))}) "
-                                             f"writing {name}")
+                    doing = f"writing {self._name(what.rpartition(' ')[2])}" if what.startswith("blob ") else \
+                        "installing folders"
+                    self.report.notes.append(f"waited for another push ({sanitize(str(msg.get('holder')))}) {doing}")
                 continue
             return msg
 
