@@ -114,7 +114,8 @@ def validate_manifest(manifest: Any, path: str) -> Dict[str, Any]:
 def read_artifact(artifact_dir: str) -> Dict[str, Any]:
     """The validated manifest of ``artifact_dir``; every listed file present with its size."""
     if not isinstance(artifact_dir, str) or "\0" in artifact_dir or not os.path.isdir(artifact_dir):
-        raise ArtifactError("artifact folder %s does not exist" % artifact_dir)
+        there = isinstance(artifact_dir, str) and "\0" not in artifact_dir and os.path.exists(artifact_dir)
+        raise ArtifactError("artifact folder %r %s" % (artifact_dir, "is not a folder" if there else "does not exist"))
     path = os.path.join(artifact_dir, MANIFEST)
     try:
         manifest = strictjson.read(path, max_bytes=MAX_MANIFEST_BYTES)

@@ -52,11 +52,15 @@ class ModelText:
             raise ModelError(f"{folder}: tokenizer.json is missing (needed to check calibration inputs)")
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tok_file))
         try:
-            self.config = json.loads((folder / "tokenizer_config.json").read_text())
+            self.tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed file
+            raise ModelError(f"{tok_file}: not a readable tokenizer ({str(e).splitlines()[0][:200]})") from None
+        try:
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            self.config = {}
+            config = {}
+        self.config = config if isinstance(config, dict) else {}
 
     def _special(self, key: str) -> str | None:
         v = self.config.get(key)

@@ -242,8 +242,17 @@ def check_model_folder(folder: Path) -> list[str]:
             read_safetensors_header(w)
         except ModelError as e:
             problems.append(str(e))
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+    tok = folder / "tokenizer.json"
+    if not tok.is_file() and not (folder / "tokenizer.model").is_file():
         problems.append(f"{folder}: no tokenizer.json/tokenizer.model")
+    elif tok.is_file():
+        try:  # plain json (a tokenizer is large and ours to trust less strictly); the shape is what matters
+            data = json.loads(tok.read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            problems.append(f"{tok}: not a readable tokenizer ({str(e).splitlines()[0][:200]})")
+        else:
+            if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+                problems.append(f"{tok}: not a Hugging Face tokenizer (a JSON object with a 'model' object)")
     return problems
 
 

@@ -72,6 +72,8 @@ RECIPES = {
     "model_header_deep.yaml": ["header_deep/model.safetensors", "nested deeper than 64"],
     "model_config_is_list.yaml": ["config_is_list/config.json", "expected a JSON object"],
     "model_weights_are_directory.yaml": ["weights_are_directory/model.safetensors", "is a directory"],
+    "model_tokenizer_is_list.yaml": ["tokenizer_is_list/tokenizer.json", "not a Hugging Face tokenizer"],
+    "model_tokenizer_truncated.yaml": ["tokenizer_truncated/tokenizer.json", "not a readable tokenizer"],
     "window_too_small.yaml": [ANY, "line 7", "quality.window", "greater than or equal to 32"],
     "n_prompts_zero.yaml": [ANY, "calib.n_prompts", "greater than or equal to 1"],
     "text_missing.yaml": [ANY, "text: required field is missing"],

@@ -103,6 +103,7 @@ def safetensors(header: bytes | object, data: bytes = b"\0" * 16, length: int | 
     return struct.pack("<Q", len(raw) if length is None else length) + raw + data
 
 
+TOKENIZER = json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}})
 GOOD_T = {"lm.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
 MODEL_CASES = {
     "header_is_list": safetensors([1, 2, 3]),
@@ -123,15 +124,21 @@ def models() -> None:
     cfg = json.dumps({"model_type": "llama", "max_position_embeddings": 2048})
     for name, blob in MODEL_CASES.items():
         put(f"models/{name}/config.json", cfg)
-        put(f"models/{name}/tokenizer.json", "{}")
+        put(f"models/{name}/tokenizer.json", TOKENIZER)
         put(f"models/{name}/model.safetensors", blob)
     put("models/config_is_list/config.json", "[1, 2]")
-    put("models/config_is_list/tokenizer.json", "{}")
+    put("models/config_is_list/tokenizer.json", TOKENIZER)
     put("models/config_is_list/model.safetensors", safetensors(GOOD_T))
     put("models/weights_are_directory/config.json", cfg)
-    put("models/weights_are_directory/tokenizer.json", "{}")
+    put("models/weights_are_directory/tokenizer.json", TOKENIZER)
+    put("models/tokenizer_is_list/config.json", cfg)
+    put("models/tokenizer_is_list/tokenizer.json", "[1, 2]")
+    put("models/tokenizer_is_list/model.safetensors", safetensors(GOOD_T))
+    put("models/tokenizer_truncated/config.json", cfg)
+    put("models/tokenizer_truncated/tokenizer.json", TOKENIZER[:20])
+    put("models/tokenizer_truncated/model.safetensors", safetensors(GOOD_T))
     folder("models/weights_are_directory/model.safetensors")
-    for name in [*MODEL_CASES, "config_is_list", "weights_are_directory"]:
+    for name in [*MODEL_CASES, "config_is_list", "weights_are_directory", "tokenizer_is_list", "tokenizer_truncated"]:
         put(f"recipes/model_{name}.yaml", recipe(models=f"  - name: lm\n    kind: llm\n    source: ../models/{name}\n"))
 
 
