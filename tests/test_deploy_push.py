@@ -202,10 +202,13 @@ def test_disk_full_during_transfer_is_clear_and_leaves_nothing(sshd, known, tmp_
     board = board_for(sshd, workdir=small_fs / "wd")
 
     def fill_disk(_n: int) -> None:  # someone else fills the board's disk after preflight
-        with open(small_fs / "filler", "ab") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fd = os.open(small_fs / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:  # unbuffered: closing must not raise ENOSPC again into the push
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"\0" * 65536)
+        finally:
+            os.close(fd)
 
     with SshTransport(board, known_hosts=[known]) as t, pytest.raises(DeployError, match="No space left on device"):
         push_board(t, [artifact_dir(folder, root)], on_bytes=fill_disk)

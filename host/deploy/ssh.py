@@ -662,6 +662,7 @@ class _ProcessPipe:
     def __init__(self, argv: list[str], stall: float | None, *, cleanup: Sequence[Path] = (),
                  close_fds: Sequence[int] = ()):
         self.cleanup = list(cleanup)
+        self._release_lock = threading.Lock()
         self._close_later = list(close_fds)  # ssh opens them through /proc/<our pid>/fd while it logs in
         self.watch = _Watch(stall)
         try:
@@ -685,6 +686,8 @@ class _ProcessPipe:
         buf = b""
         for chunk in iter(lambda: f.read1(65536), b""):
             self.watch.bump()
+            if self._close_later or self.cleanup:  # the board speaks: ssh is past its host key check
+                self._release()
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for ln in lines:
@@ -771,11 +774,13 @@ class _ProcessPipe:
         return rc, b"".join(self._err).decode("utf-8", "replace")
 
     def _release(self) -> None:
-        for fd in self._close_later:
+        with self._release_lock:  # the reader thread and finish() may both get here
+            fds, self._close_later = self._close_later, []
+            paths, self.cleanup = self.cleanup, []
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._close_later = []
-        for p in self.cleanup:
+        for p in paths:
             p.unlink(missing_ok=True)
 
 
