@@ -325,6 +325,14 @@ def load_recipe(path: Path | str) -> Recipe:
             upd["source"] = str(_resolve(base, Path(m.source)))
         models.append(m.model_copy(update=upd))
     text = recipe.text.model_copy(update={k: _resolve(base, getattr(recipe.text, k)) for k in TextSources.model_fields})
+    # A folder where a file belongs is refused here, with the field's line (a missing file is `check`'s to report).
+    files = [(("text", k), getattr(text, k), "text file") for k in TextSources.model_fields]
+    files += [(("models", i, "calibration"), m.calibration, "calibration JSON file") for i, m in enumerate(models)]
+    for loc, p, what in files:
+        if p is not None and p.is_dir():
+            line = line_of(lines, loc)
+            raise ConfigError(f"{path}: {f'line {line}: ' if line else ''}{'.'.join(map(str, loc))}: {p} is a "
+                              f"directory, expected a {what}")
     return recipe.model_copy(update={"models": models, "text": text, "path": path.resolve()})
 
 

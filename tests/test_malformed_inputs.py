@@ -58,7 +58,8 @@ RECIPES = {
     "key_is_list.yaml": [ANY, "line 1", "plain value"],
     "kind_unknown.yaml": [ANY, "models.0.kind", "'llm' or 'encoder'"],
     "scheme_unknown.yaml": [ANY, "line 6", "models.0.targets: rk3588: unknown scheme 'w3a7'"],
-    "calibration_is_directory.yaml": ["calibration", "inventories", "is a directory"],
+    "calibration_is_directory.yaml": [ANY, "line 6", "models.0.calibration", "inventories is a directory"],
+    "heldin_is_directory.yaml": [ANY, "line 6", "text.heldin", "stores is a directory", "expected a text file"],
     # model folders behind a valid recipe: the problem is in the model's files
     "model_header_is_list.yaml": ["header_is_list/model.safetensors", "expected an object of tensors"],
     "model_tensor_is_string.yaml": ["tensor_is_string/model.safetensors", "tensor 'lm.weight'", "expected an object"],
