@@ -130,9 +130,11 @@ def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, pa
 def _ids(artifact_dir: str) -> dict:
     try:
         m = json.loads((Path(artifact_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return {k: m.get(k) for k in ("model", "target", "scheme")}
+    if not isinstance(m, dict):
+        return {}
+    return {k: m.get(k) if isinstance(m.get(k), str) else None for k in ("model", "target", "scheme")}
 
 
 @dataclass
