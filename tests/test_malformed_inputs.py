@@ -615,6 +615,32 @@ def test_end_to_end_board_runner(python, clean, tmp_path):
     assert not out.exists()
 
 
+# --- host-side checks of what the board will be given -----------------------------------------------
+
+@pytest.mark.parametrize("kw", [{"n_prompt": 0}, {"n_gen": -5}, {"reps": 0}, {"warmup": -1}, {"threads": 0},
+                                {"threads": True}, {"reps": 2.0}, {"options": {"": "x"}}, {"options": {"k": "a\nb"}}])
+def test_bench_params_refused_before_any_board(kw):
+    from host.bench import BenchParams
+    from host.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--"):
+        BenchParams(**kw)
+
+
+def test_host_bench_skips_an_artifact_with_a_bad_manifest(clean, tmp_path):
+    """The host reads manifests with the board's validator: a hostile one is skipped with its reason."""
+    from host.bench import BenchParams, bench_local
+    from host.config import DEFAULT_RECIPE
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(CORPUS / "artifacts" / "traversal", root / "smollm2-135m-instruct" / "rk3588" / "fp32")
+    seen: list[str] = []
+    summary = bench_local(recipe=DEFAULT_RECIPE, target="rk3588", params=BenchParams(n_prompt=4, n_gen=2, reps=1),
+                          store=tmp_path / "r.sqlite", artifacts_root=root, log=seen.append)
+    assert not summary.rows
+    assert any("unreadable manifest" in m and "is not allowed" in m for m in summary.skipped), summary.skipped
+
+
 def test_zz_corpus_content_unchanged():
     """Runs last (last in this file): after every case above, every corpus file still has its committed content."""
     assert snapshot(CORPUS, content=True) == CORPUS_CONTENT
