@@ -203,8 +203,7 @@ def quarantine(bd, cache, sha, st):
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         return None
     qd = os.path.join(bd, ".quarantine")
-    if not os.path.isdir(qd):
-        os.makedirs(qd)
+    os.makedirs(qd, exist_ok=True)
     name = "%s.%s.%d" % (sha, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), os.getpid())
     os.rename(final, os.path.join(qd, name))
     cache.pop(sha, None)
@@ -228,8 +227,7 @@ wd = os.path.abspath(os.path.expanduser(req["workdir"]))
 out = {"workdir": wd, "writable": False, "free": 0, "blobs": {}, "error": None}
 bd = os.path.join(wd, "blobs")
 try:
-    if not os.path.isdir(bd):
-        os.makedirs(bd)
+    os.makedirs(bd, exist_ok=True)  # another push may be creating it too
     t = os.path.join(bd, ".probe-%d" % os.getpid())
     open(t, "w").close()
     os.unlink(t)
@@ -310,8 +308,7 @@ def install(wd, dirs, cache):
             res[d["path"]] = "unchanged"
             continue
         parent = os.path.dirname(final)
-        if not os.path.isdir(parent):
-            os.makedirs(parent)
+        os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % os.path.basename(final), dir=parent)
         os.chmod(tmp, 0o755)
         try:
@@ -464,8 +461,8 @@ def receive(sha, size, cache, eager):
         if eager:
             discard(size)
         return
-    moved = quarantine(bd, cache, sha, st) if state == "corrupt" else None
     try:
+        moved = quarantine(bd, cache, sha, st) if state == "corrupt" else None
         if eager and os.path.lexists(part):
             os.unlink(part)
         fd, off = open_partial(part, size)
@@ -518,8 +515,7 @@ def receive(sha, size, cache, eager):
     os.close(dfd)
     cache_add(wd, bd, cache, sha, os.lstat(final), flush=size >= 8 << 20)  # small ones: at install / the end
     say(sha256=sha, status="ok", offset=off)
-if not os.path.isdir(bd):
-    os.makedirs(bd)
+os.makedirs(bd, exist_ok=True)
 cache = cache_load(bd)
 heartbeat(lambda w: say(beat=w))
 while True:
@@ -558,8 +554,8 @@ LOCKED_EXEC = r'''
 import fcntl, os, sys, time
 lock, mode, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 d = os.path.dirname(lock)
-if d and not os.path.isdir(d):
-    os.makedirs(d)
+if d:
+    os.makedirs(d, exist_ok=True)
 fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
 try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
