@@ -1,0 +1,283 @@
+"""The virtual RK3588 ``vrk3588`` end to end: arm64 Debian under qemu-user, its own aarch64 sshd, host
+key trusted through ``rkdeploy boards trust``, venv provisioned from host-fetched aarch64 wheels
+(``rkdeploy boards provision``), push (incl. killed and resumed), remote doctor, and remote bench with
+each backend: onnxruntime (real aarch64 wheel), rknnlite (real rknn-toolkit-lite2 wheel + our
+librknnrt shim), rkllm (our ctypes binding + the librkllmrt shim). Emulation is ~75x slower than a
+board: every workload is tiny. The first run builds the rootfs (~15 min, cached after).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+
+import pytest
+
+from board.testing.rkllm import write_rkllm_artifact
+from board.testing.rknn_artifacts import write_shim_rknn_artifact
+from host import vboard
+from host.bench import BenchParams
+from host.deploy.inventory import load_inventory
+from host.deploy.push import artifact_dir, push_board, runner_dir
+from host.deploy.ssh import SshTransport
+from host.errors import DeployError
+from host.testing.deploy import rehash_manifest, write_artifact
+from tests.conftest import DEFAULT_RECIPE, run_cli
+
+MiB = 1 << 20
+LLM, ENC = "smollm2-135m-instruct", "all-minilm-l6-v2"
+STALL_S = 600  # emulated Python imports onnxruntime for tens of seconds before its first line
+
+
+def _why_not() -> str | None:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "the virtual board needs Linux and root (mounts, chroot)"
+    missing = vboard.missing_host_tools()
+    if missing:
+        return f"missing Debian packages {' '.join(missing)} (make setup-system installs them)"
+    return None
+
+
+pytestmark = [pytest.mark.vboard, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+
+
+@pytest.fixture(scope="module")
+def vb(tmp_path_factory):
+    """The board up (built on first use), trusted and provisioned through the CLI as a user does it.
+
+    Stopped at the end unless it was already running before (then its owner stops it)."""
+    tmp = tmp_path_factory.mktemp("vboard")
+    was_running = vboard.status()["running"]
+    t0 = time.monotonic()
+    vboard.up(say=lambda m: print(m, flush=True))
+    up_s = time.monotonic() - t0
+    env = {"RKDEPLOY_KNOWN_HOSTS": str(tmp / "known_hosts"), "RKDEPLOY_STALL_TIMEOUT": str(STALL_S)}
+    try:
+        r = run_cli("boards", "trust", vboard.NAME, env=env, timeout=120)
+        assert r.returncode == 0 and "recorded host key SHA256:" in r.stdout, r.stdout + r.stderr
+        t1 = time.monotonic()
+        r = run_cli("boards", "provision", vboard.NAME, env=env, timeout=2400)
+        assert r.returncode == 0, r.stdout + r.stderr
+        board = load_inventory().boards[vboard.NAME]
+        yield SimpleNamespace(board=board, known=tmp / "known_hosts", env=env, tmp=tmp, up_s=up_s,
+                              provision_s=time.monotonic() - t1, provision_out=r.stdout)
+    finally:
+        if not was_running:
+            vboard.down(say=lambda m: print(m, flush=True))
+            st = vboard.status()
+            assert not st["running"] and not st["mounts"], st
+
+
+def _t(vb, board=None, **kw) -> SshTransport:
+    return SshTransport(board or vb.board, known_hosts=[vb.known], stall_timeout=STALL_S, **kw)
+
+
+def _fresh(vb, name: str):
+    """The board record with a fresh workdir under the board's /tmp (a tmpfs per board-up)."""
+    return dataclasses.replace(vb.board, workdir=PurePosixPath(f"/tmp/{name}-{os.getpid()}-{time.monotonic_ns()}"))
+
+
+def _on_host(path: PurePosixPath) -> Path:
+    """A board path as seen from the host (the board's root is an overlay mount here)."""
+    return vboard.Paths().root / str(path).lstrip("/")
+
+
+def test_board_is_aarch64_behind_its_own_sshd_and_host_key(vb):
+    with _t(vb) as t:
+        assert t.run(["uname", "-m"]).stdout.strip() == "aarch64"
+        py = json.loads(t.run([vb.board.python, "-c", "import json, platform, sys; print(json.dumps("
+                                                       "[platform.machine(), sys.version_info[:2]]))"]).stdout)
+    assert py == ["aarch64", [3, 11]]
+    line = vb.known.read_text().split()
+    pub = (vboard.Paths().host_key.with_name(vboard.Paths().host_key.name + ".pub")).read_text().split()
+    assert line[0] == f"[{vboard.ADDRESS}]:{vboard.PORT}" and line[1:3] == pub[:2]  # the board's own key, via trust
+    assert "wheel set" in vb.provision_out and "rknn-toolkit-lite2 2.5.0" in vb.provision_out
+    # Provisioning again is one round trip: nothing downloaded, pushed or installed.
+    r = run_cli("boards", "provision", vboard.NAME, env=vb.env, timeout=600)
+    assert r.returncode == 0 and "already provisioned" in r.stdout, r.stdout + r.stderr
+    print(f"board-up {vb.up_s:.1f} s, first provision {vb.provision_s:.0f} s")
+
+
+def test_push_then_killed_push_resumes(vb, tmp_path):
+    root = tmp_path / "artifacts"
+    size = 24 * MiB
+    folder = write_artifact(root / "big" / "rk3588" / "fp16", {"weights.bin": os.urandom(size)})
+    board = _fresh(vb, "push")
+    dirs = [runner_dir(), artifact_dir(folder, root)]
+    pid = int(vboard.Paths().pidfile.read_text())
+    seen = [0]
+
+    def kill_midway(n: int) -> None:
+        seen[0] += n
+        if seen[0] >= 6 * MiB:  # drop every SSH session of the board's sshd, for real
+            for p in vboard.board_pids(vboard.Paths().root, pid):
+                if p != pid:
+                    os.kill(p, 9)
+
+    with pytest.raises(DeployError, match="cut off|lost the SSH connection|exited"):
+        with _t(vb, board) as t:
+            push_board(t, dirs, on_bytes=kill_midway)
+    wd = _on_host(board.workdir)
+    assert not (wd / "artifacts").exists()
+    partials = list((wd / "blobs").glob(".partial-*"))
+    assert len(partials) == 1 and 0 < partials[0].stat().st_size < size
+    have = partials[0].stat().st_size
+    with _t(vb, board) as t:
+        res = push_board(t, dirs)
+        assert res.skipped >= have and res.sent <= size - have + 2 * MiB
+        got = t.run(["sha256sum", str(board.workdir / "artifacts/big/rk3588/fp16/weights.bin")]).stdout.split()[0]
+        again = push_board(t, dirs)
+    assert got == json.loads((folder / "manifest.json").read_text())["files"]["weights.bin"]["sha256"]
+    assert again.sent == 0 and not list((wd / "blobs").glob(".partial-*"))
+
+
+def test_remote_doctor_sees_a_healthy_rk3588(vb):
+    r = run_cli("doctor", "--boards", vboard.NAME, "--json", env=vb.env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)[0]["checks"]}
+    assert {n: c["status"] for n, c in checks.items()} == {
+        "governor": "ok", "ddr": "ok", "rknpu": "ok", "rocket": "ok", "ram": "ok", "thermal": "ok"}, checks
+    assert "0.9.8" in checks["rknpu"]["message"] and "2112000000" in checks["ddr"]["message"]
+
+
+RKNNLITE_SCRIPT = r'''
+import json, sys
+import numpy as np
+from rknnlite.api import RKNNLite
+out = {}
+lite = RKNNLite()
+out["load"] = lite.load_rknn(sys.argv[1])
+out["init"] = lite.init_runtime(core_mask=RKNNLite.NPU_CORE_0_1_2)
+ids = np.arange(16, dtype=np.int64).reshape(1, 16) + 1000
+y = lite.inference(inputs=[ids, np.ones((1, 16), np.int64), np.zeros((1, 16), np.int64)])
+out["shape"] = list(np.asarray(y[0]).shape)
+out["first"] = float(np.asarray(y[0]).reshape(-1)[1])
+out["sdk"] = lite.get_sdk_version()
+lite.release()
+bad = RKNNLite()
+bad.load_rknn(sys.argv[2])
+out["init_other_chip"] = bad.init_runtime(core_mask=RKNNLite.NPU_CORE_0)
+print(json.dumps(out))
+'''
+
+
+def test_real_rknn_toolkit_lite2_wheel_runs_against_the_shim(vb, tmp_path):
+    """RKNNLite().load_rknn(), init_runtime(core_mask=NPU_CORE_0_1_2), inference(): the vendor wheel's own
+    code on aarch64, calling our librknnrt.so through ctypes; a model for another chip is refused."""
+    root = tmp_path / "artifacts"
+    good = write_shim_rknn_artifact(str(root / ENC / "rk3588" / "w8a8"), hidden=8, run_ms=5)
+    other = write_shim_rknn_artifact(str(root / ENC / "rk3588" / "fp16"), scheme="fp16", model_target="rk3576")
+    board = _fresh(vb, "lite")
+    with _t(vb, board) as t:
+        push_board(t, [artifact_dir(Path(good), root), artifact_dir(Path(other), root)])
+        t.run(["rm", "-f", vboard.SHIM_ECHO["RKNN_SHIM_ECHO"]])
+        r = t.run([board.python, "-c", RKNNLITE_SCRIPT, str(board.workdir / f"artifacts/{ENC}/rk3588/w8a8/model.rknn"),
+                   str(board.workdir / f"artifacts/{ENC}/rk3588/fp16/model.rknn")], timeout=600, silent_ok=True)
+        calls = [json.loads(x) for x in t.run(["cat", vboard.SHIM_ECHO["RKNN_SHIM_ECHO"]]).stdout.splitlines()]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["load"] == 0 and out["init"] == 0, r.stderr
+    assert out["shape"] == [1, 16, 8] and abs(out["first"] - __import__("math").sin(1000.0 * 2)) < 1e-4
+    assert "rkdeploy shim" in str(out["sdk"])
+    assert out["init_other_chip"] == -1  # rknn_init: RKNN_ERR_TARGET_PLATFORM_UNMATCH, the wheel returns -1
+    names = [c["call"] for c in calls]
+    for want in ("rknn_init", "rknn_query", "rknn_set_core_mask", "rknn_inputs_set", "rknn_run", "rknn_outputs_get",
+                 "rknn_outputs_release", "rknn_destroy"):
+        assert want in names, names
+    assert any(c["call"] == "rknn_set_core_mask" and c["core_mask"] == 7 and c["ret"] == 0 for c in calls)
+    assert any(c["call"] == "rknn_init" and c["ret"] == -13 and c["target"] == "rk3576" for c in calls)
+    print("rknn-toolkit-lite2 calls:", sorted(set(names)), "queries:", sorted({c["cmd"] for c in calls if "cmd" in c}))
+
+
+@pytest.fixture(scope="module")
+def board_artifacts(vb, tmp_path_factory, llm_dir):
+    """One artifact per backend for rk3588: genai int8 LLM (real ONNX), a small real ONNX encoder,
+    a .rkllm for the rkllm shim, a .rknn for the rknn shim."""
+    from host.manifest import write_manifest
+    from tests.test_board_onnxruntime import write_encoder
+
+    root = tmp_path_factory.mktemp("vb-art") / "artifacts"
+    out = root / LLM / "rk3588" / "int8"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(out),
+                    "-p", "int8", "-e", "cpu"], check=True, capture_output=True, timeout=900,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    write_manifest(out, model=LLM, model_kind="llm", target="rk3588", scheme="int8", artifact_kind="onnx",
+                   format="onnx-genai", entry="model.onnx", tokenizer="tokenizer.json")
+    enc = write_encoder(root / ENC / "rk3588" / "fp32")
+    m = json.loads((enc / "manifest.json").read_text())
+    m.update(target="rk3588", inputs={"batch": 1, "seq_len": 16})
+    (enc / "manifest.json").write_text(json.dumps(m))
+    rehash_manifest(write_rkllm_artifact(str(root / LLM / "rk3588" / "w8a8"), "1.3.0", target="rk3588",
+                                         extra={"model": LLM}))
+    write_shim_rknn_artifact(str(root / ENC / "rk3588" / "w8a8"), hidden=8, run_ms=20)
+    return root
+
+
+def test_remote_bench_each_backend_on_aarch64(vb, board_artifacts, tmp_path):
+    from host.bench import bench_local
+    from host.deploy.remote_bench import bench_boards
+
+    params = BenchParams(n_prompt=8, n_gen=4, reps=2, warmup=0, threads=2)
+    store = tmp_path / "results.sqlite"
+    board = _fresh(vb, "bench")
+    t0 = time.monotonic()
+    out = bench_boards([board], recipe=DEFAULT_RECIPE, target="rk3588", params=params, store=store,
+                       artifacts_root=board_artifacts, transport=lambda b: _t(vb, b), log=lambda m: print(m, flush=True))
+    wall = time.monotonic() - t0
+    rows = {(r.model, r.scheme): r for r in out[vboard.NAME].rows}
+    assert set(rows) == {(LLM, "int8"), (ENC, "fp32"), (LLM, "w8a8"), (ENC, "w8a8")}, rows
+    for r in rows.values():
+        assert r.status == "ok", (r.backend, r.error)
+        assert r.board == vboard.NAME and r.env["arch"] == "aarch64" and r.env["emulated"] is True
+        kinds = {e.split(":")[0] for e in r.env["emulation"]}
+        assert {"marker", "qemu", "cpuinfo"} <= kinds, r.env["emulation"]  # three independent signs
+        assert r.env["cpu"]["soc"] and "rockchip,rk3588" in r.env["cpu"]["soc"]
+    assert {k: r.backend for k, r in rows.items()} == {(LLM, "int8"): "onnxruntime", (ENC, "fp32"): "onnxruntime",
+                                                       (LLM, "w8a8"): "rkllm", (ENC, "w8a8"): "rknnlite"}
+    assert rows[(ENC, "w8a8")].runtime.startswith("rknn-toolkit-lite2 2.5.0")
+    assert "rkdeploy shim" in rows[(ENC, "w8a8")].env["runtime_libs"]["librknnrt.so"]["version"]
+    assert rows[(LLM, "int8")].env["packages"]["onnxruntime"] == "1.32.0"
+    # Fidelity against the shims' injected latencies (order-of-magnitude bounds; the rest is emulation).
+    rk, lite = rows[(LLM, "w8a8")], rows[(ENC, "w8a8")]
+    prefill_ms = float(vboard.SHIM_LATENCY["RKLLM_SHIM_PREFILL_MS"])
+    token_tps = 1000.0 / float(vboard.SHIM_LATENCY["RKLLM_SHIM_TOKEN_MS"])
+    assert prefill_ms <= rk.ttft_ms < prefill_ms + 2000, rk.ttft_ms
+    # the shim keeps absolute token deadlines: a late first callback makes the next gaps shorter
+    assert token_tps / 10 < rk.decode_tps <= token_tps * 1.5, rk.decode_tps
+    assert 20.0 <= lite.latency_ms < 20.0 + 2000, lite.latency_ms
+    # The same ONNX artifacts natively on this host: the emulation factor of onnxruntime's kernels.
+    native = {(r.model, r.scheme): r for r in bench_local(recipe=DEFAULT_RECIPE, target="rk3588", params=params,
+                                                            store=tmp_path / "local.sqlite", artifacts_root=board_artifacts,
+                                                            log=lambda m: None).rows if r.backend == "onnxruntime"}
+    assert native[(ENC, "fp32")].status == "ok" and native[(LLM, "int8")].status == "ok"
+    fidelity = {"onnx_llm_decode_x_slower": round(native[(LLM, "int8")].decode_tps / rows[(LLM, "int8")].decode_tps),
+                "onnx_encoder_x_slower": round(rows[(ENC, "fp32")].latency_ms / native[(ENC, "fp32")].latency_ms, 1),
+                "rkllm_ttft_ms": [prefill_ms, round(rk.ttft_ms, 1)], "rkllm_decode_tps": [token_tps, round(rk.decode_tps, 2)],
+                "rknnlite_latency_ms": [20.0, round(lite.latency_ms, 2)],
+                "onnx_llm_decode_tps": round(rows[(LLM, "int8")].decode_tps, 2),
+                "onnx_encoder_latency_ms": round(rows[(ENC, "fp32")].latency_ms, 2), "wall_s": round(wall)}
+    print("vboard fidelity (injected, measured):", json.dumps(fidelity))
+
+
+def test_board_down_leaves_nothing_and_a_cached_up_is_fast(vb):
+    """Last: down stops every board process by PID and unmounts all; up again from the cache < 30 s."""
+    p = vboard.Paths()
+    vboard.down(say=lambda m: None)
+    assert not vboard.mounts_under(p.root) and not vboard.board_pids(p.root)
+    with open("/proc/mounts", encoding="utf-8") as f:
+        assert str(p.root) not in f.read()
+    t0 = time.monotonic()
+    vboard.up(say=lambda m: None)
+    up_s = time.monotonic() - t0
+    assert up_s < 30, up_s
+    with _t(vb) as t:  # same host key: still trusted, provisioned venv kept in the board's state
+        assert t.run([vb.board.python, "-c", "import onnxruntime, rknnlite.api; print('ok')"],
+                     timeout=300, silent_ok=True).stdout.strip() == "ok"
+    print(f"cached board-up {up_s:.1f} s")
+    shutil.rmtree(vb.tmp, ignore_errors=True)
