@@ -8,6 +8,7 @@ the deployer has already verified it on upload.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Dict
 
@@ -156,7 +157,11 @@ def artifact_size(manifest: Dict[str, Any]) -> int:
     return sum(int(v.get("size") or 0) for v in (manifest.get("files") or {}).values() if isinstance(v, dict))
 
 
-def entry_sha256(manifest: Dict[str, Any]) -> Any:
-    entry = manifest.get("entry")
-    info = (manifest.get("files") or {}).get(entry) if entry else None
-    return (info or {}).get("sha256") if isinstance(info, dict) else None
+def artifact_sha256(manifest: Dict[str, Any]) -> str:
+    """THE artifact identity in every row, host and board alike: sha256 over the sorted
+    ``name NUL file-sha256 LF`` lines of the manifest's files (any file changed = another artifact).
+    Quality rows join bench rows on it (``host.results``)."""
+    h = hashlib.sha256()
+    for name, meta in sorted((manifest.get("files") or {}).items()):
+        h.update(("%s\0%s\n" % (name, meta.get("sha256") if isinstance(meta, dict) else None)).encode())
+    return h.hexdigest()

@@ -19,7 +19,7 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from . import RUNNER_VERSION, metrics
-from .artifact import ArtifactError, artifact_size, check_backend, entry_sha256, read_artifact
+from .artifact import ArtifactError, artifact_sha256, artifact_size, check_backend, read_artifact
 from .backends import BackendError, load_backend
 from .rows import ResultRow
 from .sysinfo import cpufreq, fingerprint
@@ -123,7 +123,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     row.target = manifest.get("target")
     row.scheme = manifest.get("scheme")
     row.model_size = artifact_size(manifest) or None
-    row.artifact_sha256 = entry_sha256(manifest)
+    row.artifact_sha256 = artifact_sha256(manifest)
     row.model_type = manifest.get("model_type") or " ".join(
         str(x) for x in (manifest.get("model_kind"), manifest.get("format"), manifest.get("scheme")) if x)
     encoder = manifest.get("model_kind") == "encoder"

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from board.artifact import artifact_sha256
 from host import __version__
 from host.errors import BuildError
 from host.fsutil import atomic_write_text, sha256_file
@@ -34,11 +35,8 @@ class Artifact:
 
     @property
     def sha256(self) -> str:
-        """One digest for the whole artifact (sorted file name + sha256)."""
-        h = hashlib.sha256()
-        for name, meta in sorted(self.manifest.get("files", {}).items()):
-            h.update(f"{name}\0{meta['sha256']}\n".encode())
-        return h.hexdigest()
+        """One digest for the whole artifact: ``board.artifact.artifact_sha256``, the board runner's too."""
+        return artifact_sha256(self.manifest)
 
 
 def inputs_hash(inputs: dict) -> str:

@@ -45,6 +45,11 @@ def test_bench_local_streams_rows_into_the_store(tmp_path):
     assert any("not built" in s and "int4" in s for s in seen)
     with ResultStore(tmp_path / "r.sqlite") as s:
         assert [r.to_dict() for r in s.rows()] == [r.to_dict() for r in summary.rows]
+    # one artifact identity on both sides: the runner's row and the host's manifest (quality rows) agree
+    from host.manifest import load_artifact
+
+    for r in summary.rows:
+        assert r.artifact_sha256 == load_artifact(root / r.model / "rk3576" / r.scheme).sha256
 
 
 def test_run_stream_is_the_only_transport(tmp_path):
