@@ -16,7 +16,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from board.rows import ResultRow, format_value
+from board.rows import ResultRow, format_value, meta
 from host import gate
 from host.errors import RkdeployError
 from host.fsutil import atomic_write_text
@@ -43,8 +43,8 @@ def _label(r: ResultRow) -> str:
 
 def _table(rows: list[ResultRow], cols) -> list[str]:
     cols = [(h, f) for h, f in cols if f is None or any(getattr(r, f) is not None for r in rows)]
-    out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" if f is None else "---:"
-                                                                      for _, f in cols) + "|"]
+    out = ["| " + " | ".join(h for h, _ in cols) + " |",
+           "|" + "|".join("---:" if f and meta(f)["digits"] is not None else "---" for _, f in cols) + "|"]
     for r in rows:
         out.append("| " + " | ".join(_label(r) if f is None else format_value(f, getattr(r, f)) for _, f in cols)
                    + " |")
