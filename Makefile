@@ -6,7 +6,7 @@ TARGET ?= rk3576
 RECIPE ?= configs/models/smollm2-135m.yaml
 BOARDS ?= all
 
-.PHONY: board-up board-down setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
+.PHONY: board-up board-down demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -64,6 +64,11 @@ board-up: setup setup-system   ## the virtual RK3588 vrk3588 (arm64 Debian under
 
 board-down:       ## stop the virtual board (by PID) and unmount it; its state stays cached
 	@$(VENV)/bin/python -m host.vboard down
+
+demo-board: board-up models   ## the demo on the virtual RK3588: int8 ONNX artifacts for rk3588, benched there (tiny: it is emulated), report
+	@$(RK) export --recipe $(RECIPE) --target rk3588 --only int8 --only int8-dyn --no-quality
+	@RKDEPLOY_STALL_TIMEOUT=600 $(RK) bench --boards vrk3588 --recipe $(RECIPE) --target rk3588 --n-prompt 8 --n-gen 4 --reps 2 --warmup 0
+	@$(RK) report --format md
 
 test: setup setup-system   ## the whole suite on real parts (CI runs this); a test that would skip fails
 	@RKDEPLOY_REQUIRE_REAL=1 $(VENV)/bin/python -m pytest -q
