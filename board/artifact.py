@@ -128,8 +128,16 @@ def read_artifact(artifact_dir: str) -> Dict[str, Any]:
     except OSError as e:
         raise ArtifactError("%s: cannot read: %s" % (path, e.strerror or e)) from None
     validate_manifest(manifest, path)
+    inside = os.path.join(os.path.realpath(artifact_dir), "")
     for name, info in sorted(manifest["files"].items()):
         fp = os.path.join(artifact_dir, name)
+        real = os.path.realpath(fp)
+        # Names are checked as text by validate_manifest; links are checked here. Allowed outside the folder:
+        # only the content-addressed blob the deployer links (``…/blobs/<this file's sha256>``).
+        if not real.startswith(inside) and not (os.path.basename(real) == info.get("sha256")
+                                                and os.path.basename(os.path.dirname(real)) == "blobs"):
+            raise ArtifactError("%s: file %s resolves outside the artifact folder (to %s) through a link; "
+                                "allowed: files inside it" % (artifact_dir, name, real[:200]))
         if not os.path.isfile(fp):
             raise ArtifactError("%s: file %s listed in the manifest is missing (or not a file); re-push the artifact"
                                 % (artifact_dir, name))
