@@ -82,7 +82,7 @@ class ResultStore:
                 if parent.exists() and not parent.is_dir():
                     raise StoreError(f"{self.path}: {parent} is not a folder")
                 parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(str(self.path))
+                self.db = sqlite3.connect(str(self.path), timeout=30)
             self._init_schema(write=create or not self.path.exists())
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a readable rkdeploy results store ({e}); "
@@ -91,6 +91,19 @@ class ResultStore:
             raise StoreError(f"{self.path}: cannot open the results store: {e.strerror or e}") from None
 
     def _init_schema(self, *, write: bool) -> None:
+        """Check (or create) the schema. Writers do it inside one ``BEGIN IMMEDIATE`` transaction, so
+        processes opening a new store at once see either nothing or the whole schema."""
+        if not write:
+            return self._check_or_create(write=False)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_or_create(write=True)
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+
+    def _check_or_create(self, *, write: bool) -> None:
         db = self.db
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         tables.discard("sqlite_sequence")
@@ -122,8 +135,7 @@ class ResultStore:
                    "row_schema INTEGER NOT NULL, data TEXT NOT NULL)")
         for name in INDEXED:
             db.execute(f"CREATE INDEX IF NOT EXISTS rows_{name} ON rows ({name})")
-        db.execute("INSERT INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA_VERSION),))
-        db.commit()
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('store_schema', ?)", (str(STORE_SCHEMA_VERSION),))
 
     def add(self, row: ResultRow | dict) -> int:
         """Store a row; a quality row is judged by the quality gate first (``host.gate``)."""

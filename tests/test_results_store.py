@@ -197,3 +197,25 @@ def test_every_field_has_a_renderer():
 def test_report_on_empty_store(tmp_path):
     p = run_cli("report", "--store", tmp_path / "empty.sqlite")
     assert p.returncode == 0 and "no results yet" in p.stdout
+
+
+def test_many_processes_open_a_new_store_at_once(tmp_path):
+    """Parallel benches on several boards open the same new store: none may see half a schema."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for round_ in range(8):
+        path = tmp_path / f"r{round_}.sqlite"
+        procs = [ctx.Process(target=_open_and_add, args=(str(path), i)) for i in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], round_
+        with ResultStore(path) as s:
+            assert len(s.rows()) == 4
+
+
+def _open_and_add(path, i):
+    with ResultStore(path) as s:
+        s.add(bench_row(f"s{i}"))
