@@ -272,12 +272,13 @@ def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]
     rows = latest(rows)
     bench = [r for r in rows if r.kind == "bench" and r.status == "ok"]
     quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
-    bench, lone_quality = _join_quality(bench, every_quality, quality)
-    out = []
     # Rows of emulated boards (env.emulated: qemu-user, e.g. the virtual vrk3588) prove that the board side
-    # runs there; their speed is the emulator's, so they never share a table with real measurements.
+    # runs there; their speed is the emulator's, so they never share a table with real measurements, and
+    # quality joins only real bench rows (one benched only under emulation stays in the quality table).
     emulated = [r for r in bench if (r.env or {}).get("emulated")]
     bench = [r for r in bench if not (r.env or {}).get("emulated")]
+    bench, lone_quality = _join_quality(bench, every_quality, quality)
+    out = []
     for title, test in (("LLM: prompt + generation", "pp+tg"), ("Encoder", "encode")):
         group = [r for r in bench if r.test == test]
         if group:

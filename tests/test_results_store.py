@@ -219,3 +219,9 @@ def test_many_processes_open_a_new_store_at_once(tmp_path):
 def _open_and_add(path, i):
     with ResultStore(path) as s:
         s.add(bench_row(f"s{i}"))
+
+
+def test_quality_of_an_artifact_benched_only_under_emulation_stays_visible():
+    md = render([bench_row("int8", env={"emulated": True, "arch": "aarch64"}, board="vrk3588"),
+                 quality_row("int8", ppl_ratio=1.0044)], "md")
+    assert "emulated" in md and "1.0044" in md.split("### Quality (no benchmark row of the same artifact)")[1]
