@@ -83,7 +83,7 @@ def test_stopped_receiver_fails_within_the_deadline_then_resumes(sshd, known, tm
                 os.kill(pid, signal.SIGCONT)
     msg = str(ei.value)
     assert msg.startswith("board local-ssh stopped answering (no progress for 3 s) while sending weights.bin"), msg
-    assert STALL <= waited < STALL + 8, waited
+    assert STALL - 0.5 <= waited < STALL + 8, waited   # the deadline counts from the last progress
     assert _wait_gone(wd) == []  # woken up, the receiver sees the end of its stream and exits
     partial = next((wd / "blobs").glob(".partial-*"))
     have = partial.stat().st_size
@@ -110,7 +110,8 @@ def test_stopped_sshd_child_fails_within_the_deadline(sshd, known, tmp_path, big
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-    assert STALL <= waited < STALL + 8, (waited, time.monotonic() - t0)
+    # the deadline counts from the last progress, which can be a little before the stop was sent
+    assert STALL - 0.5 <= waited < STALL + 8, (waited, time.monotonic() - t0)
     assert _wait_gone(wd) == []
     with SshTransport(board_for(sshd, workdir=wd), known_hosts=[known]) as t:
         assert push_board(t, [artifact_dir(folder, root)]).ok

@@ -219,6 +219,7 @@ def quarantine(bd, cache, sha, st):
 PROBE = r'''
 import sys
 sys.stdout.write("%d.%d.%d\n" % tuple(sys.version_info[:3]))
+sys.stdout.flush()  # the host's stall deadline counts from the first byte: say we are alive at once
 if sys.version_info < (3, 8):
     sys.exit(0)
 ''' + _LIB + r'''
@@ -403,6 +404,7 @@ def hasher(h, q, part, off, err):
             err.append(e)
     for b in iter(q.get, None):
         h.update(b)
+        WORK[0] += len(b)  # hashing the queue can outlast the transfer: keep the heartbeat moving
 def writer(fd, q, err, pos):
     kicked = pos
     for b in iter(q.get, None):

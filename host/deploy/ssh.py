@@ -127,21 +127,6 @@ class Transport(Protocol):
     def put(self, uploads: Sequence[Upload], workdir: PurePosixPath, *, on_bytes: Callable[[int], None] | None = None,
             install: list[dict] | None = None) -> PutReport: ...
 
-    def _alive(self) -> bool:
-        """Does the board's SSH server still answer (a keepalive request, which OpenSSH answers at once)
-        within ``stall_timeout`` s? paramiko's request has no timeout of its own: it runs in a thread
-        that ends when the connection closes."""
-        transport = self.client.get_transport()
-        done = threading.Event()
-
-        def ping() -> None:
-            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
-                transport.global_request("keepalive@openssh.com", wait=True)
-            done.set()
-
-        threading.Thread(target=ping, daemon=True).start()
-        return done.wait(self.stall_timeout)
-
     def get(self, remote_path: PurePosixPath, local: Path) -> None: ...
 
     def close(self) -> None: ...
@@ -800,12 +785,24 @@ class _ParamikoPipe:
             self.err += self.chan.recv_stderr(65536)
             self.watch.bump()
 
+    def _drain(self) -> None:
+        """Read what the board said meanwhile into ``buf`` (``readline`` parses it): an answer is progress."""
+        self._pump_err()
+        while self.chan.recv_ready():
+            b = self.chan.recv(65536)
+            if not b:
+                self._eof = True
+                break
+            self.buf += b
+            self.watch.bump()
+
     def send(self, data: bytes) -> None:
         pos = 0
         while pos < len(data):
             try:
                 n = self.chan.send(data[pos:pos + 65536])
             except TimeoutError:
+                self._drain()   # a board waiting on another push's lock says so while our window is full
                 self.watch.check()
                 continue
             if n <= 0:
