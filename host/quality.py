@@ -207,7 +207,7 @@ def ort_session(folder: Path, manifest: dict):
     so.log_severity_level = 3
     path = folder / manifest.get("entry", "model.onnx")
     model, rewritten = str(path), 0
-    if manifest.get("scheme") != "fp32" and manifest.get("int8_weights") != FORMAT:
+    if manifest.get("scheme") in ("int8-dyn", "int8-qdq") and manifest.get("int8_weights") != FORMAT:
         import onnx
 
         proto = onnx.load(str(path))

@@ -80,3 +80,30 @@ def test_doctor_host_warns_where_this_host_computes_differently(tmp_path):
     intel = arithmetic_facts(write_cpuinfo(str(tmp_path / "intel"), X86_CPUINFO["intel-spr"]), arts)
     assert [f["status"] for f in intel if f["check"] == "int8"] == ["ok"]
     assert not [f for f in intel if f["check"] == "artifact"]
+
+
+def test_qdq_weights_rewritten_only_where_they_feed_a_matmul():
+    """DequantizeLinear of an int8 weight into a MatMul is rewritten (same dequantized values); one into
+    another op (here Gather: an int8 embedding table) is left alone."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (16, 8)).astype(np.int8)
+    emb = rng.integers(-128, 128, (10, 16)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(8, 0.02, np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "w_zp"),
+             numpy_helper.from_array(emb, "e"), numpy_helper.from_array(np.array(0.05, np.float32), "e_s"),
+             numpy_helper.from_array(np.array(0, np.int8), "e_zp")]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "w_s", "w_zp"], ["wf"], axis=1),
+             helper.make_node("DequantizeLinear", ["e", "e_s", "e_zp"], ["ef"]),
+             helper.make_node("Gather", ["ef", "ids"], ["x"]),
+             helper.make_node("MatMul", ["x", "wf"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.array([1, 4, 9], np.int64)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    assert to_unsigned_weights(model) == 1
+    kinds = {t.name: t.data_type for t in model.graph.initializer}
+    assert kinds["w"] == TensorProto.UINT8 and kinds["w_zp"] == TensorProto.UINT8
+    assert kinds["e"] == TensorProto.INT8 and kinds["e_zp"] == TensorProto.INT8
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_array_equal(before, after)

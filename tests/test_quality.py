@@ -125,7 +125,7 @@ def test_signed_weight_graph_scores_exactly_as_the_unsigned_artifact(onnx_export
     shutil.copy(art / "genai_config.json", signed)
     recipe = _recipe(onnx_export)
     w = eval_windows(recipe, llm_eval(recipe, recipe.model(LLM)))[0][:128]
-    ours, theirs = OrtCausalLm(art, {"entry": "model.onnx", "int8_weights": "u8u8"}), OrtCausalLm(signed, {})
+    ours, theirs = OrtCausalLm(art, {"entry": "model.onnx", "int8_weights": "u8u8"}), OrtCausalLm(signed, {"scheme": "int8-dyn"})
     assert theirs.sess.int8_rewritten == signed_weight_count(model) and ours.sess.int8_rewritten == 0
     np.testing.assert_array_equal(ours.logprobs(w), theirs.logprobs(w))
 

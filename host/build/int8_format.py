@@ -27,18 +27,30 @@ _WEIGHT_INPUTS = (("MatMulInteger", 1, 3, None), ("DequantizeLinear", 0, 2, 1))
 
 
 def _signed_uses(model):
-    """(node, zp index, weight name, scale name) for every int8-initializer weight input of an int8 MatMul."""
+    """(node, zp index, weight name, scale name) for every int8-initializer weight input of an int8 MatMul:
+    ``MatMulInteger``'s B, and a ``DequantizeLinear`` of an int8 initializer whose output feeds only MatMuls
+    (QDQ). Weights or zero points also read by any other node are left alone (the rewrite must stay local)."""
     from onnx import TensorProto
 
     inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     out = []
     for node in model.graph.node:
         for op, wi, zi, si in _WEIGHT_INPUTS:
             if node.op_type != op or len(node.input) <= wi:
                 continue
             w = inits.get(node.input[wi])
-            if w is not None and w.data_type == TensorProto.INT8:
-                out.append((node, zi, w.name, node.input[si] if si is not None and len(node.input) > si else None))
+            if w is None or w.data_type != TensorProto.INT8:
+                continue
+            if op == "DequantizeLinear" and not all(r.op_type == "MatMul" for r in readers.get(node.output[0], [])):
+                continue
+            zname = node.input[zi] if len(node.input) > zi else ""
+            if any(r.op_type != op for n in (w.name, zname) if n for r in readers.get(n, [])):
+                continue
+            out.append((node, zi, w.name, node.input[si] if si is not None and len(node.input) > si else None))
     return out
 
 
