@@ -375,7 +375,7 @@ def write_identity(sys_dir: Path) -> None:
         w(f"class/thermal/thermal_zone{i}/type", zone + "\n")
         w(f"class/thermal/thermal_zone{i}/temp", f"{int(c * 1000)}\n")
     w("kernel/debug/rknpu/version", "RKNPU driver: v0.9.8\n")
-    w("kernel/debug/rknpu/load", "NPU load:  Core0:  0%, Core1:  0%, Core2:  0%,\n")
+    # No rknpu/load: a virtual NPU has no load to report (rows show none rather than a fake 0 %).
     w("kernel/debug/rknpu/freq", "1000000000\n")
     w("firmware/devicetree/base/compatible", COMPATIBLE)
     w("firmware/devicetree/base/model", MODEL + "\0")
