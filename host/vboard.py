@@ -237,7 +237,7 @@ def board_pids(root: Path, pid: int | None = None) -> list[int]:
             parent[p] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if os.readlink(d / "root") == want:
                 out.add(p)
-    if pid is not None and pid in parent:
+    if pid is not None and pid in out:   # descendants only of a process that is itself inside the board
         frontier = {pid}
         out.add(pid)
         while frontier:
@@ -467,8 +467,12 @@ def _listening(timeout: float, proc_pid: int) -> bool:
 # --- up / down / status ----------------------------------------------------------------------------
 
 def _pid(p: Paths) -> int | None:
+    """The board sshd's pid from the pid file, only while that pid really is a process inside the board's
+    root (after a host reboot the file survives in the cache and the number may belong to anything)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(p.pidfile.read_text().split()[0])
+        pid = int(p.pidfile.read_text().split()[0])
+        if os.readlink(f"/proc/{pid}/root") == str(p.root.resolve()):
+            return pid
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -128,7 +129,9 @@ def provision_board(t: Transport, *, reqs: Sequence[str] = BOARD_REQUIREMENTS,
     digest, wheels = wheel_digest(folder, reqs)
     marker = venv / MARKER
     # The venv first: push's probe and receiver run with the board's python (stdlib only).
-    made = t.run(["sh", "-c", f"[ -x {venv}/bin/python3 ] || {BASE_PYTHON} -m venv {venv}"], check=False,
+    q = shlex.quote
+    made = t.run(["sh", "-c", f"[ -x {q(f'{venv}/bin/python3')} ] || {q(BASE_PYTHON)} -m venv {q(str(venv))}"],
+                 check=False,
                  timeout=600, silent_ok=True)
     if made.returncode != 0:
         raise DeployError(f"board {b.name}: {BASE_PYTHON} -m venv {venv} failed: {sanitize(made.stderr.strip())[-200:]} "
@@ -140,13 +143,13 @@ def provision_board(t: Transport, *, reqs: Sequence[str] = BOARD_REQUIREMENTS,
     pushed = push_board(t, [wheels])
     say(f"{b.name}: {len(wheels.files)} wheels pushed ({pushed.sent / 1e6:.1f} MB sent); installing into {venv} …")
     wd = PurePosixPath(_workdir(t))
-    script = (f"set -e; rm -f {marker}; {venv}/bin/python3 -m pip install --no-index --no-compile "
-              f"--disable-pip-version-check --find-links {wd / wheels.remote} {' '.join(reqs)}")
+    script = (f"set -e; rm -f {q(str(marker))}; {q(f'{venv}/bin/python3')} -m pip install --no-index --no-compile "
+              f"--disable-pip-version-check --find-links {q(str(wd / wheels.remote))} {' '.join(map(q, reqs))}")
     r = t.run(["sh", "-c", script], check=False, timeout=INSTALL_TIMEOUT_S, silent_ok=True)
     if r.returncode != 0:
         tail = [ln for ln in sanitize(r.stderr + r.stdout).splitlines() if ln.strip()][-3:]
         raise DeployError(f"board {b.name}: pip install into {venv} failed (exit {r.returncode}): {' | '.join(tail)}")
-    t.run(["sh", "-c", f"echo {digest} > {marker}"])
+    t.run(["sh", "-c", f"echo {q(digest)} > {q(str(marker))}"])
     return ProvisionResult(b.name, str(venv), digest, True, time.monotonic() - start, _versions(t, b.python),
                            sorted(wheels.files))
 
