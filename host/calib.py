@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from board.strictjson import JSONInputError
-from board.strictjson import loads as loads_json
 from host.config import ModelSpec, Recipe
 from host.errors import CalibrationError, ConfigError, ModelError
 from host.fsutil import atomic_write_text
-from host.safeload import read_text
+from host.safeload import read_json
 from host.textdata import NGRAM, _ngrams, read_docs
 
 KEYS = ("input", "target")
@@ -194,11 +192,8 @@ def validate_data(data, where: str, recipe: Recipe, model: str | None = None, *,
 def validate_file(path: Path, recipe: Recipe, model: str | None = None, *, cache=None) -> Report:
     path = Path(path)
     try:
-        text = read_text(path, what="calibration JSON file")
-        data = loads_json(text, str(path))
+        data = read_json(path, what="calibration JSON file")
     except ConfigError as e:
-        raise CalibrationError([str(e)]) from None
-    except JSONInputError as e:
         raise CalibrationError([str(e)]) from None
     return validate_data(data, str(path), recipe, model, cache=cache)
 
