@@ -27,6 +27,16 @@ from .sysinfo import cpufreq, fingerprint
 ENCODE_MIN_ITERS = 30  # timed encode batches at least, so p99 means something
 
 
+def check_counts(counts, optional=()) -> None:
+    """(option name, value, lowest allowed) triples: whole numbers (no bool) >= the lowest; a name in
+    ``optional`` may be None. The host checks the same before contacting a board (``host.bench``)."""
+    for name, value, low in counts:
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError("--%s must be a whole number >= %d, got %r" % (name, low, value))
+
+
 class BenchConfig:
     """What to run; keyword-only, defaults = the vendor method."""
 
@@ -35,13 +45,9 @@ class BenchConfig:
                  sysfs_root: str = "/", batch: Optional[int] = None, seq_len: Optional[int] = None,
                  encode_iters: int = ENCODE_MIN_ITERS, fresh_process: bool = False,
                  backend_params: Optional[Dict[str, Any]] = None, debug: bool = False) -> None:
-        for name, value, low in (("n-prompt", n_prompt, 1), ("n-gen", n_gen, 1), ("reps", reps, 1),
-                                 ("warmup", warmup, 0), ("threads", threads, 1), ("batch", batch, 1),
-                                 ("seq-len", seq_len, 1), ("encode_iters", encode_iters, 1)):
-            if value is None and name in ("threads", "batch", "seq-len"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError("--%s must be a whole number >= %d, got %r" % (name, low, value))
+        check_counts((("n-prompt", n_prompt, 1), ("n-gen", n_gen, 1), ("reps", reps, 1), ("warmup", warmup, 0),
+                      ("threads", threads, 1), ("batch", batch, 1), ("seq-len", seq_len, 1),
+                      ("encode_iters", encode_iters, 1)), optional=("threads", "batch", "seq-len"))
         if not isinstance(backend, str) or not backend:
             raise ValueError("--backend must name a backend, got %r" % (backend,))
         self.artifact = artifact

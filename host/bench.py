@@ -64,12 +64,13 @@ class BenchParams:
 
     def __post_init__(self) -> None:
         """Checked here, before any board is contacted (a zero count is a usage error, not a row)."""
-        for name, value, low in (("n_prompt", self.n_prompt, 1), ("n_gen", self.n_gen, 1), ("reps", self.reps, 1),
-                                 ("warmup", self.warmup, 0), ("threads", self.threads, 1)):
-            if value is None and name == "threads":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+        from board.runner import check_counts
+
+        try:
+            check_counts((("n-prompt", self.n_prompt, 1), ("n-gen", self.n_gen, 1), ("reps", self.reps, 1),
+                          ("warmup", self.warmup, 0), ("threads", self.threads, 1)), optional=("threads",))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for k, v in self.options.items():
             if not isinstance(k, str) or not k.strip() or not isinstance(v, str) or "\n" in k + v or "\0" in k + v:
                 raise ConfigError(f"--opt {k!r}={v!r}: KEY=VALUE on one line, KEY not empty")
