@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -91,15 +92,18 @@ def download_wheels(python: Sequence[int], machine: str, libc: Sequence[str], re
             *(x for t in tags for x in ("--platform", t)), "--python-version", pyver, "--implementation", "cp",
             "-d", str(tmp), *reqs]
     say(f"fetching wheels for cp{pyver} {machine} ({libc[0]} {libc[1]}): {' '.join(reqs)}")
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if res.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
         lines = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR")] or res.stderr.splitlines()[-2:]
         raise DeployError(f"pip download for the board (cp{pyver}, {machine}) failed: {' | '.join(lines)}")
     files = sorted(p.name for p in tmp.glob("*.whl"))
     atomic_write_text(tmp / "complete.json", json.dumps({"requirements": list(reqs), "platforms": tags, "wheels": files}))
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     os.rename(tmp, folder)
     return folder
