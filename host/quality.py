@@ -200,7 +200,7 @@ def ort_session(folder: Path, manifest: dict):
     """
     import onnxruntime as ort
 
-    from host.build.int8_format import FORMAT, to_unsigned_weights
+    from host.build.int8_format import FORMAT, signed_weight_count, to_unsigned_weights
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = _threads()
@@ -209,10 +209,12 @@ def ort_session(folder: Path, manifest: dict):
     model, rewritten = str(path), 0
     if manifest.get("scheme") in ("int8-dyn", "int8-qdq") and manifest.get("int8_weights") != FORMAT:
         import onnx
+        from onnx.external_data_helper import load_external_data_for_model
 
-        proto = onnx.load(str(path))
-        rewritten = to_unsigned_weights(proto)
-        if rewritten:
+        proto = onnx.load(str(path), load_external_data=False)   # the scan needs only the tensor types
+        if signed_weight_count(proto):
+            load_external_data_for_model(proto, str(path.parent))
+            rewritten = to_unsigned_weights(proto)
             model = proto.SerializeToString()
         del proto
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
