@@ -249,8 +249,10 @@ def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known
     inv = sshd.write_inventory(tmp_path / "boards.yaml", workdir=str(wd))
     rng = random.Random(int(os.environ.get("RKDEPLOY_TEST_SEED", "11")))
     big_blobs = [json.loads((f / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] for f in folders]
-    overlapped = 0
-    for i in range(10):
+    overlapped, i = 0, -1
+    # At least 10 rounds, and on until 5 of them had both pushes on the board at once (on a loaded machine
+    # push B may start only after A finished): the kill lands in an overlap often enough to mean something.
+    while (i := i + 1) < 10 or (overlapped < 5 and i < 40):
         for sha in big_blobs:  # make each round send something: drop finished blobs (partials stay)
             if rng.random() < 0.8:
                 (wd / "blobs" / sha).unlink(missing_ok=True)
@@ -272,7 +274,7 @@ def test_overlapping_pushes_killed_at_random_leave_every_blob_intact(sshd, known
         for f in folders:
             assert _tree(wd / "artifacts/m/rk3588" / f.name) == _tree(f), f"round {i}"
     assert _wait_gone(wd) == []
-    assert overlapped >= 5, f"only {overlapped} of 10 rounds had both pushes on the board at once"
+    assert overlapped >= 5, f"only {overlapped} of {i} rounds had both pushes on the board at once"
 
     # Whatever is left (partials of killed pushes, a missing blob, a damaged one), the next push repairs it.
     (wd / "blobs" / big_blobs[0]).unlink(missing_ok=True)
