@@ -74,7 +74,8 @@ def render(rows: list[ResultRow], board: str = "local") -> str:
     if not mine:
         raise ReadmeError(f"no rows of board {board!r} in the store: run `make demo` first")
     out = [_stamp(mine), ""]
-    for title, _cols, group in tables(mine):
+    shown = tables(mine)
+    for title, _cols, group in shown:
         if title.startswith("LLM"):
             out += ["LLM (128-token prompt, 64 new tokens; quality on held-out text vs the float model):", ""]
             out += _table(group, LLM_COLS)
@@ -87,7 +88,7 @@ def render(rows: list[ResultRow], board: str = "local") -> str:
         else:
             continue
         out.append("")
-    bad = [r for _t, _c, g in tables(mine) for r in g if r.status == gate.DEGRADED]
+    bad = [r for _t, _c, g in shown for r in g if r.status == gate.DEGRADED]
     out += [f"- DEGRADED {r.model} {r.scheme}: {r.gate}" for r in bad]
     return "\n".join(out).rstrip() + "\n"
 

@@ -268,10 +268,11 @@ def _join_quality(bench: list[ResultRow], quality: list[ResultRow],
 
 def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]]:
     """The report's tables: (title, columns, rows) — LLM bench, encoder bench, quality-only."""
-    every_quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
+    rows = [_judged(r) if r.kind == "quality" and r.status in OK else r for r in rows]
+    every_quality = [r for r in rows if r.kind == "quality" and r.status in OK]
     rows = latest(rows)
     bench = [r for r in rows if r.kind == "bench" and r.status == "ok"]
-    quality = [_judged(r) for r in rows if r.kind == "quality" and r.status in OK]
+    quality = [r for r in rows if r.kind == "quality" and r.status in OK]
     # Rows of emulated boards (env.emulated: qemu-user, e.g. the virtual vrk3588) prove that the board side
     # runs there; their speed is the emulator's, so they never share a table with real measurements, and
     # quality joins only real bench rows (one benched only under emulation stays in the quality table).
@@ -316,14 +317,15 @@ def _error_text(r: ResultRow) -> str:
 
 def render_md(rows: list[ResultRow]) -> str:
     out = []
-    for title, cols, group in tables(rows):
+    shown = tables(rows)
+    for title, cols, group in shown:
         out.append(f"### {title}\n")
         out.append("| " + " | ".join(_md_header(c) for c in cols) + " |")
         out.append("|" + "|".join("---:" if _numeric(c) else "---" for c in cols) + "|")
         for r in group:
             out.append("| " + " | ".join(_cell(c, r, "md") for c in cols) + " |")
         out.append("")
-    bad = [r for _t, _c, group in tables(rows) for r in group if r.status == gate.DEGRADED]
+    bad = [r for _t, _c, group in shown for r in group if r.status == gate.DEGRADED]
     if bad:
         out.append("### Degraded (outside the healthy band of their scheme: `rkdeploy quality` says why)\n")
         out += [f"- {sanitize('/'.join(str(x) for x in (r.model, r.target, r.scheme, r.backend) if x))}: "
