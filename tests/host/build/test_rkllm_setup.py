@@ -11,8 +11,8 @@ import pytest
 from host.errors import RkdeployError, ToolkitMissingError
 from host.setup_rkllm import parse_wheel_name, plan_requirements, setup
 from host.testing.fake_rkllm import build_fake_wheel
+from tests.conftest import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 V130_PINS = ["torch==2.6.0", "transformers==5.8.0", "numpy<=1.26.4", "auto_gptq==0.7.1", "optimum==1.23.3",
              "accelerate<=1.5.2", "protobuf<=4.25.4"]
 

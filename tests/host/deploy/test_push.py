@@ -22,7 +22,7 @@ from host.testing.sshd import sshd_available
 
 pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
 MiB = 1 << 20
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 
 
 def real_python(minor: str) -> str | None:

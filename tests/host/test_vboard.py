@@ -200,7 +200,7 @@ def board_artifacts(vb, tmp_path_factory, llm_dir):
     """One artifact per backend for rk3588: genai int8 LLM (real ONNX), a small real ONNX encoder,
     a .rkllm for the rkllm shim, a .rknn for the rknn shim."""
     from host.manifest import write_manifest
-    from tests.test_board_onnxruntime import write_encoder
+    from tests.board.test_onnxruntime import write_encoder
 
     root = tmp_path_factory.mktemp("vb-art") / "artifacts"
     out = root / LLM / "rk3588" / "int8"

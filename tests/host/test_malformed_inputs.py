@@ -1,4 +1,4 @@
-"""The malformed-input corpus (tests/corpus/, written by tests/corpus/generate.py): every case ends
+"""The malformed-input corpus (tests/host/corpus/, written by tests/host/corpus/generate.py): every case ends
 with exactly one clear error line naming the file/field, the right exit code, no traceback, no
 "internal error", and no file created or changed.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-ROOT = CORPUS.parent.parent
+from tests.conftest import ROOT  # noqa: E402
+
 ANY = object()  # needle placeholder: "the case's own file name"
 
 # --- expectations: case -> needles (substrings of the one error line; ANY = the case's file name) ---

@@ -1,9 +1,9 @@
-"""Writes the malformed-input corpus under tests/corpus/ (run once; the files are committed).
+"""Writes the malformed-input corpus under tests/host/corpus/ (run once; the files are committed).
 
-    .venv/bin/python tests/corpus/generate.py
+    .venv/bin/python tests/host/corpus/generate.py
 
 Each folder holds one input type; every file or folder is one malformed case (plus a few valid
-bases the cases are derived from). tests/test_malformed_inputs.py lists the expected outcome of
+bases the cases are derived from). tests/host/test_malformed_inputs.py lists the expected outcome of
 each case; a case without an expectation there fails the completeness test.
 """
 

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT  # noqa: E402
+
 CONFTEST = ("from tests.conftest import (pytest_collectreport, pytest_runtest_makereport,  # noqa: F401\n"
             "    pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary)\n")
 SAMPLE = '''

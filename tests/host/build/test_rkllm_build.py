@@ -15,8 +15,8 @@ import pytest
 
 from host.errors import BuildError, ToolkitMissingError
 from host.testing.fake_rkllm import FAKE_DIR, install_fake_toolkit
+from tests.conftest import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 CALIB = [
     {"input": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
      "target": "The capital of France is Paris."},

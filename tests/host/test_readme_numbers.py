@@ -9,7 +9,7 @@ import pytest
 
 from host.readme_numbers import BEGIN, END, ReadmeError, rewrite
 from host.results import ResultStore
-from tests.test_results_store import bench_row, encoder_row, quality_row
+from tests.host.test_results_store import bench_row, encoder_row, quality_row
 
 
 def _store(tmp_path, int8_dyn_ratio=1.0567):

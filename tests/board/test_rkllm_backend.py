@@ -18,8 +18,8 @@ import pytest
 
 from board.backends.rkllm import LAYOUTS, Abi, BackendError, abi_for_version
 from board.testing.rkllm import build_shim, write_rkllm_artifact
+from tests.conftest import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 PREFILL_MS, TOKEN_MS = 300.0, 30.0
 N_PROMPT, N_GEN = 128, 32
 TOOLKIT_FOR_ABI = {"1.3.0": "1.3.0", "1.2.1": "1.2.2"}
