@@ -5,7 +5,7 @@
   process, is a qemu binary. Hard evidence.
 - ``cpuinfo``: the process runs as ARM but ``/proc/cpuinfo`` describes an x86 CPU (qemu-user
   passes the host's cpuinfo through). Hard evidence.
-- ``marker``: ``/etc/rkdeploy/virtual-board.json`` — the virtual board's own claim (host/vboard.py).
+- ``marker``: ``/etc/rkdeploy/virtual-board.json`` — the virtual board's own claim (host/vboard/).
 
 ``detect(root)`` returns ``{"arch", "emulated", "emulation": [evidence, ...]}``; ``emulated`` is true
 when any sign is present, and the evidence list says which (a marker with no hardware sign, or the
