@@ -207,8 +207,7 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
         return JobResult(job, "failed", str(e))
     ih = inputs_hash(inputs)
     if is_up_to_date(job.out_dir, ih):
-        m = read_manifest(job.out_dir)
-        return JobResult(job, "up to date", seconds=0.0, size=_size(m), inputs_hash=ih)
+        return JobResult(job, "up to date", seconds=0.0, size=read_manifest(job.out_dir).size, inputs_hash=ih)
     log = _JobLog(job, root, on_line)
     t0 = time.monotonic()
     lock = _lock_job(job)
@@ -219,7 +218,7 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
             if sibling is not None:
                 log(f"copying {sibling} (same inputs; ONNX artifacts do not depend on the target)")
                 _copy_artifact(sibling, tmp)
-                extra = {k: v for k, v in read_manifest(sibling).items()
+                extra = {k: v for k, v in read_manifest(sibling).to_dict().items()
                          if k not in ("files", "built_at", "target", "schema", "rkdeploy_version")}
                 extra["copied_from"] = str(sibling)
             else:
@@ -265,10 +264,6 @@ def _remove_stale_temps(job: BuildJob, log) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-
-
-def _size(manifest: dict) -> int:
-    return sum(f.get("size", 0) for f in manifest.get("files", {}).values())
 
 
 def _manifest_fields(job: BuildJob, recipe: Recipe, model_sha: str, ih: str, inputs: dict, extra: dict) -> dict:

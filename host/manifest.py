@@ -13,30 +13,30 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from board.artifact import artifact_sha256
+from board.manifest import VERSION, Manifest, ManifestError
 from host import __version__
 from host.errors import BuildError
 from host.fsutil import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = VERSION   # the manifest version (``board.manifest``)
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A built artifact folder and its manifest."""
+    """A built artifact folder and its manifest (``board.manifest.Manifest``)."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def size(self) -> int:
-        return sum(f["size"] for f in self.manifest.get("files", {}).values())
+        return self.manifest.size
 
     @property
     def sha256(self) -> str:
-        """One digest for the whole artifact: ``board.artifact.artifact_sha256``, the board runner's too."""
-        return artifact_sha256(self.manifest)
+        """One digest for the whole artifact: ``board.manifest.files_sha256``, the board runner's too."""
+        return self.manifest.sha256
 
 
 def inputs_hash(inputs: dict) -> str:
@@ -56,24 +56,30 @@ def now_rfc3339() -> str:
 
 
 def write_manifest(folder: Path, **fields) -> Artifact:
-    """Hash every file in ``folder`` and write ``manifest.json`` atomically (last step of a build)."""
-    manifest = {"schema": SCHEMA_VERSION, "rkdeploy_version": __version__, "built_at": now_rfc3339(), **fields}
-    manifest["files"] = file_table(folder)
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return Artifact(folder, manifest)
+    """Hash every file in ``folder`` and write ``manifest.json`` atomically (last step of a build).
 
-
-def read_manifest(folder: Path) -> dict:
+    The ONE writer: the fields go through ``Manifest.from_dict`` (the board's validation) first."""
+    data = {"schema": SCHEMA_VERSION, "rkdeploy_version": __version__, "built_at": now_rfc3339(), **fields}
+    data["files"] = file_table(folder)
+    data = json.loads(json.dumps(data, default=str))     # what the file holds (paths as text)
     path = Path(folder) / MANIFEST
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BuildError(f"{path}: no manifest (artifact not built; run `rkdeploy export`)") from None
-    except ValueError as e:
-        raise BuildError(f"{path}: manifest is not valid JSON ({e})") from None
-    if data.get("schema") != SCHEMA_VERSION:
-        raise BuildError(f"{path}: manifest schema {data.get('schema')!r} is not {SCHEMA_VERSION}; rebuild with this rkdeploy")
-    return data
+        manifest = Manifest.from_dict(data, str(path))
+    except ManifestError as e:
+        raise BuildError(f"builder wrote an invalid manifest: {e}") from None
+    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+    return Artifact(Path(folder), manifest)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The ONE host reader of ``manifest.json`` (``board.manifest.Manifest``; BuildError, one line)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise BuildError(f"{path}: no manifest (artifact not built; run `rkdeploy export`)")
+    try:
+        return Manifest.read(str(path))
+    except ManifestError as e:
+        raise BuildError(f"{e}; rebuild with this rkdeploy") from None
 
 
 def load_artifact(folder: Path) -> Artifact:
@@ -85,9 +91,9 @@ def is_up_to_date(folder: Path, expected_inputs_hash: str, *, verify: bool = Fal
         m = read_manifest(folder)
     except BuildError:
         return False
-    if m.get("inputs_hash") != expected_inputs_hash or not m.get("files"):
+    if m.inputs_hash != expected_inputs_hash or not m.files:
         return False
-    for name, meta in m["files"].items():
+    for name, meta in m.files.items():
         p = folder / name
         if not p.is_file() or p.stat().st_size != meta["size"]:
             return False

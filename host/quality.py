@@ -408,7 +408,7 @@ def _pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, sch
     another target, or a scheme simulated for two chips, is computed once)."""
     from host.fakequant import FAKEQUANT_VERSION
 
-    todo = [_Pending(m, a.manifest["scheme"], "measured", inputs_hash({"v": EVAL_VERSION, "a": a.sha256, "ref": ref_key}), a)
+    todo = [_Pending(m, a.manifest.scheme, "measured", inputs_hash({"v": EVAL_VERSION, "a": a.sha256, "ref": ref_key}), a)
             for a in arts]
     if simulated:
         todo += [_Pending(m, s, "simulated", inputs_hash({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key}))
@@ -470,7 +470,7 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
         for p in missing:
             t0 = time.monotonic()
             stats = TokenStats.empty()
-            if p.method == "measured" and p.artifact.manifest.get("artifact_kind") == "rkllm":
+            if p.method == "measured" and p.artifact.manifest.artifact_kind == "rkllm":
                 if log:
                     log(f"{m.name}/{p.scheme}: rkllm-toolkit logits on {ev.n_tokens} held-out tokens")
                 try:

@@ -236,11 +236,11 @@ def _args_from(job_or_artifact: BuildJob | Path | str) -> tuple[dict, str]:
 
     folder = Path(job_or_artifact)
     m = read_manifest(folder)
-    r = m.get("rkllm") or {}
-    if m.get("format") != "rkllm" or "build_args" not in r:
+    r = m.rkllm or {}
+    if m.format != "rkllm" or "build_args" not in r:
         raise BuildError(f"{folder}: not an rkllm artifact built by rkdeploy (manifest has no rkllm.build_args)")
     require_toolkit(TOOLKIT)
-    return {"load": r["load_args"], "build": r["build_args"]}, f"{m.get('model')}/{m.get('target')}/{m.get('scheme')}"
+    return {"load": r["load_args"], "build": r["build_args"]}, f"{m.model}/{m.target}/{m.scheme}"
 
 
 def rkllm_logits(job_or_artifact: BuildJob | Path | str, token_windows: Sequence[Sequence[int]], *,
@@ -271,13 +271,13 @@ def _logits_run(job_or_artifact, token_windows, *, out, log) -> tuple[Path, dict
     return out, result
 
 
-def _manifest_toolkit(artifact_dir) -> dict:
+def _built_by_double(artifact_dir) -> bool:
     from host.manifest import read_manifest
 
     try:
-        return read_manifest(Path(artifact_dir)).get("toolkit") or {}
+        return read_manifest(Path(artifact_dir)).built_by_test_double
     except (RkdeployError, OSError):
-        return {}
+        return False
 
 
 class RkllmToolkitLm:
@@ -299,7 +299,7 @@ class RkllmToolkitLm:
         self.logits = np.load(self.path, mmap_mode="r")
         self.index = {w: i for i, w in enumerate(keyed)}
         info = toolkit_info(TOOLKIT) or {}
-        built_by_double = _manifest_toolkit(artifact_dir).get("test_double")
+        built_by_double = _built_by_double(artifact_dir)
         double = bool(result.get("test_double") or info.get("test_double") or built_by_double)
         version = result.get("toolkit_version") or info.get("version")
         self.backend = f"rkllm-toolkit {version}" + (" (test double)" if double else "")

@@ -95,7 +95,7 @@ def test_export_default_recipe_rkllm_jobs_exact_calls(target, fake_tk, llm_recip
             "target_platform": target.upper(), "num_npu_core": CORES[target], "extra_qparams": None,
             "dataset": str(calib), "hybrid_rate": 0.0, "max_context": 4096}
         out = tmp_path / "art" / "smollm2-135m-instruct" / target / scheme
-        m = read_manifest(out)
+        m = read_manifest(out).to_dict()
         assert m["format"] == "rkllm" and m["artifact_kind"] == "rkllm"
         assert m["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": True}
         r = m["rkllm"]
@@ -397,8 +397,8 @@ def test_double_is_labelled_in_manifest_inputs_and_quality_rows_and_a_vendor_ins
     art = tmp_path / "art"
     (first,) = export(llm_recipe, "rk3588", root=art, progress=False).results
     folder = art / "smollm2-135m-instruct" / "rk3588" / "w8a8"
-    assert read_manifest(folder)["toolkit"]["test_double"] is True
-    assert "TEST DOUBLE" in Path(read_manifest(folder)["build_log"]).read_text()
+    assert read_manifest(folder).toolkit["test_double"] is True
+    assert "TEST DOUBLE" in Path(read_manifest(folder).to_dict()["build_log"]).read_text()
     lm = RkllmToolkitLm(folder, [[1, 2, 3]])
     assert lm.backend == "rkllm-toolkit 1.3.0 (test double)"
     lm.close()
@@ -409,7 +409,7 @@ def test_double_is_labelled_in_manifest_inputs_and_quality_rows_and_a_vendor_ins
     assert toolkit_info("rkllm")["test_double"] is False
     (second,) = export(llm_recipe, "rk3588", root=art, progress=False).results
     assert second.status == "built" and second.inputs_hash != first.inputs_hash
-    assert read_manifest(folder)["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": False}
+    assert read_manifest(folder).toolkit == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": False}
     lm = RkllmToolkitLm(folder, [[1, 2, 3]])
     assert lm.backend == "rkllm-toolkit 1.3.0"
     lm.close()

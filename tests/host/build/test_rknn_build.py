@@ -180,12 +180,12 @@ def test_export_builds_the_float_source_then_three_rknn_artifacts(built):
     assert [(r.job.scheme, r.status) for r in built.report.results] == [(s, "built") for s in SCHEMES], \
         [r.reason for r in built.report.results]
     fp32 = built.root / ENC / "rk3576" / "fp32"
-    src = read_manifest(fp32)
+    src = read_manifest(fp32).to_dict()
     assert src["format"] == "onnx-encoder" and is_up_to_date(fp32, src["inputs_hash"])
     version = toolkit_info("rknn")["version"]
     for s in SCHEMES:
         d = built.root / ENC / "rk3576" / s
-        m = read_manifest(d)
+        m = read_manifest(d).to_dict()
         assert m["format"] == "rknn" and m["artifact_kind"] == "rknn" and (d / m["entry"]).stat().st_size > 1e6
         assert m["toolkit"] == {"name": "rknn-toolkit2", "version": version} and version == "2.5.0"
         assert m["inputs"]["names"] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -220,7 +220,7 @@ def test_simulator_accuracy_is_plausible(built):
     """
     from host.manifest import read_manifest
 
-    acc = {s: read_manifest(built.root / ENC / "rk3576" / s)["accuracy"] for s in SCHEMES}
+    acc = {s: read_manifest(built.root / ENC / "rk3576" / s).accuracy for s in SCHEMES}
     for s in SCHEMES:
         a = acc[s]
         print(f"{s}: sentence cos {a['cos_mean']:.4f} (min {a['cos_min']:.4f}), token cos {a['token_cos_mean']:.4f} "
@@ -265,7 +265,7 @@ def test_quality_rows_are_stored_and_shown_with_the_onnx_rows(built):
         art = load_artifact(built.root / ENC / "rk3576" / s)
         assert r["artifact_sha256"] == art.sha256 and r["model_size"] == art.size
         assert r["backend"] == "rknn-simulator" and r["runtime"] == "rknn-toolkit2 2.5.0 simulator"
-        assert r["cos_mean"] == art.manifest["accuracy"]["cos_mean"] and r["test"] == "embedding"
+        assert r["cos_mean"] == art.manifest.accuracy["cos_mean"] and r["test"] == "embedding"
     shown = vendor_rows(load_recipe(built.recipe), "rk3576", root=built.root, store=built.store)
     assert sorted(r["scheme"] for r in shown) == sorted(SCHEMES)
     # `rkdeploy quality` prints them next to the measured ONNX fp32 row of the same model
