@@ -34,6 +34,25 @@ def shim_model(*, target: str, names: List[str], batch: int, seq_len: int, hidde
     return "\n".join(lines).encode()
 
 
+def model_key(data: bytes) -> str:
+    """FNV-1a 64 of a model's bytes, 16 hex digits: the shim looks a real model's spec up as
+    ``$RKNN_SHIM_SPEC/<key>.spec`` when that variable names a folder (``fnv1a64`` in rknn_shim.c)."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def spec_for_manifest(manifest: Dict[str, Any], *, run_ms: float, hidden: int = 384) -> bytes:
+    """The shim's header for a REAL .rknn, from the manifest the rknnlite backend reads (input names,
+    batch, seq_len, target); ``hidden`` is the width of ``last_hidden_state`` (MiniLM-L6: 384)."""
+    shape = manifest.get("inputs") or {}
+    names = list(shape.get("names") or ["input_ids", "attention_mask"])
+    return shim_model(target=str(manifest["target"]), names=names, batch=int(shape.get("batch") or 1),
+                      seq_len=int(shape["seq_len"]), hidden=hidden, run_ms=run_ms,
+                      npu_cores=int(manifest.get("npu_cores") or 3))
+
+
 def write_shim_rknn_artifact(path: str, *, model: str = "all-minilm-l6-v2", target: str = "rk3588",
                              scheme: str = "w8a8", npu_cores: int = 3, batch: int = 1, seq_len: int = 16,
                              hidden: int = 8, run_ms: float = 20.0, names: Optional[List[str]] = None,

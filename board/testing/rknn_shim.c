@@ -1,6 +1,6 @@
 /*
  * rknn_shim.c — a stand-in for Rockchip's librknnrt.so (the RKNN C API, rknn_api.h) for tests and
- * the virtual board (host/vboard.py cross-compiles it with aarch64-linux-gnu-gcc into the board's
+ * the virtual board (host/vboard/ cross-compiles it with aarch64-linux-gnu-gcc into the board's
  * /usr/lib/librknnrt.so). It lets the REAL rknn-toolkit-lite2 wheel run end to end without an NPU.
  *
  *   gcc -std=c11 -D_GNU_SOURCE -O2 -shared -fPIC rknn_shim.c -o librknnrt.so
@@ -19,16 +19,18 @@
  *     output last_hidden_state float32 1 16 8
  *     end
  *
- * ``$RKNN_SHIM_SPEC`` names such a file for any other model bytes (a real .rknn); without it a
- * real model is refused with RKNN_ERR_MODEL_INVALID and one line on stderr.
+ * ``$RKNN_SHIM_SPEC`` names such a file for any other model bytes (a real .rknn), or a folder of
+ * them named by the model's FNV-1a 64-bit hash, ``<16 hex digits>.spec`` (the virtual board keeps
+ * one per real .rknn pushed to it, written from the artifact's manifest); without a spec a real
+ * model is refused with RKNN_ERR_MODEL_INVALID and one line on stderr.
  * Behaviour, as the runtime documents it:
  *   - rknn_init fails with RKNN_ERR_TARGET_PLATFORM_UNMATCH when the model's target is not the chip
  *     named by the device tree (/proc/device-tree/compatible or /sys/firmware/devicetree/base/compatible);
  *   - rknn_set_core_mask accepts AUTO, 0, 1, 2, 0_1, 0_1_2, ALL, and only cores the chip has;
  *   - rknn_inputs_set checks count, index and byte size (as the model's element count × the size of
  *     the buffer's type); rknn_run sleeps run_ms (env RKNN_SHIM_RUN_MS overrides) and records
- *     RKNN_QUERY_PERF_RUN; rknn_outputs_get returns float32 (want_float) or the native int8
- *     (affine scale 1/127), out[b, s, h] = sin(in0[b, s] * (1 + h)) for the first input's values.
+ *     RKNN_QUERY_PERF_RUN (its echo line carries its CLOCK_MONOTONIC t_enter_ms / t_exit_ms);
+ *     rknn_outputs_get returns float32 (want_float) or the native int8 (affine scale 1/127), out[b, s, h] = sin(in0[b, s] * (1 + h)) for the first input's values.
  * RKNN_SHIM_ECHO=FILE appends one JSON line per API call (name, arguments, pid) for assertions.
  */
 #include <errno.h>
@@ -39,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -267,6 +270,16 @@ static void board_chip(char *out, size_t outlen) {
     }
 }
 
+/* FNV-1a, 64 bit: the key of a real model's spec in a $RKNN_SHIM_SPEC folder (rknn_artifacts.model_key). */
+static uint64_t fnv1a64(const char *data, size_t len) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; data && i < len; i++) {
+        h ^= (unsigned char)data[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
 static int load_model(shim_ctx *ctx, void *model, uint32_t size) {
     char err[256] = {0};
     char *owned = NULL;
@@ -285,6 +298,12 @@ static int load_model(shim_ctx *ctx, void *model, uint32_t size) {
     }
     if (!data || len < 11 || strncmp(data, "RKNN-SHIM 1", 11) != 0) {
         const char *spec = getenv("RKNN_SHIM_SPEC");
+        char spec_path[4096];
+        struct stat st;
+        if (spec && *spec && stat(spec, &st) == 0 && S_ISDIR(st.st_mode)) { /* a folder: <fnv1a64>.spec */
+            snprintf(spec_path, sizeof(spec_path), "%s/%016llx.spec", spec, (unsigned long long)fnv1a64(data, len));
+            spec = spec_path;
+        }
         free(owned);
         owned = NULL;
         if (!spec || !*spec) {
@@ -521,7 +540,9 @@ int rknn_run(rknn_context context, rknn_run_extend *extend) {
         ctx->ran = 1;
         if (extend) extend->frame_id++;
     }
-    echo("\"call\": \"rknn_run\", \"run_ms\": %.3f, \"core_mask\": %u, \"ret\": %d", ms, ctx ? ctx->core_mask : 0, rc);
+    /* the shim's own CLOCK_MONOTONIC stamps of this call, for fidelity checks of the runner's latency */
+    echo("\"call\": \"rknn_run\", \"run_ms\": %.3f, \"core_mask\": %u, \"ret\": %d, \"t_enter_ms\": %.6f, "
+         "\"t_exit_ms\": %.6f", ms, ctx ? ctx->core_mask : 0, rc, t0, now_ms());
     return rc;
 }
 

@@ -93,6 +93,8 @@ def test_wheel_call_sequence(lib, tmp_path, monkeypatch):
     assert lib.rknn_destroy(ctypes.c_uint64(c)) == 0
     calls = [json.loads(x)["call"] for x in echo.read_text().splitlines()]
     assert calls[0] == "rknn_init" and calls[-1] == "rknn_destroy" and "rknn_outputs_get" in calls
+    run = next(json.loads(x) for x in echo.read_text().splitlines() if json.loads(x)["call"] == "rknn_run" and json.loads(x)["ret"] == 0)
+    assert run["t_exit_ms"] - run["t_enter_ms"] >= 30  # the shim's own clock spans its injected run_ms
 
 
 def test_models_the_shim_refuses(lib, monkeypatch):
@@ -106,3 +108,22 @@ def test_models_the_shim_refuses(lib, monkeypatch):
     assert rc == 0  # no device tree on this host: the chip check is skipped
     assert lib.rknn_set_core_mask(ctypes.c_uint64(ctx.value), 4) == -5  # core 2 on a 2-core NPU
     assert lib.rknn_destroy(ctypes.c_uint64(ctx.value)) == 0
+
+
+def test_a_real_model_gets_its_spec_from_a_folder_by_hash(lib, tmp_path, monkeypatch):
+    """$RKNN_SHIM_SPEC as a folder: a real .rknn's shapes come from ``<fnv1a64 of its bytes>.spec``, written
+    from its manifest (how the virtual board runs a .rknn built by the real rknn-toolkit2)."""
+    from board.testing.rknn_artifacts import model_key, spec_for_manifest
+
+    real = b"RKNN\x00\x01" + bytes(range(256)) * 40
+    (tmp_path / f"{model_key(real)}.spec").write_bytes(spec_for_manifest(
+        {"target": "rk3588", "inputs": {"batch": 1, "seq_len": 4, "names": ["input_ids", "attention_mask"]}},
+        run_ms=0, hidden=5))
+    monkeypatch.setenv("RKNN_SHIM_SPEC", str(tmp_path))
+    rc, ctx = _init(lib, real)
+    assert rc == 0
+    o = TensorAttr(index=0)
+    assert lib.rknn_query(ctypes.c_uint64(ctx.value), QUERY_OUT, ctypes.byref(o), ctypes.sizeof(o)) == 0
+    assert list(o.dims[:o.n_dims]) == [1, 4, 5]
+    assert lib.rknn_destroy(ctypes.c_uint64(ctx.value)) == 0
+    assert _init(lib, real + b"changed")[0] == -6  # another model: no spec under its hash
