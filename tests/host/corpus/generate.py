@@ -32,7 +32,7 @@ def folder(rel: str) -> None:
 
 
 # --- recipes ----------------------------------------------------------------------------------
-TEXT = "text: {heldin: ../../../calib_data/text/heldin.txt, heldout: ../../../calib_data/text/heldout.txt}\n"
+TEXT = "text: {heldin: ../../../../calib_data/text/heldin.txt, heldout: ../../../../calib_data/text/heldout.txt}\n"
 LLM = "  - name: lm\n    kind: llm\n    source: builtin:smollm2-135m-instruct\n"
 
 
@@ -74,7 +74,7 @@ def recipes() -> None:
     put("recipes/kind_unknown.yaml", recipe(models="  - name: lm\n    kind: vision\n    source: builtin:x\n"))
     put("recipes/calibration_is_directory.yaml",
         recipe("    calibration: ../inventories\n    targets: {rk3588: [w8a8]}\n"))
-    put("recipes/heldin_is_directory.yaml", recipe(text=TEXT.replace("../../../calib_data/text/heldin.txt", "../stores")))
+    put("recipes/heldin_is_directory.yaml", recipe(text=TEXT.replace("../../../../calib_data/text/heldin.txt", "../stores")))
     put("recipes/scheme_unknown.yaml", recipe("    targets: {rk3588: [w3a7]}\n"))
     put("recipes/too_big.yaml", "name: bad\n" + "# padding\n" * 120_000)
     put("recipes/anchors_valid.yaml", "name: ok\nmodels:\n" + LLM + "    rkllm: &opts {algorithm: normal}\n"
