@@ -77,11 +77,10 @@ class Target(Strict):
         return [_scheme(s) for s in v]
 
     def schemes_for(self, kind: str) -> list[str]:
-        if kind == "rkllm":
-            return list(self.rkllm_schemes)
-        if kind == "rknn":
-            return list(self.rknn_schemes)
-        return sorted(ONNX_SCHEMES)
+        """Schemes of artifact ``kind`` allowed on this chip (``host.build.registry.Kind.allowed``)."""
+        from host.build import registry
+
+        return registry.get(kind).allowed(self)
 
 
 class TargetTable(Strict):
@@ -205,10 +204,6 @@ class ModelSpec(Strict):
             except ConfigError as e:
                 raise ValueError(f"{t}: {e}") from None
         return out
-
-    @property
-    def vendor_kind(self) -> str:
-        return "rkllm" if self.kind == "llm" else "rknn"
 
     @property
     def builtin(self) -> str | None:

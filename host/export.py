@@ -2,12 +2,15 @@
 
 Order of work (fail fast): load the recipe, ``host.targets.check`` plus the export pre-checks
 (every ``sensitive_layers`` pattern a recipe names for int8-dyn / int8-qdq matches a linear layer)
-— all before any build. Then per job:
-``inputs_hash`` = model sha256 + the recipe model fields the kind depends on + ``builder.inputs(job)``;
-"up to date" when the manifest has that hash and the files are intact; an ONNX artifact with the
-same hash under another target is copied (ONNX does not depend on the chip); else the builder
-runs inside ``atomic_dir`` and the manifest is written last, inside the temp folder, so a killed
-build never leaves a folder that looks complete. One failure does not stop the other jobs.
+— all before any build. Then per job (kinds are ``host.build.registry`` records):
+``inputs_hash`` = model sha256 + the recipe model fields the kind depends on + ``kind.inputs(job)``;
+"up to date" when the manifest has that hash and the files are intact; an artifact of a target-free
+kind (ONNX) with the same hash under another target is copied; else ``kind.check(job)``, then the
+jobs it ``depends_on`` (planned before it; built here only when it needs building), then the
+builder runs inside ``atomic_dir`` and the manifest is written last, inside the temp folder, so a
+killed build never leaves a folder that looks complete. Rows from metrics the builder put in the
+manifest (``kind.rows``: rknn's simulator accuracy) are stored after the build. One failure does
+not stop the other jobs.
 
 The "up to date" path imports no torch/onnx: a second export with nothing changed takes seconds.
 """
@@ -24,18 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.config import Recipe, load_recipe
-from host.errors import CheckError, ModelError, RkdeployError, ToolkitMissingError
+from host.errors import BuildError, CheckError, ModelError, RkdeployError, ToolkitMissingError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
 from host.manifest import MANIFEST, inputs_hash, is_up_to_date, read_manifest, write_manifest
 from host.plan import BuildJob, artifacts_root, plan
 
-#: Recipe model fields that do NOT change an artifact of this kind (lists of what to build, and the
-#: other toolkits' knobs). Everything else the model record holds goes into ``inputs_hash``.
-IRRELEVANT_FIELDS = {
-    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers"},
-    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch"},
-    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers"},
-}
 STATUS_STYLE = {"built": "green", "reused": "green", "up to date": "cyan", "skipped": "yellow", "failed": "red",
                 "planned": "white"}
 
@@ -123,13 +119,17 @@ def precheck(recipe: Recipe, target: str, schemes: list[str] | None = None) -> N
 # --- hashing --------------------------------------------------------------------------------------
 
 def job_inputs(job: BuildJob, builder, model_sha: str) -> dict:
-    fields_ = job.model.model_dump(mode="json", exclude=IRRELEVANT_FIELDS.get(job.kind, set()))
+    """What ``inputs_hash`` hashes: the model fields the kind reads (``Kind.irrelevant_fields`` left out)."""
+    from host.build import registry
+
+    kind = registry.get(job.kind)
+    fields_ = job.model.model_dump(mode="json", exclude=kind.irrelevant_fields())
     data = {"kind": job.kind, "scheme": job.scheme, "model_sha256": model_sha, "model": fields_,
             "builder": builder.inputs(job)}
-    if job.kind != "onnx":
+    if kind.per_target:
         data["target"] = job.target
     calib = job.model.calibration
-    if job.kind == "rkllm" and calib is not None and Path(calib).is_file():
+    if kind.reads_calibration and calib is not None and Path(calib).is_file():
         data["calibration_sha256"] = sha256_file(calib)
     return data
 
@@ -164,12 +164,12 @@ def _copy_artifact(src: Path, dst: Path) -> None:
 # --- one job --------------------------------------------------------------------------------------
 
 def _load_builder(kind: str):
-    from host.build import BUILDERS, builder_for
+    from host.build import registry
 
     try:
-        return builder_for(kind), None
+        return registry.get(kind).builder(), None
     except ModuleNotFoundError as e:
-        if e.name and BUILDERS.get(kind, "").startswith(e.name):
+        if e.name and registry.get(kind).module.startswith(e.name):
             return None, "builder not available"
         raise
 
@@ -194,11 +194,16 @@ class _JobLog:
 
 
 def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, require: set[str],
-            on_line: Callable[[str], None] | None = None) -> JobResult:
+            on_line: Callable[[str], None] | None = None,
+            ensure: Callable[[BuildJob], JobResult] | None = None) -> JobResult:
+    """Build one job. ``ensure(dep)`` builds (once) a job this one depends on (``Kind.depends_on``)."""
+    from host.build import registry
+
     builder, why = _load_builder(job.kind)
+    kind = registry.get(job.kind)
     if builder is None:
         status = "failed" if job.kind in require else "skipped"
-        return JobResult(job, status, f"{why} (host/build/{job.kind}.py)")
+        return JobResult(job, status, f"{why} ({kind.module})")
     try:
         inputs = job_inputs(job, builder, model_sha)
     except ToolkitMissingError as e:
@@ -212,22 +217,33 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
     t0 = time.monotonic()
     lock = _lock_job(job)
     try:
+        problems = kind.check(job)
+        if problems:
+            raise CheckError(problems)
+        for dep in kind.depends_on(job):
+            res = ensure(dep) if ensure else None
+            if res is not None and res.status in ("failed", "skipped"):
+                raise BuildError(f"{job.model.name}: {dep.label} ({job.kind} is built from it) failed to build: "
+                                 f"{res.reason}")
+            log(f"{dep.label} (built first: {job.kind} is built from it): {res.status if res else 'not built here'}")
         _remove_stale_temps(job, log)
-        sibling = _sibling_with_hash(job, ih) if job.kind == "onnx" else None
+        sibling = _sibling_with_hash(job, ih) if not kind.per_target else None
         with atomic_dir(job.out_dir) as tmp:
             if sibling is not None:
-                log(f"copying {sibling} (same inputs; ONNX artifacts do not depend on the target)")
+                log(f"copying {sibling} (same inputs; {job.kind} artifacts do not depend on the target)")
                 _copy_artifact(sibling, tmp)
                 extra = {k: v for k, v in read_manifest(sibling).to_dict().items()
                          if k not in ("files", "built_at", "target", "schema", "rkdeploy_version")}
                 extra["copied_from"] = str(sibling)
             else:
-                extra = builder.build(job, tmp, log=log) or {}
+                extra = kind.build(job, tmp, log=log)
                 extra["build_seconds"] = round(time.monotonic() - t0, 2)
             fields_ = _manifest_fields(job, recipe, model_sha, ih, inputs, extra)
             art = write_manifest(tmp, **fields_)
             tmp.chmod(0o755)                       # mkdtemp/mkstemp made these owner-only
             (tmp / MANIFEST).chmod(0o644)
+        if not sibling:
+            store_rows(kind.rows(job, art.manifest))
         seconds = time.monotonic() - t0
         return JobResult(job, "reused" if sibling else "built", f"from {sibling.parent.name}" if sibling else "",
                          seconds, art.size, ih)
@@ -242,6 +258,20 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
     finally:
         log.close()
         lock.close()
+
+
+def store_rows(rows: list) -> None:
+    """Rows a build produced (``Kind.rows``) into the results store, unless one with the same
+    ``env.quality_key`` is there (rebuilding an unchanged artifact adds no duplicate row)."""
+    if not rows:
+        return
+    from host.results import ResultStore
+
+    with ResultStore(None) as st:
+        have = {(r.env or {}).get("quality_key") for r in st.rows(kind="quality")}
+        for row in rows:
+            if (row.env or {}).get("quality_key") not in have:
+                st.add(row)
 
 
 def _lock_job(job: BuildJob):
@@ -297,22 +327,24 @@ def export(recipe_path: Path | str, target: str, *, dry_run: bool = False, requi
     target = target.lower()
     schemes = list(only) if only else None
     if schemes:
-        listed = {s for m in recipe.models for s in (m.onnx + m.targets.get(target, []))}
+        from host.targets import listed_schemes
+
+        listed = {s for m in recipe.models for s in listed_schemes(m, target)}
         missing = [s for s in schemes if s not in listed]
         if missing:
             raise CheckError([f"--only {s}: recipe {recipe.name} builds no {s!r} artifact for {target} "
                               f"(listed: {', '.join(sorted(listed))})" for s in missing])
     precheck(recipe, target, schemes)
     base = artifacts_root(root)
-    jobs = plan(recipe, target, root=base, schemes=tuple(schemes) if schemes else None)
+    jobs = plan(recipe, target, root=base, schemes=tuple(schemes) if schemes else None, with_deps=True)
     report = ExportReport(recipe, target)
     if dry_run:
-        report.results = [JobResult(j, "planned", "") for j in jobs]
+        report.results = [JobResult(j, "planned", "") for j in jobs if not j.implied]
         report.seconds = time.monotonic() - t0
         return report
     from host.models import model_sha256, resolve_model
 
-    shas: dict[str, str] = {}
+    shas: dict[str, str] = {}   # models of every planned job, implied ones too
     for m in recipe.models:
         if any(j.model.name == m.name for j in jobs):
             shas[m.name] = model_sha256(resolve_model(m))
@@ -322,27 +354,37 @@ def export(recipe_path: Path | str, target: str, *, dry_run: bool = False, requi
 
 
 def _run_all(jobs, base, recipe, shas, require, on_line, show_progress) -> list[JobResult]:
+    """Run every job in plan order; an ``implied`` job (a dependency the selection did not list) runs
+    only when a job that depends on it builds, and is not reported."""
+    from contextlib import nullcontext
+
     from host.ui import progress as make_progress
 
+    done: dict[Path, JobResult] = {}
+    shown = [j for j in jobs if not j.implied]
+
+    def run(j: BuildJob, line, req: set[str]) -> JobResult:
+        if j.out_dir not in done:
+            done[j.out_dir] = run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=req,
+                                      on_line=line, ensure=lambda d: run(d, line, req | {d.kind}))
+        return done[j.out_dir]
+
     results = []
-    if not show_progress:
-        for j in jobs:
-            results.append(run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=require,
-                                   on_line=on_line))
-        return results
-    with make_progress(transient=True) as prog:
-        task = prog.add_task("export", total=len(jobs))
-        for j in jobs:
-            prog.update(task, description=f"{j.label}")
+    with (make_progress(transient=True) if show_progress else nullcontext()) as prog:
+        task = prog.add_task("export", total=len(shown)) if prog else None
+        for j in shown:
+            line = on_line
+            if prog:
+                prog.update(task, description=f"{j.label}")
 
-            def line(text: str, _j=j) -> None:
-                prog.update(task, description=f"{_j.label}: {text[:60]}")
-                if on_line:
-                    on_line(text)
+                def line(text: str, _j=j) -> None:
+                    prog.update(task, description=f"{_j.label}: {text[:60]}")
+                    if on_line:
+                        on_line(text)
 
-            results.append(run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=require,
-                                   on_line=line))
-            prog.advance(task)
+            results.append(run(j, line, require))
+            if prog:
+                prog.advance(task)
     return results
 
 

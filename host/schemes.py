@@ -11,7 +11,10 @@ import re
 
 from host.errors import ConfigError
 
-_VENDOR = re.compile(r"^(?P<base>w8a8|w4a16|w4a8|w8a16)(?:-g(?P<group>32|64|128|256|512))?$")
+#: vendor (wXaY) scheme bases and group sizes; the artifact kinds that use them: host/build/registry.py
+VENDOR_BASES = ("w8a8", "w4a16", "w4a8", "w8a16")
+VENDOR_GROUPS = (32, 64, 128, 256, 512)
+_VENDOR = re.compile(rf"^(?P<base>{'|'.join(VENDOR_BASES)})(?:-g(?P<group>{'|'.join(map(str, VENDOR_GROUPS))}))?$")
 
 #: ONNX (CPU) schemes and what each means.
 ONNX_SCHEMES = {
@@ -30,7 +33,10 @@ def is_vendor_scheme(name: str) -> bool:
 
 
 def is_known_scheme(name: str) -> bool:
-    return name in ONNX_SCHEMES or is_vendor_scheme(name)
+    """A scheme some registered artifact kind builds (``host.build.registry``)."""
+    from host.build import registry
+
+    return name in registry.scheme_names()
 
 
 def validate_scheme(name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from host.config import ModelSpec, Recipe, Target, TargetTable, load_targets
 from host.errors import CheckError, ConfigError, ModelError
-from host.schemes import ONNX_SCHEMES, base_dtype, group_size
+from host.schemes import group_size
 
 MAX_CONTEXT_LIMIT = 16384   # rkllm-toolkit: max_context <= 16384 and a multiple of 32
 MAX_CONTEXT_STEP = 32
@@ -26,26 +26,36 @@ def get_target(name: str, table: TargetTable | None = None) -> Target:
     raise CheckError([msg])
 
 
+def _vendor_kind(model: ModelSpec, scheme: str):
+    """The per-target kind (host.build.registry) that builds ``scheme`` for ``model``."""
+    from host.build import registry
+
+    kind = registry.kind_for(model, scheme)
+    if kind is None or kind.per_target:
+        return kind
+    return next((k for k in registry.kinds() if k.per_target and model.kind in k.model_kinds), None)
+
+
 def _scheme_problems(model: ModelSpec, target: Target, scheme: str) -> list[str]:
-    if scheme in ONNX_SCHEMES:
+    from host.build import registry
+
+    own = registry.kind_for(model, scheme)
+    if own is not None and not own.per_target:
         return []
-    kind = model.vendor_kind
-    allowed = target.schemes_for(kind)
+    kind = _vendor_kind(model, scheme)
+    if kind is None:
+        return [f"{model.name}: no artifact kind builds scheme {scheme!r} for {model.kind} models"]
+    allowed = kind.allowed(target)
     if scheme not in allowed:
-        return [f"{model.name}: scheme {scheme!r} is not allowed for {kind} on {target.name} "
+        return [f"{model.name}: scheme {scheme!r} is not allowed for {kind.name} on {target.name} "
                 f"(allowed: {', '.join(allowed)})"]
-    problems = []
-    if kind == "rkllm":
-        algo = model.rkllm.algorithm
-        if algo in ("grq", "gdq") and base_dtype(scheme) != "w4a16":
-            problems.append(f"{model.name}: rkllm.algorithm {algo!r} only works with w4a16 schemes, not {scheme!r} "
-                            "(use 'normal' or 'auto')")
-    return problems
+    return kind.scheme_problems(model, target, scheme)
 
 
 def _group_problems(model: ModelSpec, folder, target: Target, scheme: str) -> list[str]:
     g = group_size(scheme)
-    if g is None or model.vendor_kind != "rkllm":
+    kind = _vendor_kind(model, scheme)
+    if g is None or kind is None or not kind.group_must_divide_layers:
         return []
     from host.models import linear_shapes
 
@@ -54,7 +64,7 @@ def _group_problems(model: ModelSpec, folder, target: Target, scheme: str) -> li
         return []
     name, (out_f, in_f) = bad[0]
     dims = [d for d in (out_f, in_f) if d % g]
-    ok = [s for s in target.rkllm_schemes if (gs := group_size(s)) and all(
+    ok = [s for s in kind.allowed(target) if (gs := group_size(s)) and all(
         o % gs == 0 and i % gs == 0 for o, i in linear_shapes(folder).values())]
     hint = f"; schemes that fit this model on {target.name}: {', '.join(ok)}" if ok else ""
     return [f"{model.name}: scheme {scheme!r}: group size {g} does not divide layer {name} "
@@ -63,7 +73,7 @@ def _group_problems(model: ModelSpec, folder, target: Target, scheme: str) -> li
 
 def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache) -> list[str]:
     problems: list[str] = []
-    vendor = [s for s in schemes if s not in ONNX_SCHEMES]
+    vendor = [s for s in schemes if _is_per_target(model, s)]
     if model.kind == "llm":
         mc = model.max_context
         if mc % MAX_CONTEXT_STEP or mc <= 0 or mc > MAX_CONTEXT_LIMIT:
@@ -106,14 +116,28 @@ def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache)
     return problems
 
 
+def _is_per_target(model: ModelSpec, scheme: str) -> bool:
+    from host.build import registry
+
+    kind = registry.kind_for(model, scheme)
+    return kind is None or kind.per_target
+
+
+def listed_schemes(model: ModelSpec, target: str) -> list[str]:
+    """The schemes the recipe builds of ``model`` for ``target`` (``host.build.registry.wanted``)."""
+    from host.build import registry
+
+    return [s for _k, s in registry.wanted(model, target)]
+
+
 def selected_schemes(recipe: Recipe, model: ModelSpec, target: str, scheme: str | None) -> list[str]:
-    listed = list(model.onnx) + list(model.targets.get(target, []))
+    listed = listed_schemes(model, target)
     if scheme is None:
         return listed
     if scheme in listed:
         return [scheme]
     # Not listed by any model: check it for the LLMs (or, without LLMs, the encoders).
-    if any(scheme in (m.onnx + m.targets.get(target, [])) for m in recipe.models):
+    if any(scheme in listed_schemes(m, target) for m in recipe.models):
         return []
     primary = "llm" if recipe.llms() else "encoder"
     return [scheme] if model.kind == primary else []

@@ -102,6 +102,15 @@ def toolkit_args(job: BuildJob, *, model_dir: Path | None = None, gpu: bool | No
     return {"load": load, "build": build, "notes": [note] if note else []}
 
 
+def scheme_problems(model, target, scheme: str) -> list[str]:
+    """Recipe problems of one rkllm scheme (targets check): grq/gdq need a w4a16 scheme."""
+    algo = model.rkllm.algorithm
+    if algo in ("grq", "gdq") and base_dtype(scheme) != "w4a16":
+        return [f"{model.name}: rkllm.algorithm {algo!r} only works with w4a16 schemes, not {scheme!r} "
+                "(use 'normal' or 'auto')"]
+    return []
+
+
 def _calibration_sha256(job: BuildJob) -> str | None:
     from host.fsutil import sha256_file
 

@@ -5,12 +5,13 @@ The toolkit runs in its own venv (``.venvs/rknn``, ``make setup``) through
 (scheme not allowed on the chip, fixed input shapes missing, ONNX file absent, toolkit missing),
 tokenizes held-in sentences into the calibration set (``.npy`` files + ``dataset.txt``) and
 held-out sentences into the evaluation set, stops any ``adb`` server the toolkit starts, keeps
-the toolkit's log beside the artifact, and records the simulator's accuracy as quality rows
-(``method: simulator``).
+the toolkit's log beside the artifact, and records the simulator's accuracy in the manifest
+(``accuracy``); ``rows(job, manifest)`` turns it into the quality row (``method: simulator``) that
+``host.export`` stores (a builder never writes the results store).
 
 Source graph: ``artifacts/<model>/<target>/fp32/model.onnx`` (``host.build.onnx_int8``,
-TorchScript exporter, opset 17, eager attention), built or reused first through
-``host.export.run_job`` when missing or stale (``--only w8a8`` does not plan it). rknn-toolkit2
+TorchScript exporter, opset 17, eager attention): ``depends_on(job)``, so the plan builds it first
+(``--only w8a8`` plans it as an implied job). rknn-toolkit2
 needs a float graph: it refuses ORT dynamic-quantized ONNX, hangs on QDQ, and reads opset <= 19
 only. The toolkit gets a copy whose attention-mask fill is -20 instead of -3.4e38 (``MASK_FILL``);
 onnxruntime runs the unmodified graph as the accuracy reference.
@@ -19,7 +20,6 @@ onnxruntime runs the unmodified graph as the accuracy reference.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -61,14 +61,22 @@ def float_onnx_job(job):
     return BuildJob(job.model, job.target, "onnx", SOURCE_SCHEME, Path(job.out_dir).parent / SOURCE_SCHEME, job.recipe)
 
 
+def depends_on(job) -> list:
+    """The plan builds the fp32 ONNX source before this artifact."""
+    return [float_onnx_job(job)]
+
+
 def float_onnx_dir(job) -> Path:
     return float_onnx_job(job).out_dir
 
 
 def _source_hash(job) -> str | None:
+    from host.errors import RkdeployError
+    from host.manifest import read_manifest
+
     try:
-        return json.loads((float_onnx_dir(job) / "manifest.json").read_text()).get("inputs_hash")
-    except (OSError, ValueError):
+        return read_manifest(float_onnx_dir(job)).inputs_hash
+    except (RkdeployError, OSError):
         return None
 
 
@@ -118,7 +126,18 @@ def _rknn_args(job) -> dict:
 
 # --- fail fast ------------------------------------------------------------------------------------
 
-def preflight(job) -> Path:
+def check(job) -> list[str]:
+    """Pre-build problems (model kind, scheme on the chip, fixed shapes), one line each; no toolkit needed."""
+    try:
+        preflight(job, toolkit=False)
+    except CheckError as e:
+        return list(e.problems)
+    except BuildError as e:
+        return [str(e)]
+    return []
+
+
+def preflight(job, *, toolkit: bool = True) -> Path | None:
     """Every check that needs no work (model kind, scheme on the chip, fixed shapes, toolkit venv).
 
     Returns the toolkit venv. Runs before the float ONNX source is built or anything is tokenized.
@@ -135,23 +154,14 @@ def preflight(job) -> Path:
     if "seq_len" not in m.model_fields_set:
         raise BuildError(f"{m.name}: input shapes missing: set seq_len (and batch, default 1) in the recipe; "
                          "rknn needs fixed input shapes")
-    return require_toolkit("rknn")
+    return require_toolkit("rknn") if toolkit else None
 
 
-def source_onnx(job, *, log, ensure: bool = True) -> Path:
-    """The float ONNX the .rknn is converted from: the fp32 ONNX artifact, built or reused first when
-    ``ensure`` (``rkdeploy export --only w8a8`` does not plan it)."""
+def source_onnx(job, *, log=None, ensure: bool = False) -> Path:
+    """The float ONNX the .rknn is converted from: the fp32 ONNX artifact (``depends_on``: the plan
+    builds it first). ``ensure`` is kept for callers; the plan, not this builder, builds the source."""
+    del log, ensure
     path = float_onnx_dir(job) / "model.onnx"
-    if ensure:
-        from host.export import run_job
-        from host.models import model_sha256, resolve_model
-
-        src = float_onnx_job(job)
-        res = run_job(src, root=Path(job.out_dir).parent.parent.parent, recipe=job.recipe,
-                      model_sha=model_sha256(resolve_model(job.model)), require={"onnx"})
-        if res.status == "failed":
-            raise BuildError(f"{job.model.name}: float ONNX source {src.label} failed to build: {res.reason}")
-        log(f"float ONNX source {src.label}: {res.status}")
     if not path.is_file():
         raise BuildError(f"{job.model.name}: float ONNX {path} not found (rknn converts it); "
                          f"run `rkdeploy export --target {job.target} --only {SOURCE_SCHEME}` first")
@@ -303,9 +313,7 @@ def stopped_adb(log=None) -> Iterator[None]:
 # --- build ---------------------------------------------------------------------------------------
 
 def build(job, out_dir: Path, *, log) -> dict:
-    from host.manifest import file_table
-    from host.models import folder_digest, resolve_model
-    from host.quality import store_rows
+    from host.models import resolve_model
     from host.targets import get_target
     from host.toolkits import run_worker
 
@@ -382,11 +390,6 @@ def build(job, out_dir: Path, *, log) -> dict:
     log(f"simulator vs float: sentence cos {quality['cos_mean']:.4f} (min {quality['cos_min']:.4f}), "
         f"token cos {quality['token_cos_mean']:.4f}, max abs err {quality['max_abs_err']:.3g}, "
         f"NN agree {quality.get('nn_agree')}")
-    # The row is keyed by the artifact's sha256: folder_digest of these files is manifest.Artifact.sha256
-    # once host.export writes the manifest (host.quality.vendor_rows joins on it).
-    files = file_table(out_dir)
-    store_rows([simulator_row(job.model, job.target, job.scheme, extra, sha=folder_digest(files),
-                              size=sum(f["size"] for f in files.values()))])
     return extra
 
 
@@ -425,6 +428,17 @@ def summarize(metrics: dict) -> dict:
 
 
 # --- quality rows --------------------------------------------------------------------------------
+
+def rows(job, manifest) -> list:
+    """The simulator's quality row of a built .rknn artifact (``host.export`` stores it), keyed by the
+    artifact's sha256 (``host.quality.vendor_rows`` joins on it)."""
+    from board.rows import ResultRow
+
+    if not manifest.accuracy:
+        return []
+    return [ResultRow.from_dict(simulator_row(job.model, job.target, job.scheme, manifest.to_dict(),
+                                              sha=manifest.sha256, size=manifest.size))]
+
 
 def simulator_row(model, target: str, scheme: str, manifest: dict, *, sha: str, size: int) -> dict:
     """The quality row of a .rknn artifact (``method: simulator``), from its manifest fields."""
