@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from host.deploy.push import LocalFile, PushDir, push_board
-from host.deploy.ssh import Transport
+from host.deploy.transport import RemoteCommandFailed, Transport
 from host.errors import DeployError
 from host.fsutil import atomic_write_text, sha256_file
 from host.ui import sanitize
@@ -134,12 +134,12 @@ def provision_board(t: Transport, *, reqs: Sequence[str] = BOARD_REQUIREMENTS,
     marker = venv / MARKER
     # The venv first: push's probe and receiver run with the board's python (stdlib only).
     q = shlex.quote
-    made = t.run(["sh", "-c", f"[ -x {q(f'{venv}/bin/python3')} ] || {q(BASE_PYTHON)} -m venv {q(str(venv))}"],
-                 check=False,
-                 timeout=600, silent_ok=True)
-    if made.returncode != 0:
-        raise DeployError(f"board {b.name}: {BASE_PYTHON} -m venv {venv} failed: {sanitize(made.stderr.strip())[-200:]} "
-                          "(install python3-venv on the board)")
+    try:
+        t.run(["sh", "-c", f"[ -x {q(f'{venv}/bin/python3')} ] || {q(BASE_PYTHON)} -m venv {q(str(venv))}"],
+              timeout=600, silent_ok=True)
+    except RemoteCommandFailed as e:
+        raise DeployError(f"board {b.name}: {BASE_PYTHON} -m venv {venv} failed: {sanitize(e.stderr.strip())[-200:]} "
+                          "(install python3-venv on the board)") from None
     have = t.run(["cat", str(marker)], check=False).stdout.strip()
     if have == digest:
         return ProvisionResult(b.name, str(venv), digest, False, time.monotonic() - start,
@@ -149,10 +149,11 @@ def provision_board(t: Transport, *, reqs: Sequence[str] = BOARD_REQUIREMENTS,
     wd = PurePosixPath(_workdir(t))
     script = (f"set -e; rm -f {q(str(marker))}; {q(f'{venv}/bin/python3')} -m pip install --no-index --no-compile "
               f"--disable-pip-version-check --find-links {q(str(wd / wheels.remote))} {' '.join(map(q, reqs))}")
-    r = t.run(["sh", "-c", script], check=False, timeout=INSTALL_TIMEOUT_S, silent_ok=True)
-    if r.returncode != 0:
-        tail = [ln for ln in sanitize(r.stderr + r.stdout).splitlines() if ln.strip()][-3:]
-        raise DeployError(f"board {b.name}: pip install into {venv} failed (exit {r.returncode}): {' | '.join(tail)}")
+    try:
+        t.run(["sh", "-c", script], timeout=INSTALL_TIMEOUT_S, silent_ok=True)
+    except RemoteCommandFailed as e:
+        tail = [ln for ln in sanitize(e.stderr + e.stdout).splitlines() if ln.strip()][-3:]
+        raise DeployError(f"board {b.name}: pip install into {venv} failed (exit {e.returncode}): {' | '.join(tail)}") from None
     t.run(["sh", "-c", f"echo {q(digest)} > {q(str(marker))}"])
     return ProvisionResult(b.name, str(venv), digest, True, time.monotonic() - start, _versions(t, b.python),
                            sorted(wheels.files))

@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from host.deploy import remote
 from host.deploy.inventory import Board
-from host.deploy.ssh import SshTransport, Transport, Upload
+from host.deploy.ssh import SshTransport
+from host.deploy.transport import Transport, Upload
 from host.errors import DeployError, RkdeployError
 from host.fsutil import sha256_file
 from host.ui import sanitize

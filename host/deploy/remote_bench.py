@@ -19,7 +19,8 @@ from rich.markup import escape
 
 from host.deploy import remote
 from host.deploy.inventory import Board
-from host.deploy.ssh import SshTransport, Transport
+from host.deploy.ssh import SshTransport
+from host.deploy.transport import RemoteCommandFailed, Transport
 from host.errors import BenchError, DeployError, RkdeployError
 from host.ui import err_console, sanitize
 
@@ -62,13 +63,14 @@ class RemoteRunStream:
         try:
             for line in self.t.stream(self._map(argv), cwd=self.workdir / "runner", on_stderr=self._stderr):
                 yield self._with_doctor(line)
-        except DeployError as e:
-            rc = getattr(e, "returncode", None)
-            if rc == 1:
+        except RemoteCommandFailed as e:
+            if e.returncode == 1:
                 return  # the runner wrote an error row
-            if rc == remote.LOCK_BUSY_EXIT:
+            if e.returncode == remote.LOCK_BUSY_EXIT:
                 raise DeployError(f"board {b.name} is busy: another benchmark holds {self.workdir / LOCK_NAME}; "
                                   "retry later, or drop --no-wait to wait for it") from None
+            raise BenchError(str(e)) from None
+        except DeployError as e:
             raise BenchError(str(e)) from None
 
     def _with_doctor(self, line: str) -> str:
