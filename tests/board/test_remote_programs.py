@@ -17,6 +17,9 @@ from board.remote import PROGRAMS, lib, source
 from board.remote.locked_exec import LOCK_BUSY_EXIT
 
 PYTHON2 = sorted((Path.home() / ".pyenv" / "versions").glob("2.7.*/bin/python2.7"))
+PYTHON38 = sorted((Path.home() / ".pyenv" / "versions").glob("3.8.*/bin/python3.8"))
+#: This interpreter, and the board's oldest supported one when this machine has it.
+PYTHONS = [sys.executable, *(str(p) for p in PYTHON38[:1])]
 
 
 def _sha(data: bytes) -> str:
@@ -31,8 +34,8 @@ def _run(name: str, *args: str, stdin: dict | None = None, **kw) -> subprocess.C
 class Receiver:
     """The host's half of the receiver dialogue, minimal."""
 
-    def __init__(self, wd: Path, stall: float = 5):
-        self.p = subprocess.Popen([sys.executable, "-c", source("receiver"), str(wd), str(stall)],
+    def __init__(self, wd: Path, stall: float = 5, python: str = sys.executable):
+        self.p = subprocess.Popen([python, "-c", source("receiver"), str(wd), str(stall)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def send(self, obj: dict, body: bytes = b"") -> None:
@@ -100,12 +103,13 @@ def test_probe_names_an_unwritable_workdir(tmp_path):
     assert p.returncode == 0 and not out["writable"] and "Not a directory" in out["error"]
 
 
-def test_receiver_sends_verifies_resumes_and_installs(tmp_path):
+@pytest.mark.parametrize("python", PYTHONS)
+def test_receiver_sends_verifies_resumes_and_installs(tmp_path, python):
     wd = tmp_path / "wd"
     a, b, c = os.urandom(3000), os.urandom(5000), b"tiny"
     (wd / "blobs").mkdir(parents=True)
     (wd / "blobs" / f".partial-{_sha(b)}").write_bytes(b[:1234])  # a real prefix: resumed
-    r = Receiver(wd)
+    r = Receiver(wd, python=python)
     r.send({"sha256": _sha(a), "size": len(a)})
     assert r.answer() == {"sha256": _sha(a), "status": "send", "offset": 0, "quarantined": None, "why": None}
     r.p.stdin.write(a)
