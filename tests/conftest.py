@@ -199,3 +199,68 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.line(f"`make test` and CI ({REQUIRE_REAL_ENV}=1) fail on these instead of skipping; "
             "`make setup setup-system` installs most parts.", yellow=True)
 # <<< real parts
+# >>> test tiers: `make test-fast` runs the tests that need no real part (issue 12)
+#: A test that uses one of these fixtures needs a real part (a materialised model, a full export, an
+#: OpenSSH sshd): it is marked ``real`` at collection. Modules that start such a part themselves say
+#: ``pytestmark = pytest.mark.real``.
+REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known"})
+#: These markers need a real part too (a board, the virtual board).
+REAL_MARKERS = ("board", "vboard")
+#: Fakes only, but seconds per test (shims compiled with gcc, injected delays, timing fidelity): ``slow``.
+SLOW_FIXTURES = frozenset({"shims"})
+#: Set by `make test-fast`: the model cache is an empty folder and no test sshd starts, so a test
+#: in the fast tier that reaches for a real part fails (mark it ``real``) instead of quietly running it.
+FAST_ENV = "RKDEPLOY_FAST"
+
+
+def fast_tier() -> bool:
+    return os.environ.get(FAST_ENV, "") not in ("", "0")
+
+
+def pytest_configure(config):
+    if fast_tier():
+        import tempfile
+
+        os.environ["RKDEPLOY_CACHE"] = tempfile.mkdtemp(prefix="rkdeploy-fast-empty-cache-")
+
+
+def pytest_unconfigure(config):
+    if fast_tier() and "rkdeploy-fast-empty-cache-" in os.environ.get("RKDEPLOY_CACHE", ""):
+        import shutil
+
+        shutil.rmtree(os.environ["RKDEPLOY_CACHE"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``real``: the test uses a real part (fixture or marker above); ``slow``: fakes only, seconds each."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & REAL_FIXTURES or any(item.get_closest_marker(m) for m in REAL_MARKERS):
+            item.add_marker(pytest.mark.real)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request, monkeypatch):
+    """Under `make test-fast`: starting a test sshd or a (non-dry-run) export fails, naming the fix."""
+    if not fast_tier() or request.node.get_closest_marker("real") or request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(part: str):
+        def refused(*_a, **_kw):
+            pytest.fail(f"{FAST_ENV}=1 (make test-fast): this test {part}; mark it `real` (or use a fake)")
+        return refused
+
+    monkeypatch.setattr(TestSshd, "start", refuse("starts an OpenSSH sshd"))
+    import host.export
+
+    real_export = host.export.export
+
+    def export(*a, **kw):
+        if not kw.get("dry_run"):
+            refuse("runs a real export")()
+        return real_export(*a, **kw)
+
+    monkeypatch.setattr(host.export, "export", export)
+# <<< test tiers

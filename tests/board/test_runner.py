@@ -28,6 +28,7 @@ def board_cli(*args, cwd=ROOT):
 PREFILL_MS, TOKEN_MS, N_PROMPT, N_GEN, REPS = 300.0, 30.0, 64, 32, 3
 
 
+@pytest.mark.slow  # compiles the shim, injected delays
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (compiles the librkllmrt shim)")
 def test_fidelity_against_the_shim_clock(tmp_path):
     """The runner's TTFT and decode rate against a clock that is not its own.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from board.testing.artifacts import write_fake_artifact
 from host.bench import BenchParams, bench_artifact, bench_local, local_run_stream
 from host.results import ResultStore
@@ -85,6 +87,7 @@ def test_error_row_from_runner_is_stored(tmp_path):
     assert rows[0].status == "error" and "injected generate failure" in rows[0].error
 
 
+@pytest.mark.slow  # rkdeploy bench + report processes
 def test_cli_bench_then_report(tmp_path):
     root = fake_tree(tmp_path / "artifacts")
     env = {"RKDEPLOY_ARTIFACTS": str(root)}

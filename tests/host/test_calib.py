@@ -34,7 +34,7 @@ def test_valid_file_passes(rk, tmp_path, good_items):
     assert errs == [] and "20 items" in proc.stdout
 
 
-def test_shipped_calibration_is_valid(rk):
+def test_shipped_calibration_is_valid(rk, builtin_models):  # its tokenizer and chat template
     proc = rk("calib", "validate", "calib_data/smollm2-135m-instruct.calib.json")
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr

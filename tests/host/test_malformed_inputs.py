@@ -536,7 +536,7 @@ VALID_RECIPES = ("base.yaml", "anchors_valid.yaml")  # the strict loader must no
 
 
 @pytest.mark.parametrize("case", VALID_RECIPES)
-def test_valid_recipes_still_pass(case, clean):
+def test_valid_recipes_still_pass(case, clean, builtin_models):  # the recipes name the materialised built-in LLM
     res = rk("check", "-r", CORPUS / "recipes" / case, "-t", "rk3588")
     assert res.rc == 0 and "ok:" in res.out, res.out + res.err
 
@@ -577,6 +577,7 @@ def _rkdeploy(*args, cwd: Path, env: dict | None = None) -> Result:
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+@pytest.mark.slow  # five rkdeploy processes
 def test_end_to_end_rkdeploy(clean):
     clear_error(_rkdeploy("check", cwd=clean), 2, ["Missing option '--target'"])
     clear_error(_rkdeploy("report", "--format", "xml", "--store", "s.sqlite", cwd=clean), 2, ["'xml'"])
@@ -601,6 +602,7 @@ def _isolated_board(python: str, *args, cwd: Path) -> Result:
 PYTHONS = [sys.executable] + sorted(str(p) for p in Path("/root/.pyenv/versions").glob("3.8*/bin/python3.8"))[:1]
 
 
+@pytest.mark.slow  # eleven board runner processes
 @pytest.mark.parametrize("python", PYTHONS, ids=lambda p: Path(p).name)
 def test_end_to_end_board_runner(python, clean, tmp_path):
     for case in ("traversal", "absolute", "deep", "file_entry_string", "nul_in_name"):

@@ -10,7 +10,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from tests import conftest
 from tests.conftest import ROOT  # noqa: E402
 
 CONFTEST = ("from tests.conftest import (pytest_collectreport, pytest_runtest_makereport,  # noqa: F401\n"
@@ -66,6 +70,7 @@ def test_bare_pytest_skips_and_says_what_and_why(tmp_path):
     assert "RKDEPLOY_BOARD" not in summary  # a board test skipping is not a missing part of this machine
 
 
+@pytest.mark.slow  # a pytest session in a subprocess
 def test_require_real_turns_each_skip_into_a_failure_naming_the_part(tmp_path):
     p = run_pytest(tmp_path / "t", {"test_sample.py": SAMPLE}, "1")
     assert p.returncode == 1, p.stdout + p.stderr
@@ -77,6 +82,7 @@ def test_require_real_turns_each_skip_into_a_failure_naming_the_part(tmp_path):
     assert run_pytest(tmp_path / "zero", {"test_sample.py": SAMPLE}, "0").returncode == 0  # "0" means off
 
 
+@pytest.mark.slow  # a pytest session in a subprocess
 def test_a_module_skipped_at_collection_fails_the_run_too(tmp_path):
     bare = run_pytest(tmp_path / "bare", {"test_mod.py": MODULE_SKIP, "test_other.py": "def test_y():\n    pass\n"},
                       None)
@@ -92,3 +98,88 @@ def test_make_test_and_ci_set_the_variable():
     dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "RKDEPLOY_REQUIRE_REAL=1 .venv/bin/python -m pytest" in dry.stdout, dry.stdout + dry.stderr
     assert "export RKDEPLOY_REQUIRE_REAL=1" in (ROOT / ".ci" / "run").read_text()
+
+
+# --- the tiers: `make test-fast` (fakes only) and `make test` (everything) ---------------------------
+
+def _item(fixtures=(), markers=()):
+    added = []
+    return SimpleNamespace(fixturenames=list(fixtures), added=added, add_marker=lambda m: added.append(m.name),
+                           get_closest_marker=lambda name: name if name in markers else None)
+
+
+@pytest.mark.parametrize(("fixtures", "markers", "want"), [
+    ((), (), []),
+    (("tmp_path", "monkeypatch"), (), []),
+    (("builtin_models", "llm_dir"), (), ["real"]),
+    (("onnx_export",), (), ["real"]),
+    (("sshd", "known"), (), ["real"]),
+    (("tmp_path",), ("vboard",), ["real"]),
+    ((), ("board",), ["real"]),
+    (("shims",), (), ["slow"]),
+    (("shims", "builtin_models"), (), ["real", "slow"]),
+])
+def test_collection_marks_real_and_slow_from_fixtures_and_markers(fixtures, markers, want):
+    it = _item(fixtures, markers)
+    conftest.pytest_collection_modifyitems(None, [it])
+    assert it.added == want
+
+
+def test_every_real_fixture_exists_here():
+    """A renamed fixture would silently move its tests into the fast tier."""
+    import inspect
+
+    defined = {n for n, f in inspect.getmembers(conftest) if hasattr(f, "_fixture_function_marker")
+               or type(f).__name__ == "FixtureFunctionDefinition"}
+    assert conftest.REAL_FIXTURES <= defined, conftest.REAL_FIXTURES - defined
+
+
+def test_make_test_fast_selects_the_fast_tier_and_ci_runs_lint_first():
+    dry = subprocess.run(["make", "-n", "test-fast"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert 'RKDEPLOY_FAST=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m "not real and not slow"' \
+        in dry.stdout, dry.stdout + dry.stderr
+    ci = [ln.split("#")[0].strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln.strip().startswith(("make", "exec"))]
+    assert ci == ["make lint", "exec make test"], ci
+
+
+GUARDED = '''
+from host.testing.sshd import TestSshd
+
+
+def test_unmarked_starts_sshd(tmp_path):
+    TestSshd.start(tmp_path)
+
+
+def test_unmarked_exports(tmp_path):
+    from host.export import export
+
+    export(tmp_path / "r.yaml", "rk3576", root=tmp_path)
+
+
+def test_models_are_not_there():
+    from host.models import builtin_path
+
+    assert not builtin_path("smollm2-135m-instruct").exists()
+
+
+def test_uses_models(builtin_models):
+    raise AssertionError("deselected in the fast tier")
+'''
+TIER_CONFTEST = ("from tests.conftest import (pytest_collection_modifyitems, pytest_configure,  # noqa: F401\n"
+                 "    pytest_unconfigure, _fast_tier_guard, builtin_models)\n")
+
+
+@pytest.mark.slow  # a pytest session in a subprocess
+def test_fast_tier_refuses_real_parts_a_test_did_not_declare(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "conftest.py").write_text(TIER_CONFTEST)
+    (folder / "test_guarded.py").write_text(GUARDED)
+    env = {**{k: v for k, v in os.environ.items() if k != "RKDEPLOY_REQUIRE_REAL"}, "RKDEPLOY_FAST": "1"}
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+                        "--rootdir", str(ROOT), "-m", "not real and not slow", str(folder)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert "2 failed, 1 passed, 1 deselected" in p.stdout, p.stdout + p.stderr
+    assert "RKDEPLOY_FAST=1 (make test-fast): this test starts an OpenSSH sshd; mark it `real`" in p.stdout
+    assert "RKDEPLOY_FAST=1 (make test-fast): this test runs a real export; mark it `real`" in p.stdout

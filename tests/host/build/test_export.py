@@ -55,7 +55,7 @@ def _export(recipe, root, only=ONNX, **kw):
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def test_dry_run_prints_plan_and_builds_nothing(tmp_path):
+def test_dry_run_prints_plan_and_builds_nothing(tmp_path, builtin_models):  # the plan reads the models
     root = tmp_path / "art"
     p = run_cli("export", "--recipe", ROOT / "configs/models/smollm2-135m.yaml", "--target", "rk3576", "--dry-run",
                 "--artifacts", root, "--jsonl", tmp_path / "plan.jsonl")

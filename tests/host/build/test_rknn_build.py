@@ -25,7 +25,8 @@ from tests.conftest import run_cli
 SCHEMES = ("w8a8", "w4a16", "fp16")
 ENC = "all-minilm-l6-v2"
 
-pytestmark = pytest.mark.skipif(toolkit_info("rknn") is None, reason="rknn-toolkit2 venv missing: run `make setup`")
+pytestmark = [pytest.mark.real,  # the rknn-toolkit2 venv and the built-in encoder
+              pytest.mark.skipif(toolkit_info("rknn") is None, reason="rknn-toolkit2 venv missing: run `make setup`")]
 
 
 def encoder_recipe(default_recipe_data, path: Path, edit=None) -> Path:

@@ -12,7 +12,8 @@ from host.testing.deploy import rehash_manifest
 from host.testing.sshd import TestSshd, sshd_available
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")
+pytestmark = [pytest.mark.real,  # starts its own sshd
+              pytest.mark.skipif(not sshd_available(), reason="needs OpenSSH sshd (apt install openssh-server)")]
 LLM = "smollm2-135m-instruct"
 
 

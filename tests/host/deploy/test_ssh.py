@@ -127,6 +127,7 @@ def test_silent_server_times_out_waiting_for_banner(sshd, known):
             SshTransport(board_for(sshd, port=port), known_hosts=[known], connect_timeout=1).connect()
 
 
+@pytest.mark.real  # starts its own sshd
 def test_board_now_offering_another_key_type_is_one_line_naming_both_keys(tmp_path, capfd):
     other = keygen(tmp_path / "old_ed25519")  # what known_hosts remembers: an ed25519 key
     kind, blob = Path(f"{other}.pub").read_text().split()[:2]
