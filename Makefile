@@ -6,7 +6,7 @@ TARGET ?= rk3576
 RECIPE ?= configs/models/smollm2-135m.yaml
 BOARDS ?= all
 
-.PHONY: board-up board-down demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test lint clean
+.PHONY: board-up board-down demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -72,6 +72,9 @@ demo-board: board-up models   ## the demo on the virtual RK3588: int8 ONNX artif
 
 test: setup setup-system   ## the whole suite on real parts (CI runs this); a test that would skip fails
 	@RKDEPLOY_REQUIRE_REAL=1 $(VENV)/bin/python -m pytest -q
+
+test-fast: setup   ## the fast tier (< 2 min): fakes only (no export, sshd, model or board); tests marked real or slow run in make test
+	@RKDEPLOY_FAST=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not real and not slow"
 
 lint: setup
 	@$(VENV)/bin/ruff check host board tests bench
