@@ -18,7 +18,6 @@ The "up to date" path imports no torch/onnx: a second export with nothing change
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import traceback
@@ -27,9 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.config import Recipe, load_recipe
-from host.errors import BuildError, CheckError, ModelError, RkdeployError, ToolkitMissingError
+from host.errors import BuildError, CheckError, RkdeployError, ToolkitMissingError
 from host.fsutil import atomic_dir, atomic_write_text, sha256_file
-from host.manifest import MANIFEST, inputs_hash, is_up_to_date, read_manifest, write_manifest
+from host.manifest import (
+    MANIFEST,
+    copy_artifact,
+    inputs_hash,
+    is_up_to_date,
+    read_manifest,
+    sibling_with_hash,
+    write_manifest,
+)
 from host.plan import BuildJob, artifacts_root, plan
 
 STATUS_STYLE = {"built": "green", "reused": "green", "up to date": "cyan", "skipped": "yellow", "failed": "red",
@@ -70,36 +77,8 @@ class ExportReport:
 
 # --- pre-checks ---------------------------------------------------------------------------------
 
-def sensitive_layer_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[str]:
-    """Every ``sensitive_layers`` pattern of a model building a scheme that uses it must match a linear layer."""
-    import re
-
-    from host.build.onnx_int8 import SENSITIVE_SCHEMES, sensitive_matches
-    from host.models import check_model_folder, linear_shapes, resolve_model
-
-    problems = []
-    for m in recipe.models:
-        uses = [s for s in SENSITIVE_SCHEMES[m.kind] if s in m.onnx and (schemes is None or s in schemes)]
-        if not uses or not m.sensitive_layers or not m.sensitive_layers_required:
-            continue
-        try:
-            folder = resolve_model(m)
-        except ModelError:
-            continue  # reported by host.targets.check
-        if check_model_folder(folder):
-            continue
-        layers = linear_shapes(folder)
-        for pat in m.sensitive_layers:
-            if not sensitive_matches(layers, [pat]):
-                kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in layers})
-                problems.append(f"{m.name}: sensitive_layers entry {pat!r} matches no linear layer of the model "
-                                f"(a pattern matches the end of a layer name, '*' = one name component; "
-                                f"layers: {', '.join(kinds)})")
-    return problems
-
-
 def precheck(recipe: Recipe, target: str, schemes: list[str] | None = None) -> None:
-    """``host.targets.check`` + export's own checks; raise one ``CheckError`` listing every problem."""
+    """``host.targets.check`` + each kind's recipe checks; raise one ``CheckError`` listing every problem."""
     from host.targets import check
 
     problems: list[str] = []
@@ -111,7 +90,10 @@ def precheck(recipe: Recipe, target: str, schemes: list[str] | None = None) -> N
                 check(recipe, target, s)
     except CheckError as e:
         problems += [p for p in e.problems if p not in problems]
-    problems += sensitive_layer_problems(recipe, schemes)
+    from host.build import registry
+
+    for kind in registry.kinds():          # each kind's recipe-level checks (onnx: sensitive_layers)
+        problems += kind.recipe_problems(recipe, schemes)
     if problems:
         raise CheckError(list(dict.fromkeys(problems)))
 
@@ -132,33 +114,6 @@ def job_inputs(job: BuildJob, builder, model_sha: str) -> dict:
     if kind.reads_calibration and calib is not None and Path(calib).is_file():
         data["calibration_sha256"] = sha256_file(calib)
     return data
-
-
-def _sibling_with_hash(job: BuildJob, ih: str) -> Path | None:
-    """An up-to-date artifact of the same model and scheme under another target with the same inputs."""
-    model_dir = job.out_dir.parent.parent
-    if not model_dir.is_dir():
-        return None
-    for tdir in sorted(model_dir.iterdir()):
-        cand = tdir / job.scheme
-        if tdir.name != job.target and is_up_to_date(cand, ih):
-            return cand
-    return None
-
-
-def _copy_artifact(src: Path, dst: Path) -> None:
-    for p in sorted(src.rglob("*")):
-        rel = p.relative_to(src)
-        if p.name == MANIFEST and p.parent == src:
-            continue
-        if p.is_dir():
-            (dst / rel).mkdir(parents=True, exist_ok=True)
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(p, dst / rel)
-        except OSError:
-            shutil.copy2(p, dst / rel)
 
 
 # --- one job --------------------------------------------------------------------------------------
@@ -227,11 +182,11 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
                                  f"{res.reason}")
             log(f"{dep.label} (built first: {job.kind} is built from it): {res.status if res else 'not built here'}")
         _remove_stale_temps(job, log)
-        sibling = _sibling_with_hash(job, ih) if not kind.per_target else None
+        sibling = sibling_with_hash(job.out_dir, ih) if not kind.per_target else None
         with atomic_dir(job.out_dir) as tmp:
             if sibling is not None:
                 log(f"copying {sibling} (same inputs; {job.kind} artifacts do not depend on the target)")
-                _copy_artifact(sibling, tmp)
+                copy_artifact(sibling, tmp)
                 extra = {k: v for k, v in read_manifest(sibling).to_dict().items()
                          if k not in ("files", "built_at", "target", "schema", "rkdeploy_version")}
                 extra["copied_from"] = str(sibling)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +102,32 @@ def is_up_to_date(folder: Path, expected_inputs_hash: str, *, verify: bool = Fal
         if verify and sha256_file(p) != meta["sha256"]:
             return False
     return True
+
+
+def sibling_with_hash(out_dir: Path, ih: str) -> Path | None:
+    """An up-to-date artifact of the same model and scheme under another target with the same inputs
+    (``<artifacts>/<model>/<target>/<scheme>``: a target-free kind's artifact is copied, not rebuilt)."""
+    model_dir = out_dir.parent.parent
+    if not model_dir.is_dir():
+        return None
+    for tdir in sorted(model_dir.iterdir()):
+        cand = tdir / out_dir.name
+        if tdir.name != out_dir.parent.name and is_up_to_date(cand, ih):
+            return cand
+    return None
+
+
+def copy_artifact(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) every file of ``src`` but its manifest into ``dst``."""
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.name == MANIFEST and p.parent == src:
+            continue
+        if p.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, dst / rel)
+        except OSError:
+            shutil.copy2(p, dst / rel)

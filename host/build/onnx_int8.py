@@ -52,6 +52,7 @@ from pathlib import Path
 from host.build.int8_format import FORMAT as INT8_FORMAT
 from host.build.int8_format import FORMAT_NOTE as INT8_FORMAT_NOTE
 from host.build.int8_format import convert_file
+from host.build.onnx_checks import recipe_problems  # noqa: F401 - the kind's recipe checks (host.build.registry)
 from host.errors import BuildError
 
 #: Bump when a change here changes the artifacts (forces a rebuild of ONNX artifacts).

@@ -37,6 +37,7 @@ class Builder(Protocol):
     def inputs(self, job) -> dict: ...            # everything besides the model fields that changes the artifact
     def build(self, job, out_dir, *, log) -> dict: ...   # manifest fields (board.manifest.Manifest keys)
     # def check(job) -> list[str]                 # pre-build problems, one line each (no work done)
+    # def recipe_problems(recipe, schemes) -> list[str]    # recipe-level pre-checks (export)
     # def depends_on(job) -> list[BuildJob]       # artifacts that must be built first (planned by host.plan)
     # def rows(job, manifest: Manifest) -> list[ResultRow]   # rows from metrics the build put in the manifest
 
@@ -97,6 +98,11 @@ class Kind:
     def check(self, job) -> list[str]:
         fn = getattr(self.builder(), "check", None)
         return list(fn(job)) if fn else []
+
+    def recipe_problems(self, recipe, schemes: list[str] | None = None) -> list[str]:
+        """Problems of the whole recipe for this kind (export pre-check), before any build."""
+        fn = getattr(self.builder(), "recipe_problems", None)
+        return list(fn(recipe, schemes)) if fn else []
 
     def scheme_problems(self, model, target, scheme: str) -> list[str]:
         """Problems of ``scheme`` for ``model`` on ``target`` the recipe alone shows (targets check)."""
