@@ -22,7 +22,11 @@ GOOD_GOVERNORS = ("performance", "userspace")
 RKNPU_VERSION_PATHS = ("sys/kernel/debug/rknpu/version", "proc/rknpu/version", "sys/module/rknpu/version")
 LIB_DIRS = ("usr/lib", "usr/lib64", "usr/local/lib", "usr/lib/aarch64-linux-gnu", "lib")
 RUNTIME_LIBS = ("librkllmrt.so", "librknnrt.so")
-_LIB_VERSION = re.compile(rb"(?:librkllmrt|librknnrt|RKLLM|rkllm) version:? *([0-9][\w.\-+ ()@:]{0,60})")
+#: The version text a vendor runtime embeds in its .so ("librknnrt version: 2.3.0 (c949ad8@2024-11-07)",
+#: "RKLLM version: 1.2.1", "librkllmrt version: v1.3.0", "rkllm-runtime version: 1.2.2"). The ONE pattern:
+#: the doctor's fingerprint and the rkllm backend's ABI choice (``lib_semver``) read the same text.
+LIB_VERSION = re.compile(rb"(?:librkllmrt|librknnrt|rkllm-runtime|RKLLM|rkllm) version:? *v?([0-9][\w.\-+ ()@:]{0,60})")
+_SEMVER = re.compile(r"\d+\.\d+\.\d+")
 
 
 def _p(root: str, rel: str) -> str:
@@ -171,18 +175,25 @@ def _runtime_libs(root: str) -> Dict[str, Any]:
         for d in LIB_DIRS:
             path = _p(root, d + "/" + lib)
             if os.path.isfile(path):
-                out[lib] = {"path": "/" + d + "/" + lib, "version": _lib_version(path)}
+                out[lib] = {"path": "/" + d + "/" + lib, "version": lib_version(path)}
                 break
     return out
 
 
-def _lib_version(path: str) -> Optional[str]:
+def lib_version(path: str) -> Optional[str]:
+    """The runtime's version text embedded in the library file (``LIB_VERSION``); None when not found."""
     try:
         with open(path, "rb") as f:
-            m = _LIB_VERSION.search(f.read(64 * 1024 * 1024))
+            m = LIB_VERSION.search(f.read(64 * 1024 * 1024))
     except OSError:
         return None
     return m.group(1).decode("ascii", "replace").strip() if m else None
+
+
+def lib_semver(path: str) -> Optional[str]:
+    """``X.Y.Z`` at the start of ``lib_version(path)`` (what an ABI table is keyed by); None otherwise."""
+    m = _SEMVER.match(lib_version(path) or "")
+    return m.group() if m else None
 
 
 def _meminfo(root: str) -> Dict[str, Optional[int]]:

@@ -34,7 +34,6 @@ from .base import Backend, BackendError, BackendUnavailable
 
 LIB_NAME = "librkllmrt.so"
 LIB_DIRS = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/lib", "/opt/lib")
-_VERSION_IN_LIB = re.compile(rb"(?:librkllmrt|rkllm-runtime|rkllm) version:? *v?(\d+\.\d+\.\d+)")
 _VERSION_IN_LOG = re.compile(r"rkllm-runtime version:? *v?(\d+\.\d+\.\d+)")
 
 # enums of rkllm.h
@@ -225,13 +224,11 @@ def find_library(explicit: Optional[str] = None) -> Optional[str]:
 
 
 def library_version(path: str) -> Optional[str]:
-    """The runtime version embedded in the library file (None when it cannot be found)."""
-    try:
-        with open(path, "rb") as f:
-            m = _VERSION_IN_LIB.search(f.read(64 * 1024 * 1024))
-    except OSError:
-        return None
-    return m.group(1).decode("ascii") if m else None
+    """The runtime version embedded in the library file (None when it cannot be found): the doctor's
+    pattern, ``board.sysinfo.LIB_VERSION``, so doctor and backend never disagree."""
+    from ..sysinfo import lib_semver
+
+    return lib_semver(path)
 
 
 def available() -> Tuple[bool, str]:
