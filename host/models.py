@@ -48,6 +48,23 @@ BUILTINS = {
 }
 
 
+#: Files of a Hugging Face model folder a runtime needs beside the weights: the tokenizer in each library's
+#: spelling and the chat template. The ONE list: every builder copies those the folder has (``copy_tokenizer``).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "tokenizer.model", "chat_template.jinja")
+
+
+def copy_tokenizer(src: Path, out_dir: Path, *, extra: tuple[str, ...] = (), keep_existing: bool = False) -> list[str]:
+    """Copy the ``TOKENIZER_FILES`` (and ``extra``) that ``src`` has into ``out_dir``; the names copied.
+    ``keep_existing``: a file already in ``out_dir`` (written by a converter) is left as it is."""
+    copied = []
+    for name in (*TOKENIZER_FILES, *extra):
+        if (src / name).is_file() and not (keep_existing and (out_dir / name).exists()):
+            shutil.copy2(src / name, out_dir / name)
+            copied.append(name)
+    return copied
+
+
 def cache_root(override: Path | str | None = None) -> Path:
     if override:
         return Path(override).expanduser()

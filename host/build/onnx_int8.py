@@ -75,8 +75,8 @@ OPSET = 17
 #: onnxruntime-genai is ~2x slower without an explicit thread count (ROCKCHIP.md §9).
 BOARD_THREADS = 4
 TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "tokenizer.model", "chat_template.jinja", "generation_config.json", "config.json")
+#: What onnxruntime-genai reads beside the tokenizer (``host.models.TOKENIZER_FILES``).
+GENAI_MODEL_FILES = ("generation_config.json", "config.json")
 LLM_SCHEMES = ("fp32", "int8", "int4", "int8-dyn")
 ENCODER_SCHEMES = ("fp32", "int8-dyn", "int8-qdq")
 QDQ_CALIB_SENTENCES = 64
@@ -168,9 +168,9 @@ def _definition(scheme: str) -> str:
 
 
 def _copy_tokenizer(src: Path, out_dir: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file() and not (out_dir / name).exists():
-            shutil.copy2(src / name, out_dir / name)
+    from host.models import copy_tokenizer
+
+    copy_tokenizer(src, out_dir, extra=GENAI_MODEL_FILES, keep_existing=True)  # the genai builder's own files stay
 
 
 # --- LLM ------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from host.toolkits import TOOLKITS, require_toolkit, run_worker, toolkit_info
 
 TOOLKIT = "rkllm"
 WORKER = Path(__file__).resolve().parent.parent / "workers" / "rkllm_worker.py"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 #: keyword arguments of ``RKLLM.build`` that typed recipe fields own (``rkllm.extra`` may not override them).
 TYPED_BUILD_ARGS = ("do_quantization", "optimization_level", "quantized_dtype", "quantized_algorithm",
                     "target_platform", "num_npu_core", "dataset", "hybrid_rate", "max_context")
@@ -202,10 +201,9 @@ def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
     if not out.is_file():
         raise BuildError(f"{job.label}: the worker reported success but {out} does not exist (log: {log_path})")
     model_dir = Path(args["load"]["model"])
-    copied = [n for n in TOKENIZER_FILES if (model_dir / n).is_file()]
-    for n in copied:
-        shutil.copy2(model_dir / n, out_dir / n)
-    from host.models import read_config
+    from host.models import copy_tokenizer, read_config
+
+    copied = copy_tokenizer(model_dir, out_dir)
 
     config = read_config(model_dir)
     version = result.get("toolkit_version") or info.get("version")

@@ -37,7 +37,6 @@ LOG_NAME = "rknn-build.log"
 ACCURACY_DIR = "accuracy"
 #: kept from accuracy_analysis' output; its golden/ and simulator/ tensor dumps are ~200 MB.
 ACCURACY_KEEP = ("error_analysis.txt", "map_name_to_file.txt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 MAX_ONNX_OPSET = 19          # rknn-toolkit2 2.5.0: "Unsupport onnx opset 20, need <= 19"
 SOURCE_SCHEME = "fp32"       # the ONNX artifact the .rknn is converted from
 BACKEND = "rknn-simulator"
@@ -284,9 +283,9 @@ def build(job, out_dir: Path, *, log) -> dict:
         except BuildError as e:
             kept = _keep_failed_log(job, log_path)
             raise BuildError(f"{job.label}: {str(e).split(' (log: ')[0]} (log: {kept})") from None
-    for name in TOKENIZER_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, out_dir / name)
+    from host.models import copy_tokenizer
+
+    copy_tokenizer(model_dir, out_dir)
     metrics = result["metrics"]
     quality = summarize(metrics)
     rknn = {"target_platform": job.target, **args["config"], "do_quantization": args["do_quantization"],

@@ -47,3 +47,19 @@ def test_cli_fetch_into_custom_cache_prints_sha(rk, tmp_path, encoder_dir):
     assert "all-minilm-l6-v2" in proc.stdout and "sha256" in proc.stdout
     assert (tmp_path / "all-minilm-l6-v2" / RECORD).is_file()
     assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").is_file()
+
+
+def test_copy_tokenizer_copies_the_one_list_that_the_folder_has(tmp_path):
+    from host.models import TOKENIZER_FILES, copy_tokenizer
+
+    src, out = tmp_path / "model", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja", "config.json", "model.safetensors"):
+        (src / name).write_text(name)
+    (out / "tokenizer.json").write_text("the converter's own")
+    assert copy_tokenizer(src, out, keep_existing=True) == ["chat_template.jinja"]
+    assert (out / "tokenizer.json").read_text() == "the converter's own" and not (out / "config.json").exists()
+    assert copy_tokenizer(src, out, extra=("config.json",)) == ["tokenizer.json", "chat_template.jinja", "config.json"]
+    assert (out / "tokenizer.json").read_text() == "tokenizer.json" and not (out / "model.safetensors").exists()
+    assert len(set(TOKENIZER_FILES)) == len(TOKENIZER_FILES) and "tokenizer.json" in TOKENIZER_FILES
