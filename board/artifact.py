@@ -57,11 +57,11 @@ def load_artifact(artifact_dir: str) -> Manifest:
     return m
 
 
-def check_backend(manifest: Dict[str, Any], backend: str, path: str = MANIFEST) -> None:
-    """The chosen backend must be one that runs the manifest's ``format``."""
+def check_backend(manifest: Any, backend: str, path: str = MANIFEST) -> None:
+    """The chosen backend must be one that runs the manifest's ``format`` (a ``Manifest`` or its dict)."""
     from .backends import BACKENDS_FOR_FORMAT
 
-    fmt = manifest.get("format")
+    fmt = manifest.format if isinstance(manifest, Manifest) else manifest.get("format")
     if fmt is None:
         return
     runs = BACKENDS_FOR_FORMAT.get(fmt, ())

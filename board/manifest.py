@@ -163,6 +163,11 @@ class Manifest:
         return cls.from_dict(data, path)
 
 
+def as_manifest(manifest: Any, path: str = MANIFEST) -> Manifest:
+    """``manifest`` when it is a ``Manifest``, else its dict validated into one (``Manifest.from_dict``)."""
+    return manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest, path)
+
+
 def _typed_fields() -> Tuple[dataclasses.Field, ...]:
     return tuple(f for f in dataclasses.fields(Manifest) if "type" in f.metadata)
 

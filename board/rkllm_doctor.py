@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
+from .manifest import as_manifest
 from .sysinfo import Check
 
 RELEASE_HINT = ("copy rkllm-runtime/Linux/librkllm_api/aarch64/librkllmrt.so from the vendor's rknn-llm release "
@@ -26,13 +27,14 @@ def _runtime(root: str, fp: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return (fp.get("runtime_libs") or {}).get("librkllmrt.so")
 
 
-def rkllm_checks(root: str, manifest: Dict[str, Any], fp: Dict[str, Any]) -> List[Check]:
+def rkllm_checks(root: str, manifest: Any, fp: Dict[str, Any]) -> List[Check]:
     """[] for non-rkllm artifacts; else one ``librkllmrt`` check (ok | warn | fail)."""
-    if manifest.get("format") != "rkllm" and manifest.get("artifact_kind") != "rkllm":
+    m = as_manifest(manifest)
+    if m.format != "rkllm" and m.artifact_kind != "rkllm":
         return []
     from .backends.rkllm import abi_for_version_safe
 
-    want = str((manifest.get("toolkit") or {}).get("version") or "")
+    want = m.toolkit_version
     lib = _runtime(root, fp)
     if not lib or lib.get("missing"):
         where = lib["path"] if lib else "/usr/lib, /usr/local/lib, /lib"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from .manifest import as_manifest
 from .sysinfo import Check
 
 LIB_HINT = ("copy rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so from the vendor's rknn-toolkit2 release "
@@ -21,11 +22,12 @@ def _mm(text: Any) -> Optional[Tuple[int, int]]:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def rknn_checks(root: str, manifest: Dict[str, Any], fp: Dict[str, Any]) -> List[Check]:
+def rknn_checks(root: str, manifest: Any, fp: Dict[str, Any]) -> List[Check]:
     """[] for non-rknn artifacts; else a ``librknnrt`` check and an ``rknnlite`` (wheel) check."""
-    if manifest.get("format") != "rknn" and manifest.get("artifact_kind") != "rknn":
+    m = as_manifest(manifest)
+    if m.format != "rknn" and m.artifact_kind != "rknn":
         return []
-    want = str((manifest.get("toolkit") or {}).get("version") or "")
+    want = m.toolkit_version
     checks = []
     lib = (fp.get("runtime_libs") or {}).get("librknnrt.so")
     if not lib:

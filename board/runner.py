@@ -19,8 +19,9 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from . import RUNNER_VERSION, metrics
-from .artifact import ArtifactError, artifact_sha256, artifact_size, check_backend, read_artifact
+from .artifact import ArtifactError, check_backend, load_artifact
 from .backends import BackendError, load_backend
+from .manifest import Manifest
 from .rows import ResultRow
 from .sysinfo import cpufreq, fingerprint
 
@@ -122,17 +123,17 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     """Run one test on one artifact; known failures become an error row (never raise them)."""
     row = _base_row(cfg)
     try:
-        manifest = read_artifact(cfg.artifact)
+        manifest = load_artifact(cfg.artifact)
     except ArtifactError as e:
         return error_row(cfg, str(e), row)
-    row.model = manifest.get("model")
-    row.target = manifest.get("target")
-    row.scheme = manifest.get("scheme")
-    row.model_size = artifact_size(manifest) or None
-    row.artifact_sha256 = artifact_sha256(manifest)
-    row.model_type = manifest.get("model_type") or " ".join(
-        str(x) for x in (manifest.get("model_kind"), manifest.get("format"), manifest.get("scheme")) if x)
-    encoder = manifest.get("model_kind") == "encoder"
+    row.model = manifest.model
+    row.target = manifest.target
+    row.scheme = manifest.scheme
+    row.model_size = manifest.size or None
+    row.artifact_sha256 = manifest.sha256
+    row.model_type = manifest.model_type or " ".join(
+        str(x) for x in (manifest.model_kind, manifest.format, manifest.scheme) if x)
+    encoder = manifest.model_kind == "encoder"
     row.test = "encode" if encoder else "pp+tg"
     row.threads = cfg.threads or default_threads(cfg.sysfs_root)
     row.env = fingerprint(cfg.sysfs_root)
@@ -140,7 +141,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     try:
         backend = load_backend(cfg.backend)
         check_backend(manifest, cfg.backend, os.path.join(cfg.artifact, "manifest.json"))
-        params = dict(cfg.backend_params, manifest=manifest, threads=row.threads, n_prompt=cfg.n_prompt, n_gen=cfg.n_gen)
+        params = dict(cfg.backend_params, manifest=manifest.to_dict(), threads=row.threads, n_prompt=cfg.n_prompt, n_gen=cfg.n_gen)
         backend.load(cfg.artifact, params)
         info = backend.info()
         row.env["backend"] = info
@@ -164,8 +165,8 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     return row
 
 
-def _vocab_size(backend: Any, manifest: Dict[str, Any]) -> int:
-    return int(getattr(backend, "vocab_size", 0) or manifest.get("vocab_size") or 1000)
+def _vocab_size(backend: Any, manifest: Manifest) -> int:
+    return int(getattr(backend, "vocab_size", 0) or manifest.vocab_size or 1000)
 
 
 def _peak(cfg: BenchConfig, row: ResultRow, before: Optional[float], per_rep: List[Optional[float]]) -> None:
@@ -177,7 +178,7 @@ def _peak(cfg: BenchConfig, row: ResultRow, before: Optional[float], per_rep: Li
     row.peak_rss_method = "fresh-process" if cfg.fresh_process else "in-process"
 
 
-def _measure_generate(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Dict[str, Any]) -> None:
+def _measure_generate(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Manifest) -> None:
     row.n_prompt, row.n_gen = cfg.n_prompt, cfg.n_gen
     prompt = make_prompt(cfg.n_prompt, _vocab_size(backend, manifest))
     clock = metrics.TokenClock()
@@ -233,8 +234,8 @@ def _measure_generate(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: 
     _peak(cfg, row, whole_before, rss)
 
 
-def _measure_encode(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Dict[str, Any]) -> None:
-    shape = manifest.get("inputs") or {}
+def _measure_encode(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Manifest) -> None:
+    shape = manifest.inputs or {}
     batch = int(cfg.batch or shape.get("batch") or 1)
     seq_len = int(cfg.seq_len or shape.get("seq_len") or 128)
     row.batch, row.seq_len = batch, seq_len
