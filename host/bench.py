@@ -18,11 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from board.artifact import ArtifactError, validate_manifest
 from board.backends import BACKENDS_FOR_FORMAT
+from board.manifest import Manifest, ManifestError
 from board.rows import ResultRow
-from board.strictjson import JSONInputError
-from board.strictjson import read as read_json_file
 from host.config import PROJECT_ROOT
 from host.errors import BenchError, ConfigError
 from host.results import DEFAULT_STORE, ResultStore, parse_line
@@ -95,8 +93,8 @@ def runner_info(run_stream: RunStream, runner: tuple[str, ...] = LOCAL_RUNNER) -
     return info
 
 
-def pick_backend(manifest: dict, available: dict[str, dict]) -> str | None:
-    for name in BACKENDS_FOR_FORMAT.get(manifest.get("format", ""), ()):
+def pick_backend(manifest: Manifest, available: dict[str, dict]) -> str | None:
+    for name in BACKENDS_FOR_FORMAT.get(manifest.format or "", ()):
         if available.get(name, {}).get("available"):
             return name
     return None
@@ -149,6 +147,7 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
                 run_stream: RunStream = local_run_stream, runner: tuple[str, ...] = LOCAL_RUNNER,
                 board: str = "local", log: Callable[[str], None] | None = None) -> BenchSummary:
     """``rkdeploy bench --board local``: every built artifact of ``target`` with a backend here."""
+    from host.build import registry
     from host.config import load_recipe
     from host.plan import plan
     from host.toolkits import TOOLKITS, toolkit_info
@@ -162,22 +161,23 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
         for job in jobs:
             mpath = job.out_dir / "manifest.json"
             if not mpath.exists():
-                if job.kind in TOOLKITS and toolkit_info(job.kind) is None:
-                    tk = TOOLKITS[job.kind]
+                toolkit = registry.get(job.kind).toolkit
+                if toolkit in TOOLKITS and toolkit_info(toolkit) is None:
+                    tk = TOOLKITS[toolkit]
                     summary.skipped.append(f"{job.label}: not built — {tk.dist} not installed ({tk.install_hint})")
                 else:
                     summary.skipped.append(f"{job.label}: not built (run `rkdeploy export --target {target}`)")
                 continue
             try:
-                manifest = validate_manifest(read_json_file(str(mpath)), str(mpath))
-            except (ArtifactError, JSONInputError, OSError) as e:
+                manifest = Manifest.read(str(mpath))
+            except (ManifestError, OSError) as e:
                 summary.skipped.append(f"{job.label}: unreadable manifest ({e}); rebuild it with "
                                        f"`rkdeploy export --target {target}`")
                 continue
             backend = pick_backend(manifest, available)
             if backend is None:
-                want = ", ".join(BACKENDS_FOR_FORMAT.get(manifest.get("format", ""), ())) or "none"
-                summary.skipped.append(f"{job.label}: format {manifest.get('format')} needs backend {want}, "
+                want = ", ".join(BACKENDS_FOR_FORMAT.get(manifest.format or "", ())) or "none"
+                summary.skipped.append(f"{job.label}: format {manifest.format} needs backend {want}, "
                                        f"not available on {board}")
                 continue
             say(f"bench {job.label} on {board} with {backend} …")
