@@ -85,8 +85,7 @@ def arithmetic_facts(root: str = "/", artifacts_root=None) -> list[dict]:
 
 def _signed_int8_artifacts(root) -> list[str]:
     """Built ONNX artifacts whose int8 weights are signed (built before u8u8, or elsewhere)."""
-    import json
-
+    from board.manifest import Manifest, ManifestError
     from host.build.int8_format import FORMAT
     from host.plan import artifacts_root
 
@@ -94,10 +93,10 @@ def _signed_int8_artifacts(root) -> list[str]:
     out = []
     for mf in sorted(base.glob("*/*/*/manifest.json")) if base.is_dir() else []:
         try:
-            m = json.loads(mf.read_text())
-        except (OSError, ValueError):
+            m = Manifest.read(str(mf))
+        except (ManifestError, OSError):
             continue
-        if isinstance(m, dict) and m.get("scheme") in ("int8-dyn", "int8-qdq") and m.get("int8_weights") != FORMAT:
+        if m.scheme in ("int8-dyn", "int8-qdq") and m.extra.get("int8_weights") != FORMAT:
             out.append(f"{mf.parent}: signed int8 weights, computed differently here than on a board "
                        "(rebuild: rkdeploy export)")
     return out
