@@ -1,4 +1,4 @@
-"""``python3 -m board bench|doctor|info`` — the board-side command line (stdlib argparse).
+"""``python3 -m board bench|doctor|info|logprobs`` — the board-side command line (stdlib argparse).
 
 Run it as ``python3 -m board ...`` from the folder holding ``board/``, or as
 ``python3 -I -S path/to/board ...`` (isolated, stdlib only). Exit codes: 0 ok, 1 a known failure (one line on stderr, an error row written for bench),
@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--sysfs-root", default="/", help="root to read proc/ and sys/ from (tests use a fake tree)")
     d.add_argument("--artifact", default=None, help="also check free RAM against this artifact")
     d.add_argument("--json", action="store_true", help="print checks as JSON")
+    lp = sub.add_parser("logprobs", help="next-token log-probs of an LLM artifact on token windows (float16 file)")
+    lp.add_argument("--artifact", required=True, help="artifact folder (holds manifest.json)")
+    lp.add_argument("--ids", required=True, help="JSON [[token ids], ...] windows of one length, or - for stdin")
+    lp.add_argument("--out", required=True, help="write [windows, window, vocab] float16 (little-endian) here")
+    lp.add_argument("--threads", type=int, default=None, help="CPU threads (default: the fastest cluster)")
+    lp.add_argument("--sysfs-root", default="/", help=argparse.SUPPRESS)
     i = sub.add_parser("info", help="runner version, backends available here, environment fingerprint (JSON)")
     i.add_argument("--sysfs-root", default="/", help=argparse.SUPPRESS)
     return p
@@ -143,6 +149,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
+def cmd_logprobs(a: argparse.Namespace) -> int:
+    from .logprobs import main as logprobs_main
+
+    return logprobs_main(a)
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .backends import BACKENDS, backend_status
     from .sysinfo import fingerprint
@@ -163,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.print_help()
         return 2
     try:
-        return {"bench": cmd_bench, "doctor": cmd_doctor, "info": cmd_info}[a.cmd](a)
+        return {"bench": cmd_bench, "doctor": cmd_doctor, "info": cmd_info, "logprobs": cmd_logprobs}[a.cmd](a)
     except KeyboardInterrupt:
         sys.stderr.write("board: interrupted\n")
         return 130

@@ -215,6 +215,9 @@ def quality_cmd(
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
     no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
     strict: bool = StrictOpt,
+    board: Optional[str] = typer.Option(None, "--board", help="evaluate the ONNX LLM artifacts with this inventory board's own onnxruntime (over SSH)"),
+    tokens: int = typer.Option(64, "--tokens", min=2, help="--board: held-out tokens scored on the board (emulated boards: 64-128)"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="--board: inventory YAML (default configs/boards.yaml)"),
 ) -> None:
     """Quality of the built artifacts vs the float model (PPL ratio, KLD, top-1; encoders: cosine, NN agreement)."""
     from host.config import load_recipe
@@ -223,6 +226,14 @@ def quality_cmd(
     _dir_option(artifacts, "--artifacts")
     r = load_recipe(recipe)
     _known_target(target)
+    if board:
+        from host.quality.board import board_table, evaluate_board
+
+        rows = evaluate_board(r, target, board, tokens=tokens, root=artifacts, schemes=(scheme,) if scheme else None,
+                              inventory=inventory, log=lambda s: err_console.print(s, markup=False, highlight=False))
+        console.print(board_table(rows, title=f"quality {r.name} → {target} on board {board}"))
+        _gate_exit([x for x in rows if x.get("board")], strict)
+        return
     if sensitivity:
         console.print(sensitivity_report(r, target, scheme=scheme))
         return

@@ -20,6 +20,8 @@ class Backend:
     ``generate(prompt_ids, n_gen, on_token)``: greedy, exactly ``n_gen`` tokens, EOS ignored;
         calls ``on_token(token_id)`` as each token becomes available (LLM artifacts).
     ``encode(batch)``: one forward pass over ``batch`` = list of token-id lists (encoders).
+    ``logprobs(ids) -> [len(ids), vocab]``: next-token log-probabilities at every position of one
+        window (LLM artifacts; quality evaluation on the host and on the board uses it).
     ``info() -> dict``: runtime name/version and effective settings, recorded in the row.
     """
 
@@ -33,6 +35,9 @@ class Backend:
 
     def encode(self, batch: List[List[int]]) -> Any:
         raise BackendError("backend %r cannot encode (not an encoder backend)" % self.name)
+
+    def logprobs(self, ids: Sequence[int]) -> Any:
+        raise BackendError("backend %r gives no log-probabilities (not an LLM backend)" % self.name)
 
     def close(self) -> None:
         pass

@@ -6,6 +6,12 @@ same graph (boards on Python 3.10 get onnxruntime <= 1.23.2 and no genai wheel).
 ``threads`` (always set explicitly: genai's default ran 2x slower on a 2-core host) and
 ``engine`` = ``auto`` | ``genai`` | ``ort``. Encoder artifacts (``onnx-encoder``) run
 ``input_ids``/``attention_mask``/[``token_type_ids``] -> ``last_hidden_state`` + mean pooling.
+
+``logprobs(ids)`` (LLM artifacts): per-position next-token log-probabilities ``[len(ids), vocab]``
+(float32) of one full window with an empty KV cache, always through plain onnxruntime (the ONE
+implementation of feeding a genai decoder graph; the host's quality evaluation uses it too). The
+host may pass ``params["graph"]`` (serialized ModelProto bytes) to run an in-memory rewrite of the
+entry graph (exact u8u8 weights, ``host.build.int8_format``) instead of the file.
 """
 
 from __future__ import annotations
@@ -89,7 +95,15 @@ def _opset_entry(buf: bytes) -> Tuple[str, int]:
     return domain, version
 
 
-def _session(path: str, threads: int):
+def log_softmax(np: Any, x: Any) -> Any:
+    """Log-softmax over the last axis in float32 (``np`` is numpy, passed in: this module's core is stdlib)."""
+    x = np.asarray(x, dtype=np.float32)
+    m = x.max(-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
+
+
+def _session(path: str, threads: int, graph: Optional[bytes] = None):
+    """A CPU session on ``path`` (or on ``graph``, the serialized bytes of that file rewritten in memory)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -97,7 +111,7 @@ def _session(path: str, threads: int):
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     try:
-        return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if graph is None else graph, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a bad graph
         msg = str(e).strip()
         name = os.path.basename(path)
@@ -121,12 +135,15 @@ class OnnxRuntimeBackend(Backend):
         self.vocab_size = 0
         self._impl: Any = None
         self._info: Dict[str, Any] = {}
+        self._dir = ""
+        self._params: Dict[str, Any] = {}
 
     def load(self, artifact_dir: str, params: Dict[str, Any]) -> None:
         import onnxruntime as ort
 
         manifest = params.get("manifest") or {}
         self.threads = int(params.get("threads") or 1)
+        self._dir, self._params = artifact_dir, dict(params)
         fmt = manifest.get("format")
         want = params.get("engine", "auto")
         if want not in ("auto", "genai", "ort"):
@@ -134,7 +151,7 @@ class OnnxRuntimeBackend(Backend):
         self._info = {"name": self.name, "version": ort.__version__, "threads": self.threads, "format": fmt}
         if fmt == "onnx-encoder" or manifest.get("model_kind") == "encoder":
             self.engine = "ort"
-            self._impl = _Encoder(artifact_dir, manifest, self.threads)
+            self._impl = _Encoder(artifact_dir, manifest, self.threads, params.get("graph"))
         elif fmt == "onnx-genai" or os.path.exists(os.path.join(artifact_dir, "genai_config.json")):
             og = _genai() if want in ("auto", "genai") else None
             if want == "genai" and og is None:
@@ -145,7 +162,7 @@ class OnnxRuntimeBackend(Backend):
                 self._impl = _GenaiLLM(og, artifact_dir, self.threads)
             else:
                 self.engine = "ort"
-                self._impl = _OrtLLM(artifact_dir, manifest, self.threads)
+                self._impl = _OrtLLM(artifact_dir, manifest, self.threads, params.get("graph"))
         else:
             raise BackendError("onnxruntime backend runs formats onnx-genai and onnx-encoder, not %r" % fmt)
         self.vocab_size = self._impl.vocab_size
@@ -163,8 +180,20 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("this artifact is an LLM; it has no encode test")
         return self._impl.encode(batch)
 
+    def logprobs(self, ids: Sequence[int]) -> Any:
+        """``[len(ids), vocab]`` float32 next-token log-probs of one window (plain onnxruntime, empty KV cache)."""
+        if isinstance(self._impl, _Encoder):
+            raise BackendError("this artifact is an encoder; log-probabilities are for LLM artifacts")
+        if self._impl is None:
+            raise BackendError("onnxruntime backend: logprobs before load")
+        if not isinstance(self._impl, _OrtLLM):   # genai generates; log-probs of a window go through plain ORT
+            self._impl = _OrtLLM(self._dir, self._params.get("manifest") or {}, self.threads, self._params.get("graph"))
+            self.engine = self._info["engine"] = "ort"
+        return self._impl.logprobs(ids)
+
     def close(self) -> None:
         self._impl = None
+        self._params = {}
 
     def info(self) -> Dict[str, Any]:
         return dict(self._info)
@@ -214,12 +243,12 @@ class _GenaiLLM:
 class _OrtLLM:
     """Greedy loop over a genai-style decoder graph with KV cache, onnxruntime + numpy only."""
 
-    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int) -> None:
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None) -> None:
         import numpy as np
 
         self.np = np
         entry = manifest.get("entry") or "model.onnx"
-        self.sess = _session(os.path.join(artifact_dir, entry), threads)
+        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph)
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = set(ins)
         self.past = sorted((n for n in ins if n.startswith("past_key_values.")),
@@ -247,20 +276,36 @@ class _OrtLLM:
         v = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else 0
         self.vocab_size = int(v or (manifest.get("vocab_size") or 0))
 
+    def _feeds(self, ids: Any, pos: int, past: Dict[str, Any]) -> Dict[str, Any]:
+        """Inputs of one step: ``ids`` [1, n] after ``pos`` cached positions held in ``past``."""
+        np = self.np
+        n = ids.shape[1]
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = np.ones((1, pos + n), dtype=np.int64)
+        if "position_ids" in self.input_names:
+            feeds["position_ids"] = np.arange(pos, pos + n, dtype=np.int64)[None, :]
+        feeds.update(past)
+        return feeds
+
+    def _empty_past(self) -> Dict[str, Any]:
+        return {n: self.np.zeros(self.past_shape[n], dtype=self.past_dtype[n]) for n in self.past}
+
+    def logprobs(self, ids: Sequence[int]) -> Any:
+        np = self.np
+        x = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        name = "logits" if "logits" in self.outputs else self.outputs[0]
+        logits = self.sess.run([name], self._feeds(x, 0, self._empty_past()))[0][0]
+        return log_softmax(np, logits)
+
     def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
         np = self.np
         ids = np.asarray([list(prompt_ids)], dtype=np.int64)
-        past = {n: np.zeros(self.past_shape[n], dtype=self.past_dtype[n]) for n in self.past}
+        past = self._empty_past()
         pos = 0
         for _ in range(n_gen):
             n = ids.shape[1]
-            feeds = {"input_ids": ids}
-            if "attention_mask" in self.input_names:
-                feeds["attention_mask"] = np.ones((1, pos + n), dtype=np.int64)
-            if "position_ids" in self.input_names:
-                feeds["position_ids"] = np.arange(pos, pos + n, dtype=np.int64)[None, :]
-            feeds.update(past)
-            outs = self.sess.run(self.outputs, feeds)
+            outs = self.sess.run(self.outputs, self._feeds(ids, pos, past))
             tok = int(outs[0][0, -1].argmax())
             on_token(tok)
             for k in range(1, len(outs)):
@@ -283,12 +328,12 @@ def _tokenizer_vocab(artifact_dir: str, manifest: Dict[str, Any]) -> int:
 
 
 class _Encoder:
-    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int) -> None:
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None) -> None:
         import numpy as np
 
         self.np = np
         entry = manifest.get("entry") or "model.onnx"
-        self.sess = _session(os.path.join(artifact_dir, entry), threads)
+        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph)
         self.input_names = [i.name for i in self.sess.get_inputs()]
         for need in ("input_ids", "attention_mask"):
             if need not in self.input_names:
@@ -302,6 +347,11 @@ class _Encoder:
         feeds = encoder_feeds(self.np, batch, names)
         hidden = self.sess.run([self.output], feeds)[0]
         return mean_pool(self.np, hidden, feeds["attention_mask"])
+
+    def hidden(self, feeds: Dict[str, Any]) -> Any:
+        """``last_hidden_state`` for prepared ``feeds`` (e.g. padded with a mask); inputs the graph lacks are dropped."""
+        names = set(self.input_names)
+        return self.sess.run([self.output], {k: v for k, v in feeds.items() if k in names})[0]
 
 
 BACKEND = OnnxRuntimeBackend

@@ -14,7 +14,10 @@ param ``rkllm_lib``, then ``$RKLLM_LIB`` (``--rkllm-lib`` sets it), then the usu
 Method: prompt given as exactly ``n_prompt`` token ids (``RKLLM_INPUT_TOKEN``), greedy
 (``top_k = 1``), ``max_new_tokens = n_gen``, EOS ignored where the ABI can (``ignore_eos_token``,
 v1.3.0; on v1.2.x a model that emits EOS early makes the row an error that says so),
-``n_batch = 1``. The runner's timers stay the truth; the runtime's ``RKLLMPerfStat`` from the
+``n_batch = 1``. ``logprobs(ids)``: one ``RKLLM_INFER_GET_LOGITS`` run over the window (rkllm.h's
+``RKLLMResult.logits``: ``num_tokens`` rows of ``vocab_size`` floats); a runtime that returns only the
+last position's row is run once per prefix. Against rkdeploy's shim (its version string says
+``rkdeploy shim``) the logits are made up by the shim and ``info()["logits"]`` says so. The runner's timers stay the truth; the runtime's ``RKLLMPerfStat`` from the
 FINISH callback is recorded beside them (``last_perf``). The runtime's own log
 (``RKLLM_LOG_LEVEL=1``) is captured from fds 1/2 into a run log file (never into the JSONL).
 Stdlib only, Python >= 3.8.
@@ -39,7 +42,7 @@ _VERSION_IN_LOG = re.compile(r"rkllm-runtime version:? *v?(\d+\.\d+\.\d+)")
 # enums of rkllm.h
 RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING, RKLLM_RUN_FINISH, RKLLM_RUN_ERROR = 0, 1, 2, 3
 RKLLM_INPUT_PROMPT, RKLLM_INPUT_TOKEN, RKLLM_INPUT_EMBED, RKLLM_INPUT_MULTIMODAL = 0, 1, 2, 3
-RKLLM_INFER_GENERATE = 0
+RKLLM_INFER_GENERATE, RKLLM_INFER_GET_LOGITS = 0, 2
 PERF_FIELDS = ("prefill_time_ms", "prefill_tokens", "generate_time_ms", "generate_tokens", "memory_usage_mb")
 
 c_size_t = ctypes.c_size_t
@@ -313,6 +316,7 @@ class RkllmBackend(Backend):
         self._error: Optional[str] = None
         self._exc: Optional[BaseException] = None
         self._perf: List[Dict[str, Any]] = []
+        self._on_logits: Optional[Callable[[Any], None]] = None
         self._init_n_gen: Optional[int] = None
         self._info: Dict[str, Any] = {"name": self.name}
         self.log_path = ""
@@ -359,6 +363,8 @@ class RkllmBackend(Backend):
                       "toolkit_version": toolkit or None, "log": self.log_path,
                       "eos": "ignored (ignore_eos_token)" if self.abi.spec["ignore_eos"] else
                       "cannot be ignored on ABI %s (no ignore_eos_token): an early EOS makes the row an error" % abi_name}
+        if _is_shim(path):
+            self._info["logits"] = "made up by rkdeploy's librkllmrt shim (no model runs): shim output, not quality"
         if (manifest.get("toolkit") or {}).get("test_double"):  # the artifact came from rkdeploy's test double
             self._info["toolkit_test_double"] = True
             self._info["runtime"] = "rkllm %s (artifact from the rkllm-toolkit test double)" % (runtime or "?")
@@ -373,16 +379,7 @@ class RkllmBackend(Backend):
         if not self.abi.spec["callback_struct"] and self._init_n_gen != n_gen:
             self._destroy()  # v1.2.x: max_new_tokens lives in RKLLMParam only, so init again
             self._init(n_gen)
-        ids = (ctypes.c_int32 * len(prompt_ids))(*prompt_ids)
-        inp = self.abi.Input()
-        inp.role = b"user"
-        inp.enable_thinking = False
-        inp.input_type = RKLLM_INPUT_TOKEN
-        inp.u.token_input.input_ids = ids
-        inp.u.token_input.n_tokens = len(prompt_ids)
-        infer = self.abi.InferParam()
-        infer.mode = RKLLM_INFER_GENERATE
-        infer.keep_history = 0
+        inp, infer, _ids = self._request(prompt_ids, RKLLM_INFER_GENERATE)
         if "max_new_tokens" in dict(self.abi.spec["infer_tail"]):
             infer.max_new_tokens = n_gen
         self._on_token, self._n_gen, self._count, self._error, self._exc = on_token, n_gen, 0, None, None
@@ -399,6 +396,59 @@ class RkllmBackend(Backend):
             why = ("the model emitted EOS and ABI %s cannot ignore it (use a v1.3.0 runtime/artifact for fixed-length "
                    "runs)" % self.abi.name) if not self.abi.spec["ignore_eos"] else "the runtime stopped early"
             raise BackendError("rkllm produced %d of %d tokens: %s" % (self._count, n_gen, why))
+
+    def logprobs(self, ids: Sequence[int]) -> Any:
+        """``[len(ids), vocab]`` log-softmax of the runtime's logits (float64 lists through numpy when it imports)."""
+        rows = self._logits(ids)
+        if len(rows) == 1 and len(ids) > 1:   # last position only: one run per prefix
+            rows = [self._logits(ids[:k])[-1] for k in range(1, len(ids))] + rows
+        if len(rows) != len(ids):
+            raise BackendError("rkllm returned logits for %d of %d positions" % (len(rows), len(ids)))
+        try:
+            import numpy as np
+        except ImportError:
+            raise BackendError("rkllm logprobs need numpy on the board (pip install numpy)") from None
+        x = np.asarray(rows, dtype=np.float32)
+        m = x.max(-1, keepdims=True)
+        return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
+
+    def _request(self, ids: Sequence[int], mode: int) -> Tuple[Any, Any, Any]:
+        """``(RKLLMInput, RKLLMInferParam, id array)`` of one run: token input, no history; keep the array alive."""
+        assert self.abi is not None
+        arr = (ctypes.c_int32 * len(ids))(*[int(t) for t in ids])
+        inp = self.abi.Input()
+        inp.role = b"user"
+        inp.enable_thinking = False
+        inp.input_type = RKLLM_INPUT_TOKEN
+        inp.u.token_input.input_ids = arr
+        inp.u.token_input.n_tokens = len(ids)
+        infer = self.abi.InferParam()
+        infer.mode = mode
+        infer.keep_history = 0
+        return inp, infer, arr
+
+    def _logits(self, ids: Sequence[int]) -> List[List[float]]:
+        assert self.abi is not None
+        inp, infer, _ids = self._request(ids, RKLLM_INFER_GET_LOGITS)
+        got: List[List[float]] = []
+
+        def take(result: Any) -> None:
+            t = result.contents.logits
+            if t.data and t.size > 0 and t.num_tokens > 0:
+                flat = t.data[:t.size * t.num_tokens]
+                got.extend(flat[i * t.size:(i + 1) * t.size] for i in range(t.num_tokens))
+
+        self._on_logits, self._error, self._exc = take, None, None
+        with _CaptureFds(self.log_path):
+            ret = self.lib.rkllm_run(self.handle, ctypes.byref(inp), ctypes.byref(infer), None)
+        self._on_logits = None
+        if self._exc is not None:
+            raise self._exc
+        if self._error or ret != 0:
+            raise BackendError("rkllm GET_LOGITS run failed (%s)%s" % (self._error or "returned %d" % ret, self._log_hint()))
+        if not got:
+            raise BackendError("rkllm returned no logits for a %d-token window%s" % (len(ids), self._log_hint()))
+        return got
 
     def close(self) -> None:
         self._destroy()
@@ -479,7 +529,9 @@ class RkllmBackend(Backend):
 
     def _on_result(self, result: Any, userdata: Any, state: int) -> int:
         try:
-            if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
+            if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING) and self._on_logits is not None:
+                self._on_logits(result)
+            elif state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
                 if self._count < self._n_gen and self._on_token is not None:
                     self._count += 1
                     self._on_token(int(result.contents.token_id))
@@ -497,6 +549,14 @@ class RkllmBackend(Backend):
     def _log_hint(self) -> str:
         errs = [x for x in _tail(self.log_path, 50) if x.startswith("E ")]
         return " (runtime: %s; log %s)" % (errs[-1], self.log_path) if errs else " (log %s)" % self.log_path
+
+
+def _is_shim(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"(rkdeploy shim)" in f.read()
+    except OSError:
+        return False
 
 
 def abi_for_version_safe(version: str) -> Optional[str]:

@@ -16,7 +16,7 @@ host from targets.yaml): 3 cores → ``NPU_CORE_0_1_2``, 2 → ``NPU_CORE_0_1``,
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .base import Backend, BackendError, BackendUnavailable, encoder_feeds, mean_pool
 
@@ -159,6 +159,10 @@ class RknnLiteBackend(Backend):
             raise BackendError("RKNNLite.inference returned no outputs (see the runtime log)")
         hidden = np.asarray(outs[0], dtype=np.float32).reshape(ids.shape[0], ids.shape[1], -1)
         return mean_pool(np, hidden, feeds["attention_mask"])
+
+    def logprobs(self, ids: Sequence[int]) -> Any:
+        raise BackendError("rknnlite runs encoder .rknn artifacts (sentence embeddings): next-token "
+                           "log-probabilities do not apply; their quality is cosine/NN agreement")
 
     def close(self) -> None:
         if self.lite is not None:

@@ -19,6 +19,9 @@
  *                             ignore_eos_token is set (v1.3.0 only)
  *   RKLLM_SHIM_WAITING_EVERY=N  every Nth token arrives in state RKLLM_RUN_WAITING (partial UTF-8)
  *   RKLLM_SHIM_VOCAB=N        vocabulary size for the emitted token ids (default 49152)
+ * Infer mode RKLLM_INFER_GET_LOGITS: ONE RKLLM_RUN_NORMAL callback whose result.logits holds
+ * num_tokens = n_input rows of vocab_size floats (row i: 8.0 at the token the shim would generate
+ * after input token i, 0 elsewhere; made up, no model), then RKLLM_RUN_FINISH. Shim output only.
  *   RKLLM_LOG_LEVEL=1         print the runtime's version line and perf table to stdout
  *   RKLLM_SHIM_NO_FFLUSH=1    never fflush(stdout) (the log then sits in stdio's buffer)
  * Like the real runtime it rejects n_batch == 0 (and > 100) in rkllm_init, and refuses a model
@@ -40,7 +43,7 @@
 #error "compile with -DRKLLM_ABI_1_3_0 or -DRKLLM_ABI_1_2_1"
 #endif
 
-/* Found by version scanners (board/sysinfo.py, board/backends/rkllm.py). */
+/* Found by the version scanner (board/sysinfo.py LIB_VERSION; the doctor and the rkllm backend). */
 __attribute__((used)) const char rkllm_shim_version_string[] = "librkllmrt version: " SHIM_VERSION " (rkdeploy shim)";
 
 typedef void *LLMHandle;
@@ -431,6 +434,24 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         printf("E rkllm: input %zu + %ld new tokens exceed max_context_len %d\n", n_in, n_gen, (int)s->param.max_context_len);
         shim_flush();
         return -1;
+    }
+    if (infer->mode == RKLLM_INFER_GET_LOGITS && input->input_type == RKLLM_INPUT_TOKEN) {
+        float *buf = calloc(n_in * (size_t)vocab, sizeof *buf);
+        if (!buf) return -1;
+        for (i = 0; i < (long)n_in; i++)
+            buf[(size_t)i * (size_t)vocab + (size_t)(((int64_t)input->token_input.input_ids[i] * 31 + 7) % vocab)] = 8.0f;
+        sleep_until_ms(t0 + prefill);
+        memset(&r, 0, sizeof r);
+        r.logits.logits = buf;
+        r.logits.vocab_size = (int)vocab;
+        r.logits.num_tokens = (int)n_in;
+        s->cb(&r, ud, RKLLM_RUN_NORMAL);
+        free(buf);
+        memset(&r, 0, sizeof r);
+        r.perf.prefill_time_ms = (float)(now_ms() - t0);
+        r.perf.prefill_tokens = (int)n_in;
+        s->cb(&r, ud, RKLLM_RUN_FINISH);
+        return 0;
     }
     if (n_gen <= 0) n_gen = 16;
     s->running = 1;

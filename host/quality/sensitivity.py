@@ -1,0 +1,89 @@
+"""Layer sensitivity: KLD(float ‖ model with only one layer group fake-quantized) minus the float
+baseline, per group, most sensitive first; a hint for the recipe's ``sensitive_layers``."""
+
+from __future__ import annotations
+
+from host.config import ModelSpec, Recipe
+from host.errors import ConfigError
+from host.quality.metrics import TokenStats
+from host.quality.reference import SENSITIVITY_TOKENS, eval_windows, float_reference, llm_eval, load_torch_llm
+from host.quality.runtimes import TorchFakeQuant
+
+
+def default_sensitivity_scheme(model: ModelSpec, target: str) -> str:
+    """The target's 8-bit scheme when it has one (what ``int8-dyn`` exclusions are about), else its first."""
+    from host.schemes import base_dtype
+
+    listed = model.targets.get(target.lower()) or []
+    return next((s for s in listed if base_dtype(s) == "w8a8"), listed[0] if listed else "int8-dyn")
+
+
+def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model_name: str | None = None,
+                tokens: int = SENSITIVITY_TOKENS, buckets: int = 3, log=None) -> dict:
+    """KLD(float ‖ model with only one layer group quantized under ``scheme``) minus the float baseline,
+    per group (layer type × depth bucket, and layer type at every depth), most sensitive first."""
+    from host.fakequant import layer_groups, linear_layers, spec
+
+    llms = [m for m in recipe.llms() if model_name in (None, m.name)]
+    if not llms:
+        raise ConfigError(f"recipe {recipe.name}: no LLM{' named ' + model_name if model_name else ''} for --sensitivity")
+    m = llms[0]
+    scheme = scheme or default_sensitivity_scheme(m, target)
+    try:
+        spec(scheme)
+    except ValueError:
+        raise ConfigError(f"--scheme {scheme}: no simulation for it (use w8a8, w8a8-gN, w4a16, w4a16-gN, w8a16, "
+                          "fp16 or int8-dyn)") from None
+    ev = llm_eval(recipe, m, eval_tokens=min(tokens, recipe.quality.eval_tokens))
+    windows = eval_windows(recipe, ev)
+    ref = float_reference(recipe, ev, windows, log=log)
+    model = load_torch_llm(ev.model_dir)
+
+    def kld(select) -> float:
+        stats = TokenStats.empty()
+        with TorchFakeQuant(model, scheme, select) as rt:
+            for i, w in enumerate(windows):
+                stats.add(ref[i], rt.logprobs(w), w)
+        return stats.metrics()["kld_mean"]
+
+    groups = layer_groups(list(linear_layers(model)), buckets)
+    base = kld(lambda _n: False)
+    full = kld(None)
+    out = []
+    for gi, (name, members) in enumerate(groups.items()):
+        if log:
+            log(f"{gi + 1}/{len(groups)} {name}")
+        sel = set(members)
+        out.append({"group": name, "layers": len(members), "kld_increase": kld(sel.__contains__) - base})
+    out.sort(key=lambda r: -r["kld_increase"])
+    return {"model": m.name, "scheme": scheme, "n_tokens": ev.n_tokens, "kld_full": full - base, "groups": out}
+
+
+def sensitivity_report(recipe: Recipe, target: str, *, scheme: str | None = None, top: int = 10, **kw):
+    """Run ``sensitivity`` (with a status line) and render it."""
+    from host.ui import err_console
+
+    with err_console.status("sensitivity …") as status:
+        res = sensitivity(recipe, target, scheme=scheme, log=lambda s: status.update(f"sensitivity: {s}"), **kw)
+    return render_sensitivity(res, top=top)
+
+
+def render_sensitivity(res: dict, *, top: int = 10):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"sensitivity of {res['model']} under {res['scheme']} ({res['n_tokens']} held-out tokens)",
+              title_justify="left")
+    for col in ("rank", "layer group", "layers", "KLD increase", "share of full"):
+        t.add_column(col, justify="left" if col == "layer group" else "right")
+    for i, g in enumerate(res["groups"][:top], 1):
+        share = g["kld_increase"] / res["kld_full"] if res["kld_full"] > 0 else 0.0
+        t.add_row(str(i), g["group"], str(g["layers"]), f"{g['kld_increase']:.5f}", f"{share:.0%}")
+    kinds = [g["group"].split("@")[0] for g in res["groups"] if g["group"].endswith("@all")][:2]
+    hint = Text(
+        f"Whole model under {res['scheme']}: KLD {res['kld_full']:.5f}. A group 'X@a-b' quantizes only layer type X "
+        "in decoder layers a..b ('X@all': every depth). The int8-dyn artifact keeps in float the layers whose "
+        f"dotted name ends with a `sensitive_layers` pattern ('*' = one name part); the top types here suggest: sensitive_layers: [{', '.join(kinds)}] "
+        "(edit the recipe, then `rkdeploy export` rebuilds only int8-dyn).")
+    return Group(t, hint)
