@@ -350,31 +350,22 @@ def summarize(metrics: dict) -> dict:
 # --- quality rows --------------------------------------------------------------------------------
 
 def rows(job, manifest) -> list:
-    """The simulator's quality row of a built .rknn artifact (``host.export`` stores it), keyed by the
-    artifact's sha256 (``host.quality.vendor_rows`` joins on it)."""
+    """The simulator's quality row of a built .rknn artifact (``method: simulator``, from its manifest's
+    ``accuracy``), keyed by the artifact's sha256 (quality reports join on it). ``host.export`` stores it."""
     from board.rows import ResultRow
+    from host.manifest import inputs_hash
 
-    if not manifest.accuracy:
+    acc, tk, model = manifest.accuracy, manifest.toolkit, job.model
+    if not acc or not tk:
         return []
-    return [ResultRow.from_dict(simulator_row(job.model, job.target, job.scheme, manifest.to_dict(),
-                                              sha=manifest.sha256, size=manifest.size))]
-
-
-def simulator_row(model, target: str, scheme: str, manifest: dict, *, sha: str, size: int) -> dict:
-    """The quality row of a .rknn artifact (``method: simulator``), from its manifest fields."""
-    from host.manifest import inputs_hash, now_rfc3339
-
-    acc = manifest["accuracy"]
-    tk = manifest["toolkit"]
+    sha = manifest.sha256
     key = inputs_hash({"rknn-simulator": 1, "artifact": sha, "heldout": acc["text"], "n": acc.get("n_sentences")})
-    return {
-        "kind": "quality", "test": "embedding", "model": model.name, "target": target,
-        "scheme": scheme, "backend": BACKEND, "runtime": f"{tk['name']} {tk['version']} simulator",
-        "method": "simulator", "status": "ok", "test_time": manifest.get("built_at") or now_rfc3339(),
-        "cos_mean": acc["cos_mean"], "cos_min": acc["cos_min"], "nn_agree": acc.get("nn_agree"),
-        "seq_len": model.seq_len, "batch": model.batch, "artifact_sha256": sha, "model_size": size,
-        "env": {"quality_key": key, "definition": manifest.get("scheme_definition"), "reference": acc["reference"],
-                "max_abs_err": acc["max_abs_err"], "token_cos_mean": acc["token_cos_mean"],
-                "token_cos_min": acc["token_cos_min"], "sentences": acc.get("n_sentences"), "text": acc["text"],
-                "toolkit": tk, "rknn": manifest.get("rknn"), "seconds": acc.get("seconds")},
-    }
+    return [ResultRow(
+        kind="quality", test="embedding", model=model.name, target=job.target, scheme=job.scheme, backend=BACKEND,
+        runtime=f"{tk['name']} {tk['version']} simulator", method="simulator", status="ok", test_time=manifest.built_at,
+        cos_mean=acc["cos_mean"], cos_min=acc["cos_min"], nn_agree=acc.get("nn_agree"), seq_len=model.seq_len,
+        batch=model.batch, artifact_sha256=sha, model_size=manifest.size,
+        env={"quality_key": key, "definition": manifest.scheme_definition, "reference": acc["reference"],
+             "max_abs_err": acc["max_abs_err"], "token_cos_mean": acc["token_cos_mean"],
+             "token_cos_min": acc["token_cos_min"], "sentences": acc.get("n_sentences"), "text": acc["text"],
+             "toolkit": tk, "rknn": manifest.extra.get("rknn"), "seconds": acc.get("seconds")})]
