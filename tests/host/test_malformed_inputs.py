@@ -326,10 +326,18 @@ class Result:
 def snapshot(root: Path, *, content: bool = False) -> dict[str, object]:
     """Every file and folder under ``root``: size + mtime (per case, fast) or a content hash."""
     out: dict[str, object] = {}
-    for p in sorted(root.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(root))] = "dir" if p.is_dir() else (
-            hashlib.sha256(p.read_bytes()).hexdigest() if content else (st.st_size, st.st_mtime_ns))
+    for folder, dirs, files in os.walk(root):  # os.walk, not Path.rglob: half the time, run once per case
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, root)
+            if os.path.isdir(full):
+                out[rel] = "dir"
+            elif content:
+                with open(full, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+            else:
+                st = os.stat(full)
+                out[rel] = (st.st_size, st.st_mtime_ns)
     return out
 
 
