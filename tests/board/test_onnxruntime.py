@@ -18,17 +18,10 @@ from tests.conftest import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
-def llm_int8(llm_dir, tmp_path_factory):
-    """The default LLM as an int8 genai folder (genai builder, ~15 s) with a manifest."""
-    from host.manifest import write_manifest
-
-    out = tmp_path_factory.mktemp("onnx") / "int8"
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(out),
-                    "-p", "int8", "-e", "cpu"], check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                   timeout=600)
-    write_manifest(out, model="smollm2-135m-instruct", model_kind="llm", target="rk3576", scheme="int8",
-                   artifact_kind="onnx", format="onnx-genai", entry="model.onnx", tokenizer="tokenizer.json")
-    return out
+def llm_int8(onnx_export):
+    """The default LLM's int8 artifact (onnxruntime-genai builder -p int8) from the session's one export
+    (tests/conftest.py ``onnx_export``): no second build of the same artifact."""
+    return onnx_export.root / "smollm2-135m-instruct" / "rk3576" / "int8"
 
 
 def write_encoder(folder, opset=17, vocab=1000, hidden=16):
