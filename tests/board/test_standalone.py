@@ -89,6 +89,7 @@ def test_runs_on_python_3_8(lone_board, tmp_path):
     assert row["status"] == "ok" and row["env"]["python"].startswith("3.8")
 
 
+@pytest.mark.slow  # vermin over board/ (make lint runs it too)
 def test_vermin_says_python_3_8():
     vermin = shutil.which("vermin") or str(ROOT / ".venv" / "bin" / "vermin")
     p = subprocess.run([vermin, "-t=3.8-", "--eval-annotations", "--violations", "--no-tips", str(ROOT / "board")],

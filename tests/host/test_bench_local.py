@@ -30,6 +30,7 @@ def fake_tree(root, target="rk3576"):
     return root
 
 
+@pytest.mark.slow  # several runner processes
 def test_bench_local_streams_rows_into_the_store(tmp_path):
     root = fake_tree(tmp_path / "artifacts")
     seen = []

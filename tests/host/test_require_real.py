@@ -59,6 +59,7 @@ def run_pytest(folder: Path, files: dict[str, str], require: str | None) -> subp
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
+@pytest.mark.slow  # a pytest session in a subprocess
 def test_bare_pytest_skips_and_says_what_and_why(tmp_path):
     p = run_pytest(tmp_path / "t", {"test_sample.py": SAMPLE}, None)
     assert p.returncode == 0, p.stdout + p.stderr

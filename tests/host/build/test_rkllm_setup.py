@@ -111,6 +111,7 @@ def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_
     assert manifest["toolkit"] == {"name": "rkllm-toolkit", "version": "1.3.0", "test_double": True}
 
 
+@pytest.mark.slow  # rkdeploy doctor --host probes gcc, GPU, toolkits
 def test_doctor_host_without_toolkits_gives_install_hints(rk, tmp_path):
     out = rk("doctor", "--host", "--json", env={"RKDEPLOY_VENVS": str(tmp_path / "none")})
     data = json.loads(out.stdout)

@@ -143,6 +143,7 @@ def test_provision_failures_name_the_step(tmp_path, monkeypatch):
         provision.provision_board(t, say=lambda m: None)
 
 
+@pytest.mark.slow  # two benches of real runner processes
 def test_remote_bench_over_the_local_transport_matches_the_local_bench(tmp_path):
     """push → doctor → bench through a transport, with the fake backend: the same rows as ``bench_local``."""
     from board.testing.artifacts import write_fake_artifact
