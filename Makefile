@@ -5,8 +5,12 @@ RK    := $(VENV)/bin/rkdeploy
 TARGET ?= rk3576
 RECIPE ?= configs/models/smollm2-135m.yaml
 BOARDS ?= all
+# make demo's virtual-board part: auto (when root on Linux), 1 (always), 0 (never)
+VBOARD ?= auto
+VBOARD_RECIPE ?= configs/models/vrk3588-demo.yaml
+VBOARD_BENCH ?= --n-prompt 8 --n-gen 4 --reps 2 --warmup 0
 
-.PHONY: board-up board-down demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
+.PHONY: board-up board-down board-bench demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -48,10 +52,13 @@ bench-remote: setup
 report: setup
 	@$(RK) report --format md
 
-demo: setup models   ## set-up → export for rk3576 → local bench → report
+demo: setup models   ## set-up → export for rk3576 → local bench → the virtual RK3588 (board-bench; first run builds its rootfs, ~15-30 min) → report
 	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)
+	@if [ "$(VBOARD)" = 1 ] || { [ "$(VBOARD)" = auto ] && [ "$$(id -u)" = 0 ] && [ "$$(uname -s)" = Linux ]; }; then \
+	  $(MAKE) --no-print-directory board-bench; \
+	else echo "demo: virtual board skipped (VBOARD=$(VBOARD); it needs root on Linux): no vrk3588 rows"; fi
 	@$(RK) report --format md
 
 readme-numbers: setup   ## rewrite the README's measured tables from the results store (after `make demo`)
@@ -65,9 +72,14 @@ board-up: setup setup-system   ## the virtual RK3588 vrk3588 (arm64 Debian under
 board-down:       ## stop the virtual board (by PID) and unmount it; its state stays cached
 	@$(VENV)/bin/python -m host.vboard down
 
-demo-board: board-up models   ## the demo on the virtual RK3588: int8 ONNX artifacts for rk3588, benched there (tiny: it is emulated), report
-	@$(RK) export --recipe $(RECIPE) --target rk3588 --only int8 --only int8-dyn --no-quality
-	@RKDEPLOY_STALL_TIMEOUT=600 $(RK) bench --boards vrk3588 --recipe $(RECIPE) --target rk3588 --n-prompt 8 --n-gen 4 --reps 2 --warmup 0
+board-bench: board-up models   ## one artifact per board backend for rk3588 (VBOARD_RECIPE), benched on vrk3588 with tiny settings (emulated)
+	@# .rkllm: rkllm-toolkit when set up, else its labelled test double; .rknn: the real rknn-toolkit2
+	@venvs="$$($(VENV)/bin/python -m host.vboard toolkits)" && \
+	  RKDEPLOY_VENVS="$$venvs" $(RK) export --recipe $(VBOARD_RECIPE) --target rk3588 --require rkllm,rknn --no-quality
+	@$(VENV)/bin/python -m host.vboard rknn-specs
+	@RKDEPLOY_STALL_TIMEOUT=600 $(RK) bench --boards vrk3588 --recipe $(VBOARD_RECIPE) --target rk3588 $(VBOARD_BENCH)
+
+demo-board: board-bench   ## only the virtual board's part of make demo, then the report
 	@$(RK) report --format md
 
 test: setup setup-system   ## the whole suite on real parts (CI runs this); a test that would skip fails

@@ -363,11 +363,15 @@ class RkllmBackend(Backend):
                       "toolkit_version": toolkit or None, "log": self.log_path,
                       "eos": "ignored (ignore_eos_token)" if self.abi.spec["ignore_eos"] else
                       "cannot be ignored on ABI %s (no ignore_eos_token): an early EOS makes the row an error" % abi_name}
+        labels = []  # what the row's runtime column must admit
         if _is_shim(path):
             self._info["logits"] = "made up by rkdeploy's librkllmrt shim (no model runs): shim output, not quality"
+            labels.append("rkdeploy librkllmrt shim")
         if (manifest.get("toolkit") or {}).get("test_double"):  # the artifact came from rkdeploy's test double
             self._info["toolkit_test_double"] = True
-            self._info["runtime"] = "rkllm %s (artifact from the rkllm-toolkit test double)" % (runtime or "?")
+            labels.append("artifact from the rkllm-toolkit test double")
+        if labels:
+            self._info["runtime"] = "rkllm %s (%s)" % (runtime or "?", "; ".join(labels))
         n_prompt, n_gen = params.get("n_prompt"), params.get("n_gen")
         if n_prompt and n_gen and self.max_context and n_prompt + n_gen > self.max_context:
             raise BackendError("n_prompt %d + n_gen %d exceed the artifact's max_context %d (rebuild with a larger "

@@ -30,7 +30,8 @@
  *   - rknn_inputs_set checks count, index and byte size (as the model's element count × the size of
  *     the buffer's type); rknn_run sleeps run_ms (env RKNN_SHIM_RUN_MS overrides) and records
  *     RKNN_QUERY_PERF_RUN (its echo line carries its CLOCK_MONOTONIC t_enter_ms / t_exit_ms);
- *     rknn_outputs_get returns float32 (want_float) or the native int8 (affine scale 1/127), out[b, s, h] = sin(in0[b, s] * (1 + h)) for the first input's values.
+ *     rknn_outputs_get returns float32 (want_float) or the native int8 (affine scale 1/127),
+ *     out[b, s, h] = sin(in0[b, s] * (1 + h)) for the first input's values.
  * RKNN_SHIM_ECHO=FILE appends one JSON line per API call (name, arguments, pid) for assertions.
  */
 #include <errno.h>
@@ -46,7 +47,7 @@
 #include <unistd.h>
 
 #define SHIM_VERSION "2.5.0"
-/* Found by version scanners (board/sysinfo.py _LIB_VERSION). */
+/* Found by version scanners (board/sysinfo.py LIB_VERSION). */
 __attribute__((used)) const char rknn_shim_version_string[] = "librknnrt version: " SHIM_VERSION " (rkdeploy shim)";
 
 #define RKNN_SUCC 0

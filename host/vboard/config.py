@@ -30,6 +30,10 @@ SHIM_ECHO = {"RKNN_SHIM_ECHO": "/tmp/rknn-shim.jsonl", "RKLLM_SHIM_ECHO": "/tmp/
 #: node) come from qemu-user's path prefix: every emulated open/stat of /X looks in PREFIX/X first.
 #: rknn-toolkit-lite2 refuses to start without /proc/device-tree/compatible and /dev/dri/renderD129.
 QEMU_PREFIX = "/etc/rkdeploy/qemu-prefix"
+#: Where the librknnrt shim finds the shapes of a REAL .rknn (``<fnv1a64 of its bytes>.spec``, written from its
+#: manifest by ``python -m host.vboard rknn-specs``), and the latency it injects per rknn_run for one.
+RKNN_SPECS = "/etc/rkdeploy/rknn-shim"
+RKNN_SPEC_RUN_MS = 20.0
 RKLLM_ABI = "1.3.0"
 #: host command -> Debian package (``make setup-system`` installs the missing ones).
 HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "update-binfmts": "binfmt-support",

@@ -18,6 +18,7 @@ from host.vboard.config import (
     NAME,
     PORT,
     QEMU_PREFIX,
+    RKNN_SPECS,
     SHIM_ECHO,
     SHIM_LATENCY,
     SSHD_START_TIMEOUT_S,
@@ -50,7 +51,8 @@ def _keygen(path: Path) -> None:
 
 
 def sshd_config() -> str:
-    env = " ".join(f"{k}={v}" for k, v in sorted({**SHIM_LATENCY, **SHIM_ECHO, "QEMU_LD_PREFIX": QEMU_PREFIX}.items()))
+    env = " ".join(f"{k}={v}" for k, v in sorted({**SHIM_LATENCY, **SHIM_ECHO, "QEMU_LD_PREFIX": QEMU_PREFIX,
+                                                           "RKNN_SHIM_SPEC": RKNN_SPECS}.items()))
     return "\n".join([
         f"Port {PORT}", f"ListenAddress {ADDRESS}",
         "HostKey /etc/ssh/rkdeploy_host_ed25519_key", "PidFile /run/sshd-rkdeploy.pid",

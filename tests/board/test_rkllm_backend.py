@@ -99,7 +99,8 @@ def test_bench_rows_match_the_shim_clock_and_carry_runtime_perf(abi, shims, tmp_
     info = row["env"]["backend"]
     assert info["abi"] == abi and info["abi_source"] == f"artifact toolkit {TOOLKIT_FOR_ABI[abi]}"
     assert info["version"] == abi and Path(info["log"]).is_file()
-    assert "toolkit_test_double" not in info and row["runtime"] == f"rkllm {abi}"  # not built by the double
+    assert "toolkit_test_double" not in info  # not built by the double; run by the shim, and the row says so
+    assert row["runtime"] == f"rkllm {abi} (rkdeploy librkllmrt shim)"
     # what the runtime received
     ev = echo(echo_file)
     init = [e for e in ev if e["event"] == "init"]
@@ -281,7 +282,7 @@ def test_fake_toolkit_artifact_runs_on_the_matching_runtime(toolkit, abi, shims,
     assert row["env"]["backend"]["abi"] == abi and row["runtime_perf"]["generate_tokens"] == 8
     # built by the test double: the row says so
     assert row["env"]["backend"]["toolkit_test_double"] is True
-    assert row["runtime"] == f"rkllm {abi} (artifact from the rkllm-toolkit test double)"
+    assert row["runtime"] == f"rkllm {abi} (rkdeploy librkllmrt shim; artifact from the rkllm-toolkit test double)"
     from host.manifest import load_artifact
 
     assert row["artifact_sha256"] == load_artifact(art).sha256   # the whole-artifact digest, as quality rows
