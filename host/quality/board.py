@@ -101,8 +101,11 @@ def board_logprobs(t, workdir: PurePosixPath, remote_artifact: PurePosixPath, wi
         local = local_tmp / f"{tag}.f16"
         t.get(out, local)
     finally:
-        t.run([t.board.python, "-c", "import os, sys\ntry: os.unlink(sys.argv[1])\nexcept OSError: pass", str(out)],
-              check=False)
+        try:
+            t.run([t.board.python, "-c", "import os, sys\ntry: os.unlink(sys.argv[1])\nexcept OSError: pass", str(out)],
+                  check=False)
+        except RkdeployError:
+            pass   # the board went away: the first error is the one to report
     shape = tuple(summary.get("shape") or ())
     data = np.frombuffer(local.read_bytes(), dtype="<f2")
     if not shape or data.size != int(np.prod(shape)):

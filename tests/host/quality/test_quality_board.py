@@ -27,6 +27,7 @@ def _inventory(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_bad_board_missing_artifact_and_encoder_scheme_get_one_line(tmp_path):
     inv, empty = _inventory(tmp_path), tmp_path / "artifacts"
     empty.mkdir()
