@@ -276,7 +276,10 @@ def test_runner_fidelity_against_the_shims_under_emulation(vb, tmp_path):
     """The runner's TTFT / decode rate (rkllm binding) and encoder latency (real rknn-toolkit-lite2 wheel)
     on aarch64 under qemu recover the shims' injected delays, checked per rep against the shims' own
     CLOCK_MONOTONIC stamps (echo files the runner never reads): the runner spans the shim's time and
-    adds at most the stated emulation overhead (EMU_*). Prints the measured overheads."""
+    adds at most the stated emulation overhead (EMU_*). One warmup run: the first call's one-time set-up
+    (the wheel's first inference: ~100 ms more under emulation) is not the runner's per-call overhead.
+    Measured here (2 cores under load, 2026-12): TTFT +0.7…9 ms, decode within 0.2 %, encoder +6…34 ms
+    over the shim's 20 ms run. Prints the measured overheads."""
     from host.deploy.remote_bench import bench_boards
 
     n_gen, reps, run_ms = 24, 3, 20.0
@@ -288,7 +291,7 @@ def test_runner_fidelity_against_the_shims_under_emulation(vb, tmp_path):
     for f in echo.values():
         f.unlink(missing_ok=True)
     out = bench_boards([_fresh(vb, "fidelity")], recipe=DEFAULT_RECIPE, target="rk3588",
-                       params=BenchParams(n_prompt=8, n_gen=n_gen, reps=reps, warmup=0, threads=2),
+                       params=BenchParams(n_prompt=8, n_gen=n_gen, reps=reps, warmup=1, threads=2),
                        store=tmp_path / "r.sqlite", artifacts_root=root, transport=lambda b: _t(vb, b),
                        log=lambda m: print(m, flush=True))
     rows = {r.backend: r for r in out[vboard.NAME].rows}
@@ -300,7 +303,8 @@ def test_runner_fidelity_against_the_shims_under_emulation(vb, tmp_path):
     token_ms = float(vboard.SHIM_LATENCY["RKLLM_SHIM_TOKEN_MS"])
     timing = [e for e in map(json.loads, echo["RKLLM_SHIM_ECHO"].read_text().splitlines())
               if e.get("event") == "timing" and e.get("tokens") == n_gen]
-    assert len(timing) == reps, timing
+    assert len(timing) == 1 + reps, timing  # one warmup (the first call's one-time set-up is not timed)
+    timing = timing[1:]
     shim_ttft = [t["t_first_ms"] - t["t_enter_ms"] for t in timing]
     shim_decode = [(n_gen - 1) * 1000.0 / (t["t_last_ms"] - t["t_first_ms"]) for t in timing]
     ttft_over = [ours - theirs for ours, theirs in zip(rk.samples_ttft_ms, shim_ttft, strict=True)]
