@@ -109,7 +109,8 @@ def test_toy_kind_is_complete(toy, default_recipe_data, tmp_path):
     assert registry.get("onnx").irrelevant_fields() == OLD_IRRELEVANT_FIELDS["onnx"] | {"toy"}
 
 
-def test_toy_kind_runs_plan_export_bench_report(toy, default_recipe_data, builtin_models, tmp_path, monkeypatch):
+@pytest.mark.slow   # fakes only (a tiny model folder, the toy builder and backend), a few seconds: export + runner
+def test_toy_kind_runs_plan_export_bench_report(toy, default_recipe_data, tmp_path, monkeypatch):
     """One builder + one board backend + registry lines, no product edit: plan → export → bench (local) → report."""
     from host.bench import BenchParams, bench_local
     from host.config import load_recipe
@@ -122,7 +123,8 @@ def test_toy_kind_runs_plan_export_bench_report(toy, default_recipe_data, builti
     monkeypatch.setenv("RKDEPLOY_RESULTS", str(store))
     data = copy.deepcopy(default_recipe_data)
     data["models"] = [m for m in data["models"] if m["kind"] == "llm"][:1]
-    data["models"][0].update(onnx=[], targets={"rk3588": [toy.SCHEME]})
+    data["models"][0].update(onnx=[], targets={"rk3588": [toy.SCHEME]}, max_context=4096,
+                             source=str(toy.write_tiny_model(tmp_path / "tiny-model")))
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(data))
     root = tmp_path / "art"

@@ -54,6 +54,21 @@ def kind():
                 scheme_names=lambda: (SCHEME,), spell=lambda s: s.replace("-", "_"))
 
 
+def write_tiny_model(folder: Path) -> Path:
+    """A minimal Hugging Face folder (config, one safetensors tensor, tokenizer) that passes the checks."""
+    import json
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 8192,
+                                                    "vocab_size": 1000}))
+    header = json.dumps({"model.layers.0.mlp.down_proj.weight": {"dtype": "F32", "shape": [2, 2],
+                                                                 "data_offsets": [0, 16]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordLevel", "vocab": {}}}))
+    return folder
+
+
 # --- the board backend: toykind_backend.py; registry lines ----------------------------------------
 
 @contextlib.contextmanager
