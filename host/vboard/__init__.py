@@ -50,6 +50,7 @@ from host.vboard.config import (
                                 image_key,
                                 recipe,
 )
+from host.vboard.demo import toolkit_venvs, write_rknn_specs
 from host.vboard.identity import COMPATIBLE, build_shims, marker, write_identity, write_qemu_prefix
 from host.vboard.image import build_image, customize_image
 from host.vboard.run import down, purge, sshd_config, status, up
@@ -67,4 +68,5 @@ __all__ = ["ADDRESS", "ARCH", "COMPATIBLE", "HOME", "NAME", "PACKAGES", "PORT", 
            "SHIM_ECHO", "SHIM_LATENCY", "SHIM_SOURCES", "SUITE", "USER", "WORKDIR", "Paths", "VBoardError",
            "board_pids", "build_image", "build_shims", "cache_root", "check_host", "customize_image", "down",
            "ensure_binfmt", "image_key", "marker", "missing_host_tools", "mounts_under", "purge", "recipe",
-           "safe_rmtree", "sshd_config", "status", "unmount_all", "up", "write_identity", "write_qemu_prefix"]
+           "safe_rmtree", "sshd_config", "status", "toolkit_venvs", "unmount_all", "up", "write_identity",
+           "write_qemu_prefix", "write_rknn_specs"]

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from board.testing.rkllm import write_rkllm_artifact
-from board.testing.rknn_artifacts import write_shim_rknn_artifact
+from board.testing.rknn_artifacts import model_key, write_shim_rknn_artifact
 from host import vboard
 from host.bench import BenchParams
 from host.deploy.inventory import load_inventory
@@ -164,6 +164,12 @@ lite.release()
 bad = RKNNLite()
 bad.load_rknn(sys.argv[2])
 out["init_other_chip"] = bad.init_runtime(core_mask=RKNNLite.NPU_CORE_0)
+real = RKNNLite()  # not a shim model: its shapes come from the spec folder ($RKNN_SHIM_SPEC, by its hash)
+out["real_load"] = real.load_rknn(sys.argv[3])
+out["real_init"] = real.init_runtime(core_mask=RKNNLite.NPU_CORE_AUTO)
+y = real.inference(inputs=[ids, np.ones((1, 16), np.int64), np.zeros((1, 16), np.int64)])
+out["real_shape"] = list(np.asarray(y[0]).shape)
+real.release()
 print(json.dumps(out))
 '''
 
@@ -174,18 +180,29 @@ def test_real_rknn_toolkit_lite2_wheel_runs_against_the_shim(vb, tmp_path):
     root = tmp_path / "artifacts"
     good = write_shim_rknn_artifact(str(root / ENC / "rk3588" / "w8a8"), hidden=8, run_ms=5)
     other = write_shim_rknn_artifact(str(root / ENC / "rk3588" / "fp16"), scheme="fp16", model_target="rk3576")
+    # a model that is no shim header (as a .rknn of rknn-toolkit2): rknn-specs gives the shim its shapes
+    real = Path(write_shim_rknn_artifact(str(root / ENC / "rk3588" / "int8"), scheme="int8", hidden=384))
+    (real / "model.rknn").write_bytes(b"RKNN\0" + os.urandom(4096))
+    m = json.loads((real / "manifest.json").read_text())
+    del m["shim"]
+    (real / "manifest.json").write_text(json.dumps(m))
+    rehash_manifest(str(real))
+    assert [s.name for s in vboard.write_rknn_specs(root, say=lambda m: None)] == [
+        f"{model_key((real / 'model.rknn').read_bytes())}.spec"]
     board = _fresh(vb, "lite")
     with _t(vb, board) as t:
-        push_board(t, [artifact_dir(Path(good), root), artifact_dir(Path(other), root)])
+        push_board(t, [artifact_dir(Path(p), root) for p in (good, other, real)])
         t.run(["rm", "-f", vboard.SHIM_ECHO["RKNN_SHIM_ECHO"]])
         r = t.run([board.python, "-c", RKNNLITE_SCRIPT, str(board.workdir / f"artifacts/{ENC}/rk3588/w8a8/model.rknn"),
-                   str(board.workdir / f"artifacts/{ENC}/rk3588/fp16/model.rknn")], timeout=600, silent_ok=True)
+                   str(board.workdir / f"artifacts/{ENC}/rk3588/fp16/model.rknn"),
+                   str(board.workdir / f"artifacts/{ENC}/rk3588/int8/model.rknn")], timeout=600, silent_ok=True)
         calls = [json.loads(x) for x in t.run(["cat", vboard.SHIM_ECHO["RKNN_SHIM_ECHO"]]).stdout.splitlines()]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["load"] == 0 and out["init"] == 0, r.stderr
     assert out["shape"] == [1, 16, 8] and abs(out["first"] - __import__("math").sin(1000.0 * 2)) < 1e-4
     assert "rkdeploy shim" in str(out["sdk"])
     assert out["init_other_chip"] == -1  # rknn_init: RKNN_ERR_TARGET_PLATFORM_UNMATCH, the wheel returns -1
+    assert (out["real_load"], out["real_init"], out["real_shape"]) == (0, 0, [1, 16, 384]), r.stderr
     names = [c["call"] for c in calls]
     for want in ("rknn_init", "rknn_query", "rknn_set_core_mask", "rknn_inputs_set", "rknn_run", "rknn_outputs_get",
                  "rknn_outputs_release", "rknn_destroy"):
