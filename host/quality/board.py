@@ -153,7 +153,8 @@ def evaluate_board(recipe: Recipe, target: str, board, *, tokens: int = DEFAULT_
             try:
                 board_lp, summary = board_logprobs(t, wd, wd / "artifacts" / rel, windows, a.sha256[:16], Path(tmp))
             except RkdeployError as e:
-                raise DeployError(f"board {board.name}: {m.name}/{a.manifest.scheme}: {str(e).splitlines()[0]}") from None
+                msg = str(e).splitlines()[0].removeprefix(f"board {board.name}: ")
+                raise DeployError(f"board {board.name}: {m.name}/{a.manifest.scheme}: {msg}") from None
             host_m = _stats(ref, host_lp, windows)
             board_m = _stats(ref, board_lp, windows)
             common = {"ppl_float": board_m["ppl_float"], "window": ev.window, "n_windows": ev.n_windows,
