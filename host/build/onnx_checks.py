@@ -1,8 +1,12 @@
-"""Recipe-level checks of the ONNX kind (``host.build.registry``: ``recipe_problems``), before any build."""
+"""ONNX kind: ``sensitive_layers`` matching (patterns, graph nodes, the manifest record) and the recipe-level
+check (``host.build.registry``: ``recipe_problems``, before any build). ``host.build.onnx_int8`` re-exports these."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from host.errors import BuildError
 
 if TYPE_CHECKING:
     from host.config import Recipe
@@ -11,7 +15,7 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
     """Every ``sensitive_layers`` pattern of a model building a scheme that uses it must match a linear layer."""
     import re
 
-    from host.build.onnx_int8 import SENSITIVE_SCHEMES, sensitive_matches
+    from host.build.onnx_int8 import SENSITIVE_SCHEMES
     from host.errors import ModelError
     from host.models import check_model_folder, linear_shapes, resolve_model
 
@@ -34,3 +38,52 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
                                 f"(a pattern matches the end of a layer name, '*' = one name component; "
                                 f"layers: {', '.join(kinds)})")
     return problems
+
+
+def layer_of_node(node_name: str) -> str | None:
+    """``/m/model/layers.0/mlp/down_proj/MatMul`` → ``model.layers.0.mlp.down_proj`` (TorchScript scopes)."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2 or not parts[-1].startswith("MatMul"):
+        return None
+    if parts[0] == "m":
+        parts = parts[1:]
+    return ".".join(parts[:-1])
+
+
+def pattern_matches(name: str, pattern: str) -> bool:
+    """A ``sensitive_layers`` pattern matches the END of a dotted layer name, component by component.
+
+    ``*`` (or any fnmatch wildcard) stays inside one component, never across a dot:
+    ``down_proj`` → ``model.layers.3.mlp.down_proj``; ``layer.*.output.dense`` → ``encoder.layer.3.output.dense``
+    but not ``encoder.layer.3.attention.output.dense`` (there the component before ``output`` is ``attention``).
+    """
+    from fnmatch import fnmatchcase
+
+    want, have = pattern.split("."), name.split(".")
+    return len(want) <= len(have) and all(fnmatchcase(h, w) for h, w in zip(have[-len(want):], want, strict=True))
+
+
+def sensitive_matches(layers, patterns) -> list[str]:
+    """Linear layer names matched by any of the recipe's ``sensitive_layers`` patterns (see ``pattern_matches``)."""
+    return sorted(name for name in layers if any(pattern_matches(name, p) for p in patterns))
+
+
+def sensitive_nodes(onnx_path: Path, patterns, *, required: bool = True) -> list[str]:
+    """Names of the weight MatMuls (B an initializer: linear layers) of an exported graph whose layer
+    name (``layer_of_node``) is matched by any of ``patterns`` (none matched: an error when ``required``)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    nodes = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+             and (layer := layer_of_node(n.name)) and any(pattern_matches(layer, p) for p in patterns)]
+    if patterns and not nodes and required:
+        raise BuildError(f"sensitive_layers {list(patterns)} matched no MatMul node of the exported graph")
+    return nodes
+
+
+def exclusions(patterns, nodes: list[str], why: str) -> dict:
+    """The manifest's record of the MatMuls a quantized artifact keeps in float, and why."""
+    return {"rule": f"linear layers matched by any of {list(patterns)} stay float (recipe field sensitive_layers: "
+                    f"a pattern matches the end of a layer name, `*` = one component; {why})",
+            "patterns": list(patterns), "nodes": nodes, "count": len(nodes)}

@@ -20,7 +20,7 @@ def tokenize(model_dir: Path, texts: list[str], names: list[str], shapes: list[l
     """Samples (one per batch of ``batch`` sentences), each a list of int64 arrays in input order."""
     import numpy as np
 
-    from host.build.onnx_int8 import encode_batch
+    from host.build.onnx_encoder import encode_batch
 
     batch, seq_len = shapes[0][0], shapes[0][1]
     feeds = encode_batch(model_dir, texts, seq_len, names)
