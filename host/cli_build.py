@@ -1,0 +1,181 @@
+"""``rkdeploy`` commands that make artifacts: models, check, schema, calib, export, quality.
+Each is a thin call into one library module (heavy imports inside the handler)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from host.cli_common import (
+    RecipeOpt,
+    StrictOpt,
+    TargetOpt,
+    _csv_list,
+    _dir_option,
+    _gate_exit,
+    _known_target,
+    _out_file,
+    app,
+)
+from host.ui import console, err_console
+
+models_app = typer.Typer(no_args_is_help=True, help="Materialise models into the local cache.")
+
+
+calib_app = typer.Typer(no_args_is_help=True, help="Build and validate rkllm calibration JSON.")
+
+
+app.add_typer(models_app, name="models")
+
+
+app.add_typer(calib_app, name="calib")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $RKDEPLOY_CACHE/models or ~/.cache/rkdeploy/models)"),
+    force: bool = typer.Option(False, "--force", help="materialise again even when cached"),
+) -> None:
+    """Materialise the built-in models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) offline."""
+    from host.models import BUILTINS, fetch_builtin, read_record
+
+    _dir_option(cache, "--cache")
+    for name in BUILTINS:
+        with err_console.status(f"materialising {name} …"):
+            path = fetch_builtin(name, cache, force=force)
+        rec = read_record(path) or {}
+        console.print(f"{name}: {path}  sha256 {rec.get('sha256', '?')[:16]}…")
+
+
+@app.command("check")
+def check_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    scheme: Optional[str] = typer.Option(None, "--scheme", "-s", help="only this scheme"),
+) -> None:
+    """Validate everything knowable before loading weights; one line per problem."""
+    from host.config import load_recipe
+    from host.targets import check
+
+    r = load_recipe(recipe)
+    check(r, target, scheme)
+    console.print(f"ok: {r.name} on {target}" + (f" ({scheme})" if scheme else ""))
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of recipes and the target table (for editors)."""
+    from host.config import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+
+
+@calib_app.command("validate")
+def calib_validate(
+    file: Path = typer.Argument(..., help="calibration JSON"),
+    recipe: Path = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="recipe model (default: its first LLM)"),
+) -> None:
+    """Check a calibration JSON: format, chat template, double BOS, length, held-out overlap."""
+    from host.calib import validate_file
+    from host.config import load_recipe
+
+    report = validate_file(file, load_recipe(recipe), model)
+    for w in report.warnings:
+        err_console.print(f"rkdeploy: warning: {w}")
+    console.print(f"ok: {file}: {report.n_items} items, longest input {report.max_tokens} tokens")
+
+
+@calib_app.command("build")
+def calib_build(
+    recipe: Path = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="recipe model (default: its first LLM)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the recipe's calibration path)"),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", min=1),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+) -> None:
+    """Vendor method: held-in prompts + chat template → greedy answers of the float model."""
+    from host.calib import build_calibration
+    from host.config import load_recipe
+
+    _out_file(out, "--out")
+    path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts, max_new_tokens=max_new_tokens)
+    console.print(f"wrote {path}")
+
+
+@app.command("export")
+def export_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, build nothing"),
+    no_quality: bool = typer.Option(False, "--no-quality", help="skip the quality table at the end"),
+    require: Optional[list[str]] = typer.Option(None, "--require", help="kinds that must build (rkllm,rknn): a missing toolkit fails instead of skipping"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="only these schemes (repeat or comma-separate)"),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root (default ./artifacts or $RKDEPLOY_ARTIFACTS)"),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="also write the summary as JSON lines here"),
+    strict: bool = StrictOpt,
+) -> None:
+    """Build every artifact of the recipe for TARGET (only what changed) and print a summary + quality table."""
+    from host.export import export, plan_table, summary_table, write_jsonl
+
+    _out_file(jsonl, "--jsonl")
+    _dir_option(artifacts, "--artifacts")
+    from host.toolkits import TOOLKITS
+
+    unknown = [k for k in _csv_list(require) if k not in TOOLKITS]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(map(repr, unknown))}: kinds are {', '.join(sorted(TOOLKITS))}",
+                                 param_hint="'--require'")
+    rep = export(recipe, target, dry_run=dry_run, require=_csv_list(require), only=_csv_list(only) or None,
+                 root=artifacts)
+    console.print(plan_table(rep) if dry_run else summary_table(rep))
+    if jsonl:
+        write_jsonl(rep, jsonl)
+    if not dry_run and not no_quality:
+        from host.quality import evaluate_export, quality_table
+
+        rows = evaluate_export(rep)
+        if rows:
+            console.print(quality_table(rows, title=f"quality {rep.recipe.name} → {rep.target}"))
+            _gate_exit(rows, strict)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@app.command("quality")
+def quality_cmd(
+    recipe: Path = RecipeOpt,
+    target: str = TargetOpt,
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="per layer type × depth: KLD increase when only it is quantized"),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's w8a8 when listed, else its first vendor scheme)"),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
+    no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
+    strict: bool = StrictOpt,
+    board: Optional[str] = typer.Option(None, "--board", help="evaluate the ONNX LLM artifacts with this inventory board's own onnxruntime (over SSH)"),
+    tokens: int = typer.Option(64, "--tokens", min=2, help="--board: held-out tokens scored on the board (emulated boards: 64-128)"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="--board: inventory YAML (default configs/boards.yaml)"),
+) -> None:
+    """Quality of the built artifacts vs the float model (PPL ratio, KLD, top-1; encoders: cosine, NN agreement)."""
+    from host.config import load_recipe
+    from host.quality import evaluate, quality_table, sensitivity_report
+
+    _dir_option(artifacts, "--artifacts")
+    r = load_recipe(recipe)
+    _known_target(target)
+    if board:
+        from host.quality.board import board_table, evaluate_board
+
+        rows = evaluate_board(r, target, board, tokens=tokens, root=artifacts, schemes=(scheme,) if scheme else None,
+                              inventory=inventory, log=lambda s: err_console.print(s, markup=False, highlight=False))
+        console.print(board_table(rows, title=f"quality {r.name} → {target} on board {board}"))
+        _gate_exit([x for x in rows if x.get("board")], strict)
+        return
+    if sensitivity:
+        console.print(sensitivity_report(r, target, scheme=scheme))
+        return
+    rows = evaluate(r, target, root=artifacts, simulated=not no_simulated)
+    console.print(quality_table(rows, title=f"quality {r.name} → {target}"))
+    _gate_exit(rows, strict)
