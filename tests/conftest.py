@@ -203,7 +203,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 #: A test that uses one of these fixtures needs a real part (a materialised model, a full export, an
 #: OpenSSH sshd): it is marked ``real`` at collection. Modules that start such a part themselves say
 #: ``pytestmark = pytest.mark.real``.
-REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known"})
+REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb"})
 #: These markers need a real part too (a board, the virtual board).
 REAL_MARKERS = ("board", "vboard")
 #: Fakes only, but seconds per test (shims compiled with gcc, injected delays, timing fidelity): ``slow``.
@@ -264,3 +264,54 @@ def _fast_tier_guard(request, monkeypatch):
 
     monkeypatch.setattr(host.export, "export", export)
 # <<< test tiers
+
+
+# >>> the virtual board (issue 13): one per test session, shared by every module that needs it
+#: Emulated Python imports onnxruntime for tens of seconds before its first line.
+VBOARD_STALL_S = 600
+
+
+def vboard_why_not() -> str | None:
+    """Why the virtual board cannot run here (None: it can)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "the virtual board needs Linux and root (mounts, chroot)"
+    from host import vboard
+
+    missing = vboard.missing_host_tools()
+    if missing:
+        return f"missing Debian packages {' '.join(missing)} (make setup-system installs them)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def vb(tmp_path_factory):
+    """The board up (built on first use), trusted and provisioned through the CLI as a user does it.
+
+    Stopped at the end of the session unless it was already running before (then its owner stops it)."""
+    import time
+    from types import SimpleNamespace
+
+    from host import vboard
+    from host.deploy.inventory import load_inventory
+
+    tmp = tmp_path_factory.mktemp("vboard")
+    was_running = vboard.status()["running"]
+    t0 = time.monotonic()
+    vboard.up(say=lambda m: print(m, flush=True))
+    up_s = time.monotonic() - t0
+    env = {"RKDEPLOY_KNOWN_HOSTS": str(tmp / "known_hosts"), "RKDEPLOY_STALL_TIMEOUT": str(VBOARD_STALL_S)}
+    try:
+        r = run_cli("boards", "trust", vboard.NAME, env=env, timeout=120)
+        assert r.returncode == 0 and "recorded host key SHA256:" in r.stdout, r.stdout + r.stderr
+        t1 = time.monotonic()
+        r = run_cli("boards", "provision", vboard.NAME, env=env, timeout=2400)
+        assert r.returncode == 0, r.stdout + r.stderr
+        board = load_inventory().boards[vboard.NAME]
+        yield SimpleNamespace(board=board, known=tmp / "known_hosts", env=env, tmp=tmp, up_s=up_s,
+                              provision_s=time.monotonic() - t1, provision_out=r.stdout)
+    finally:
+        if not was_running:
+            vboard.down(say=lambda m: print(m, flush=True))
+            st = vboard.status()
+            assert not st["running"] and not st["mounts"], st
+# <<< the virtual board

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 
 import pytest
 
@@ -24,55 +23,18 @@ from board.testing.rkllm import write_rkllm_artifact
 from board.testing.rknn_artifacts import model_key, write_shim_rknn_artifact
 from host import vboard
 from host.bench import BenchParams
-from host.deploy.inventory import load_inventory
 from host.deploy.push import artifact_dir, push_board, runner_dir
 from host.deploy.ssh import SshTransport
 from host.errors import DeployError
 from host.testing.deploy import rehash_manifest, write_artifact
-from tests.conftest import DEFAULT_RECIPE, run_cli
+from tests.conftest import DEFAULT_RECIPE, VBOARD_STALL_S, run_cli, vboard_why_not
 
 MiB = 1 << 20
 LLM, ENC = "smollm2-135m-instruct", "all-minilm-l6-v2"
-STALL_S = 600  # emulated Python imports onnxruntime for tens of seconds before its first line
+STALL_S = VBOARD_STALL_S
 
 
-def _why_not() -> str | None:
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "the virtual board needs Linux and root (mounts, chroot)"
-    missing = vboard.missing_host_tools()
-    if missing:
-        return f"missing Debian packages {' '.join(missing)} (make setup-system installs them)"
-    return None
-
-
-pytestmark = [pytest.mark.vboard, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
-
-
-@pytest.fixture(scope="module")
-def vb(tmp_path_factory):
-    """The board up (built on first use), trusted and provisioned through the CLI as a user does it.
-
-    Stopped at the end unless it was already running before (then its owner stops it)."""
-    tmp = tmp_path_factory.mktemp("vboard")
-    was_running = vboard.status()["running"]
-    t0 = time.monotonic()
-    vboard.up(say=lambda m: print(m, flush=True))
-    up_s = time.monotonic() - t0
-    env = {"RKDEPLOY_KNOWN_HOSTS": str(tmp / "known_hosts"), "RKDEPLOY_STALL_TIMEOUT": str(STALL_S)}
-    try:
-        r = run_cli("boards", "trust", vboard.NAME, env=env, timeout=120)
-        assert r.returncode == 0 and "recorded host key SHA256:" in r.stdout, r.stdout + r.stderr
-        t1 = time.monotonic()
-        r = run_cli("boards", "provision", vboard.NAME, env=env, timeout=2400)
-        assert r.returncode == 0, r.stdout + r.stderr
-        board = load_inventory().boards[vboard.NAME]
-        yield SimpleNamespace(board=board, known=tmp / "known_hosts", env=env, tmp=tmp, up_s=up_s,
-                              provision_s=time.monotonic() - t1, provision_out=r.stdout)
-    finally:
-        if not was_running:
-            vboard.down(say=lambda m: print(m, flush=True))
-            st = vboard.status()
-            assert not st["running"] and not st["mounts"], st
+pytestmark = [pytest.mark.vboard, pytest.mark.skipif(vboard_why_not() is not None, reason=vboard_why_not() or "")]
 
 
 def _t(vb, board=None, **kw) -> SshTransport:

@@ -3,8 +3,6 @@ is exact, the fingerprint names the ISA, and doctor --host warns on hosts that c
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +13,7 @@ from board.sysinfo import _cpu, int8_u8s8_exact
 from board.testing.sysfs import X86_CPUINFO, make_rk3588_tree, write_cpuinfo
 from host.build.int8_format import FORMAT, signed_weight_count, to_unsigned_weights
 from host.hostdoctor import arithmetic_facts
+from host.manifest import write_manifest
 
 
 def _matmul_integer(k=256, n=48, zero_point=True):
@@ -57,10 +56,12 @@ def test_fingerprint_names_the_isa_of_both_host_families_and_the_board(tmp_path)
 
 
 def _artifact(root, scheme, int8_weights):
+    """A complete artifact as the builders write it (the doctor reads manifests through the typed Manifest)."""
     d = root / "m" / "rk3588" / scheme
     d.mkdir(parents=True)
-    mf = {"scheme": scheme, **({"int8_weights": int8_weights} if int8_weights else {})}
-    (d / "manifest.json").write_text(json.dumps(mf))
+    (d / "model.onnx").write_bytes(b"not a real graph: the doctor reads only the manifest")
+    write_manifest(d, model="m", model_kind="llm", target="rk3588", scheme=scheme, artifact_kind="onnx",
+                   format="onnx-genai", entry="model.onnx", **({"int8_weights": int8_weights} if int8_weights else {}))
     return d
 
 

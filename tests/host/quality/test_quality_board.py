@@ -16,7 +16,7 @@ import yaml
 
 from host.testing.deploy import board_for
 from host.testing.sshd import sshd_available
-from tests.conftest import run_cli
+from tests.conftest import run_cli, vboard_why_not
 
 LLM = "smollm2-135m-instruct"
 
@@ -70,33 +70,19 @@ def test_board_rows_over_ssh_match_the_host(onnx_export, sshd, known, tmp_path):
     assert not list((tmp_path / "wd").glob(".logprobs-*")), "the board-side file is removed after the copy"
 
 
-def _vboard_up() -> bool:
-    try:
-        from host import vboard
-
-        return bool(vboard.status()["running"])
-    except Exception:  # noqa: BLE001 - no virtual board support here at all
-        return False
-
-
 @pytest.mark.vboard
-@pytest.mark.skipif(not _vboard_up(), reason="the virtual board is not up (make board-up)")
-def test_board_rows_on_the_virtual_rk3588(onnx_export, tmp_path):
+@pytest.mark.skipif(vboard_why_not() is not None, reason=vboard_why_not() or "")
+def test_board_rows_on_the_virtual_rk3588(vb, onnx_export, tmp_path):
     """aarch64 onnxruntime under emulation vs this host's on 16 held-out tokens of the int8-dyn artifact."""
     from host import vboard
     from host.config import load_recipe
-    from host.deploy.inventory import load_inventory
     from host.deploy.ssh import SshTransport
     from host.quality.board import board_table, evaluate_board
     from host.ui import console
 
-    known = tmp_path / "known_hosts"
-    r = run_cli("boards", "trust", vboard.NAME, env={"RKDEPLOY_KNOWN_HOSTS": str(known)}, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    board = load_inventory().boards[vboard.NAME]
-    rows = evaluate_board(load_recipe(onnx_export.recipe), "rk3576", board, tokens=16, root=onnx_export.root,
+    rows = evaluate_board(load_recipe(onnx_export.recipe), "rk3576", vb.board, tokens=16, root=onnx_export.root,
                           schemes=("int8-dyn",), store=tmp_path / "r.sqlite", log=print,
-                          transport=lambda b: SshTransport(b, known_hosts=[known], stall_timeout=1200))
+                          transport=lambda b: SshTransport(b, known_hosts=[vb.known], stall_timeout=1200))
     console.print(board_table(rows))
     host, on_board = rows
     env = on_board["env"]
