@@ -127,13 +127,12 @@ def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, pa
 
 
 def _ids(artifact_dir: str) -> dict:
+    """model/target/scheme of an error row, when the artifact's manifest is readable at all."""
     try:
-        m = json.loads((Path(artifact_dir) / "manifest.json").read_text())
-    except (OSError, ValueError, RecursionError):
+        m = Manifest.read(str(Path(artifact_dir) / "manifest.json"))
+    except ManifestError:
         return {}
-    if not isinstance(m, dict):
-        return {}
-    return {k: m.get(k) if isinstance(m.get(k), str) else None for k in ("model", "target", "scheme")}
+    return {"model": m.model, "target": m.target, "scheme": m.scheme}
 
 
 @dataclass

@@ -22,7 +22,10 @@ _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(highlight=False, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_PIPE_WIDTH)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\x1b\[[0-9;?]*[ -/]*[@-~]")
+#: Whole escape sequences first (CSI ``ESC [ ... final``, OSC ``ESC ] ... BEL|ST``, ``ESC [intermediates] final`` such as ``ESC c`` or ``ESC ( B``), then any
+#: other control character: matched the other way round, ESC alone went and ``[31m`` stayed in the text.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]"
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def sanitize(text: str) -> str:

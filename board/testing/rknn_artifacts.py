@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
+
+from board.manifest import Manifest, as_manifest
 
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rknn_shim.c")
 
@@ -43,14 +45,14 @@ def model_key(data: bytes) -> str:
     return "%016x" % h
 
 
-def spec_for_manifest(manifest: Dict[str, Any], *, run_ms: float, hidden: int = 384) -> bytes:
+def spec_for_manifest(manifest: Union[Manifest, Dict[str, Any]], *, run_ms: float, hidden: int = 384) -> bytes:
     """The shim's header for a REAL .rknn, from the manifest the rknnlite backend reads (input names,
     batch, seq_len, target); ``hidden`` is the width of ``last_hidden_state`` (MiniLM-L6: 384)."""
-    shape = manifest.get("inputs") or {}
+    m = as_manifest(manifest)
+    shape = m.inputs or {}
     names = list(shape.get("names") or ["input_ids", "attention_mask"])
-    return shim_model(target=str(manifest["target"]), names=names, batch=int(shape.get("batch") or 1),
-                      seq_len=int(shape["seq_len"]), hidden=hidden, run_ms=run_ms,
-                      npu_cores=int(manifest.get("npu_cores") or 3))
+    return shim_model(target=str(m.target), names=names, batch=int(shape.get("batch") or 1),
+                      seq_len=int(shape["seq_len"]), hidden=hidden, run_ms=run_ms, npu_cores=int(m.npu_cores or 3))
 
 
 def write_shim_rknn_artifact(path: str, *, model: str = "all-minilm-l6-v2", target: str = "rk3588",

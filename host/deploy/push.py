@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from board.manifest import Manifest, ManifestError
 from host.deploy import remote
 from host.deploy.inventory import Board
 from host.deploy.ssh import SshTransport
@@ -83,15 +84,15 @@ def safe_relpath(name: str, *, what: str = "file name") -> str:
 def artifact_dir(folder: Path, root: Path) -> PushDir:
     """An artifact folder (``<root>/<model>/<target>/<scheme>``) from its manifest, without hashing."""
     mpath = folder / "manifest.json"
+    if not mpath.exists():
+        raise DeployError(f"{mpath}: no manifest; build the artifact first (rkdeploy export)")
     try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise DeployError(f"{mpath}: no manifest; build the artifact first (rkdeploy export)") from None
-    except ValueError as e:
-        raise DeployError(f"{mpath}: not valid JSON ({e})") from None
+        manifest = Manifest.read(str(mpath))
+    except ManifestError as e:
+        raise DeployError(str(e)) from None
     rel = folder.resolve().relative_to(root.resolve()).as_posix()
     files: dict[str, LocalFile] = {}
-    for name, meta in (manifest.get("files") or {}).items():
+    for name, meta in manifest.files.items():
         name = safe_relpath(name, what=f"{mpath}: file")
         p = folder / name
         size = p.stat().st_size if p.is_file() else -1

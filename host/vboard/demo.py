@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from board.manifest import Manifest
 from host.vboard.config import NAME, RKNN_SPEC_RUN_MS, RKNN_SPECS, Paths, VBoardError, cache_root
 from host.vboard.run import status
 
@@ -54,7 +55,7 @@ def toolkit_venv_at(root: Path, name: str) -> Path | None:
     return venv if (venv / INFO_FILE).is_file() and (venv / "bin" / "python").exists() else None
 
 
-def hidden_width(manifest: dict) -> int:
+def hidden_width(manifest: Manifest) -> int:
     """Width of ``last_hidden_state``: the source model's ``hidden_size`` (its config.json), else 384."""
     src = (manifest.get("source_onnx") or {}).get("path")
     for folder in ([Path(src).parent] if src else []):
@@ -74,10 +75,10 @@ def write_rknn_specs(root: Path, name: str = NAME, say: Callable[[str], None] = 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for mf in sorted(Path(root).glob("*/rk3588/*/manifest.json")):
-        m = json.loads(mf.read_text())
-        if m.get("artifact_kind") != "rknn" or (m.get("shim") is not None):
+        m = Manifest.read(str(mf))
+        if m.artifact_kind != "rknn" or m.get("shim") is not None or not m.entry:
             continue  # shim models carry their shapes themselves
-        key = model_key((mf.parent / m["entry"]).read_bytes())
+        key = model_key((mf.parent / m.entry).read_bytes())
         spec = out / f"{key}.spec"
         tmp = spec.with_suffix(".tmp")
         tmp.write_bytes(spec_for_manifest(m, run_ms=RKNN_SPEC_RUN_MS, hidden=hidden_width(m)))

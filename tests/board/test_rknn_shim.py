@@ -113,11 +113,12 @@ def test_models_the_shim_refuses(lib, monkeypatch):
 def test_a_real_model_gets_its_spec_from_a_folder_by_hash(lib, tmp_path, monkeypatch):
     """$RKNN_SHIM_SPEC as a folder: a real .rknn's shapes come from ``<fnv1a64 of its bytes>.spec``, written
     from its manifest (how the virtual board runs a .rknn built by the real rknn-toolkit2)."""
+    from board.manifest import Manifest
     from board.testing.rknn_artifacts import model_key, spec_for_manifest
 
     real = b"RKNN\x00\x01" + bytes(range(256)) * 40
     (tmp_path / f"{model_key(real)}.spec").write_bytes(spec_for_manifest(
-        {"target": "rk3588", "inputs": {"batch": 1, "seq_len": 4, "names": ["input_ids", "attention_mask"]}},
+        Manifest(target="rk3588", inputs={"batch": 1, "seq_len": 4, "names": ["input_ids", "attention_mask"]}),
         run_ms=0, hidden=5))
     monkeypatch.setenv("RKNN_SHIM_SPEC", str(tmp_path))
     rc, ctx = _init(lib, real)
