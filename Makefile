@@ -23,6 +23,9 @@ setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsyn
 	  command -v aarch64-linux-gnu-gcc >/dev/null && test -e /usr/aarch64-linux-gnu/include/stdio.h || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support \
 	    mmdebstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null; }
+	@# headless Chromium renders the HTML report in its test (tests/host/results/test_report_html.py)
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl
 	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
@@ -52,7 +55,7 @@ bench-remote: setup
 report: setup
 	@$(RK) report --format md
 
-demo: setup models   ## set-up → export for rk3576 → local bench → the virtual RK3588 (board-bench; first run builds its rootfs, ~15-30 min) → report
+demo: setup models   ## set-up → export for rk3576 → local bench → the virtual RK3588 (board-bench; first run builds its rootfs, ~15-30 min) → report (+ results/report.html)
 	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)
@@ -60,6 +63,7 @@ demo: setup models   ## set-up → export for rk3576 → local bench → the vir
 	  $(MAKE) --no-print-directory board-bench; \
 	else echo "demo: virtual board skipped (VBOARD=$(VBOARD); it needs root on Linux): no vrk3588 rows"; fi
 	@$(RK) report --format md
+	@$(RK) report --format html --out results/report.html && echo "demo: results/report.html (charts, one self-contained page)"
 
 readme-numbers: setup   ## rewrite the README's measured tables from the results store (after `make demo`)
 	@$(VENV)/bin/python -m host.readme_numbers README.md

@@ -1,4 +1,4 @@
-"""``rkdeploy`` commands that run and report: bench, report, boards, push, doctor, toolkits.
+"""``rkdeploy`` commands that run and report: bench, report, compare, boards, push, doctor, toolkits.
 Each is a thin call into one library module (heavy imports inside the handler)."""
 
 from __future__ import annotations
@@ -49,19 +49,59 @@ def bench_cmd(
         raise BenchError(f"nothing benchmarked for {target}: build artifacts first (`rkdeploy export --target {target}`)")
 
 
+REPORT_FORMATS = ("md", "csv", "jsonl", "html", "llama-bench-jsonl", "llama-bench-sqlite")
+SelectHelp = ("latest, previous, run=N, time=FROM..TO, FIELD=VALUE (board=, scheme=, runner=, ...) or a .jsonl/.sqlite "
+              "file; comma-separated terms all apply")
+
+
 @app.command("report")
 def report_cmd(
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl or html",
-                            callback=_choice(("md", "csv", "jsonl", "html"))),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl, html (one page with charts), llama-bench-jsonl "
+                            "or llama-bench-sqlite (llama.cpp's compare-llama-bench.py reads them; sqlite needs --out)",
+                            callback=_choice(REPORT_FORMATS)),
     store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+    select: Optional[str] = typer.Option(None, "--select", "-s", help="only these rows: " + SelectHelp),
+    label: Optional[str] = typer.Option(None, "--label", help="llama-bench formats: the build_commit the rows get "
+                                        "(default: the runner version); use labels of one length, e.g. run1 run2"),
 ) -> None:
-    """Render the results store: the benchmark table (md/html) or every row (csv/jsonl)."""
+    """Render the results store: the benchmark table (md), one HTML page with charts, every row (csv/jsonl),
+    or llama-bench's own records."""
     from host.fsutil import atomic_write_text
     from host.results import report
 
     _out_file(out, "--out")
-    text = report(store=store, fmt=fmt)
+    if fmt == "llama-bench-sqlite":
+        from host.results.llamabench import write_llama_bench_sqlite
+        from host.results.render import selected_rows
+
+        if out is None:
+            raise typer.BadParameter("llama-bench-sqlite writes a database: give --out FILE.sqlite", param_hint="'--out'")
+        n = write_llama_bench_sqlite(selected_rows(store=store, select=select), out, label=label)
+        console.print(f"{n} llama-bench records added to {out} (table llama_bench)", markup=False, highlight=False)
+        return
+    text = report(store=store, fmt=fmt, select=select, label=label)
+    if out:
+        atomic_write_text(out, text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("compare")
+def compare_cmd(
+    a: str = typer.Argument(..., help="the baseline rows: " + SelectHelp),
+    b: str = typer.Argument(..., help="the rows compared with A (same terms), e.g. `previous latest`, `board=x board=y`"),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, jsonl or html", callback=_choice(("md", "jsonl", "html"))),
+    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    alpha: float = typer.Option(0.05, "--alpha", min=0.0001, max=0.5, help="significance level: p >= alpha is within noise"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+) -> None:
+    """B against A per test: delta, ratio and a Mann-Whitney U test on the per-rep samples (within noise or not)."""
+    from host.fsutil import atomic_write_text
+    from host.results.compare import compare
+
+    _out_file(out, "--out")
+    text = compare(a, b, store=store, fmt=fmt, alpha=alpha)
     if out:
         atomic_write_text(out, text)
     else:

@@ -70,6 +70,8 @@ class Target(Strict):
     devfreq: dict[str, str] = {}
     max_freq_mhz: dict[str, int] = {}
     cpu: TargetCpu | None = None
+    npu_tops_int8: float | None = Field(None, gt=0, description="peak int8 NPU ops, TOPS (vendor datasheet); the "
+                                        "report's prefill roofline uses it")
 
     @field_validator("rkllm_schemes", "rknn_schemes")
     @classmethod

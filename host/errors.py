@@ -49,3 +49,7 @@ class HostKeyError(DeployError):
 
 class BenchError(RkdeployError):
     """A benchmark could not run or its output could not be read."""
+
+
+class ReportError(RkdeployError):
+    """A report or comparison cannot be made: a bad selector, nothing selected, a bad export option."""

@@ -8,7 +8,6 @@ bench row of the same artifact.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from collections.abc import Iterable
@@ -17,10 +16,11 @@ from typing import Any
 
 from board.rows import ResultRow, fields, format_value, header, meta
 from host import gate
+from host.results import roofline
 from host.results.store import DEFAULT_STORE, ResultStore, StoreError, coerce_row
 from host.ui import sanitize
 
-FORMATS = ("md", "csv", "jsonl", "html")
+FORMATS = ("md", "csv", "jsonl", "html", "llama-bench-jsonl", "llama-bench-sqlite")
 # Rows with the same values here measure the same thing; the report shows the newest one.
 SAME_TEST = ("kind", "model", "target", "scheme", "backend", "runtime", "board", "test", "threads", "n_prompt", "n_gen",
              "batch", "seq_len", "method")
@@ -35,7 +35,14 @@ def latest(rows: list[ResultRow]) -> list[ResultRow]:
     return list(keep.values())
 
 
+def _roofline_columns(rows: list[ResultRow]) -> list[str]:
+    """The derived roofline columns (``host.results.roofline``) that have a value in some row."""
+    return [n for n in roofline.DERIVED if any(roofline.DERIVED[n](r) is not None for r in rows)]
+
+
 def _cell(name: str, row: ResultRow, fmt: str) -> str:
+    if name in roofline.DERIVED:
+        return roofline.derived_cell(name, row)
     value = getattr(row, name)
     text = format_value(name, value)
     pm = meta(name)["pm"]
@@ -93,7 +100,7 @@ def tables(rows: list[ResultRow]) -> list[tuple[str, list[str], list[ResultRow]]
     for title, test in (("LLM: prompt + generation", "pp+tg"), ("Encoder", "encode")):
         group = [r for r in bench if r.test == test]
         if group:
-            out.append((title, _columns(group, "md", ("bench", "quality")), group))
+            out.append((title, _columns(group, "md", ("bench", "quality")) + _roofline_columns(group), group))
     for title, test in (("LLM on emulated boards (qemu: it runs; speeds are not the board's)", "pp+tg"),
                         ("Encoder on emulated boards (qemu: it runs; speeds are not the board's)", "encode")):
         group = [r for r in emulated if r.test == test]
@@ -152,11 +159,15 @@ def render_md(rows: list[ResultRow]) -> str:
 
 
 def _md_header(name: str) -> str:
+    if name in roofline.DERIVED:
+        return roofline.HEADERS[name]
     pm = meta(name)["pm"]
     return header(name) + (" ± sd" if pm else "")
 
 
 def _numeric(name: str) -> bool:
+    if name in roofline.DERIVED:
+        return True
     return meta(name)["digits"] is not None or name in ("batch", "seq_len", "threads")
 
 
@@ -177,20 +188,10 @@ def render_jsonl(rows: list[ResultRow]) -> str:
 
 
 def render_html(rows: list[ResultRow]) -> str:
-    parts = ["<!doctype html><meta charset=utf-8><title>rkdeploy results</title>",
-             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "td,th{border:1px solid #ccc;padding:2px 8px}td.n{text-align:right}</style>"]
-    for title, cols, group in tables(rows):
-        parts.append(f"<h3>{html.escape(title)}</h3><table><tr>"
-                     + "".join(f"<th>{html.escape(_md_header(c))}</th>" for c in cols) + "</tr>")
-        for r in group:
-            parts.append("<tr>" + "".join(
-                f"<td{' class=n' if _numeric(c) else ''}>{html.escape(_cell(c, r, 'html'))}</td>" for c in cols) + "</tr>")
-        parts.append("</table>")
-    errs = errors(rows)
-    if errs:
-        parts.append("<h3>Errors</h3><ul>" + "".join(f"<li>{html.escape(_error_text(r))}</li>" for r in errs) + "</ul>")
-    return "\n".join(parts) + "\n"
+    """One self-contained page: charts (inline SVG) and these tables with their environment warnings."""
+    from host.results.html import render_report_html
+
+    return render_report_html(rows)
 
 
 RENDERERS = {"md": render_md, "csv": render_csv, "jsonl": render_jsonl, "html": render_html}
@@ -202,9 +203,31 @@ def render(rows: Iterable[ResultRow | dict], fmt: str = "md") -> str:
     return RENDERERS[fmt]([coerce_row(r) for r in rows])
 
 
-def report(*, store: Path | str | None = DEFAULT_STORE, fmt: str = "md", filters: dict[str, Any] | None = None) -> str:
-    """``rkdeploy report``: render every row in the store (md/html show the newest per configuration)."""
-    if fmt not in RENDERERS:  # before the store is opened: a bad format creates nothing
+def report(*, store: Path | str | None = DEFAULT_STORE, fmt: str = "md", filters: dict[str, Any] | None = None,
+           select: str | None = None, label: str | None = None) -> str:
+    """``rkdeploy report``: render every row in the store (md/html show the newest per configuration);
+    ``select`` (``host.results.select``) picks a run, time range, board ... or another file's rows;
+    ``llama-bench-jsonl`` writes llama-bench's records (``host.results.llamabench``) labelled ``label``."""
+    if fmt not in RENDERERS and fmt != "llama-bench-jsonl":  # before the store is opened: a bad format creates nothing
         raise StoreError(f"report format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    with ResultStore(store, create=False) as s:
-        return render(s.rows(filters or {}), fmt)
+    rows = selected_rows(store=store, filters=filters, select=select)
+    if fmt == "llama-bench-jsonl":
+        from host.results.llamabench import render_llama_bench_jsonl
+
+        return render_llama_bench_jsonl(rows, label=label)
+    return render(rows, fmt)
+
+
+def selected_rows(*, store: Path | str | None = DEFAULT_STORE, filters: dict[str, Any] | None = None,
+                  select: str | None = None) -> list[ResultRow]:
+    """The stored rows a report shows: all of them, or those ``select`` means (parsed before any file opens)."""
+    from host.results.select import apply_selector, load_rows, parse_selector
+
+    sel = parse_selector(select) if select else None
+    if sel is None:
+        with ResultStore(store, create=False) as s:
+            return s.rows(filters or {})
+    rows = load_rows(sel, store)
+    if filters:
+        rows = [r for r in rows if all(str(getattr(r, k)) == str(v) for k, v in filters.items())]
+    return apply_selector(rows, sel, SAME_TEST)
