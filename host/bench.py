@@ -9,6 +9,7 @@ A ``run_stream`` raises ``BenchError`` when the command exits with a code other 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -100,6 +101,28 @@ def pick_backend(manifest: Manifest, available: dict[str, dict]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def host_provenance() -> dict:
+    """The rkdeploy that ran the benchmark (``env.rkdeploy`` of every bench row): its version and, in a git
+    checkout, the commit and whether tracked files differed from it (``rkdeploy compare commit=…`` selects by it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out: dict = {"version": version("rkdeploy")}
+    except PackageNotFoundError:
+        out = {"version": None}
+    git = ["git", "-C", str(PROJECT_ROOT)]
+    try:
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {**out, "commit": None}
+    ok = sha.returncode == 0 and len(sha.stdout.strip()) == 40
+    return {**out, "commit": sha.stdout.strip() if ok else None,
+            "dirty": bool(dirty.stdout.strip()) if ok and dirty.returncode == 0 else None}
+
+
 def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, params: BenchParams,
                    board: str, runner: tuple[str, ...] = LOCAL_RUNNER) -> Iterator[ResultRow]:
     """Run the runner on one artifact; yield its rows as they arrive (an error row if it died)."""
@@ -113,6 +136,7 @@ def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, pa
             if obj["type"] == "row":
                 row = ResultRow.from_dict(obj)
                 row.board = board
+                row.env = {**(row.env or {}), "rkdeploy": host_provenance()}
                 got = True
                 yield row
     except BenchError as e:

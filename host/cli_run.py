@@ -50,7 +50,7 @@ def bench_cmd(
 
 
 REPORT_FORMATS = ("md", "csv", "jsonl", "html", "llama-bench-jsonl", "llama-bench-sqlite")
-SelectHelp = ("latest, previous, run=N, time=FROM..TO, FIELD=VALUE (board=, scheme=, runner=, ...) or a .jsonl/.sqlite "
+SelectHelp = ("latest, previous, run=N, time=FROM..TO, commit=SHA, FIELD=VALUE (board=, scheme=, runner=, ...) or a .jsonl/.sqlite "
               "file; comma-separated terms all apply")
 
 
@@ -63,7 +63,7 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
     select: Optional[str] = typer.Option(None, "--select", "-s", help="only these rows: " + SelectHelp),
     label: Optional[str] = typer.Option(None, "--label", help="llama-bench formats: the build_commit the rows get "
-                                        "(default: the runner version); use labels of one length, e.g. run1 run2"),
+                                        "(default: the rkdeploy commit that ran it, else the runner version); labels of one length, e.g. run1 run2"),
 ) -> None:
     """Render the results store: the benchmark table (md), one HTML page with charts, every row (csv/jsonl),
     or llama-bench's own records."""

@@ -5,8 +5,9 @@ llama.cpp tree vendored in the llama-cpp-python sdist: tests/host/results/test_l
 One rkdeploy LLM row (prompt + generation in one test) becomes llama-bench's two tests:
 ``pp<n_prompt>`` (t/s = n_prompt ÷ TTFT per rep) and ``tg<n_gen>`` (t/s = our decode tok/s per rep, the
 tokens after the first). Fields llama-bench has and we do not measure get neutral values (0 or "")
-because compare-llama-bench.py joins on them; ``build_commit`` is the run's label (``--label``,
-default the runner version): compare-llama-bench.py compares two labels with ``-b LABEL -c LABEL``
+because compare-llama-bench.py joins on them; ``build_commit`` is the run's label (``--label``; default
+the first 8 hex digits of the rkdeploy commit that ran it, ``env.rkdeploy.commit``, as llama-bench
+records its own build, else the runner version): compare-llama-bench.py compares two with ``-b X -c Y``
 and cuts every label to the shortest one's length, so give labels of one length (run1, run2).
 Encoder rows have no llama-bench test and are left out.
 """
@@ -72,7 +73,8 @@ def to_llama_bench(rows: list[ResultRow], *, label: str | None = None) -> list[d
     for r in rows:
         if r.kind != "bench" or r.status not in ("ok", "degraded") or r.test != "pp+tg":
             continue
-        base = _common(r, label or r.runner_version or "unknown")
+        commit = ((r.env or {}).get("rkdeploy") or {}).get("commit")
+        base = _common(r, label or (commit[:8] if commit else None) or r.runner_version or "unknown")
         ttft = [x for x in (r.samples_ttft_ms or []) if x > 0]
         if ttft and r.n_prompt:
             out.append(_test(base, r.n_prompt, 0, r.n_prompt, [r.n_prompt * 1000.0 / x for x in ttft]))

@@ -6,6 +6,8 @@ A selector is comma-separated terms, all of which a row must meet:
   one before it, the N-th newest row (a *run*: ``make demo`` twice leaves ``previous`` and ``latest``);
 - ``time=FROM..TO``: ``test_time`` between two UTC ISO prefixes, either side may be left out
   (``time=2026-12-01..2026-12-02``, ``time=2026-12-02T10:00..``);
+- ``commit=SHA``: rows benchmarked by that rkdeploy checkout (``env.rkdeploy.commit``, a prefix; rows
+  stored before rkdeploy recorded it have none);
 - ``FIELD=VALUE``: a row field equals the value (``board=rock5b``, ``scheme=w8a8``,
   ``runner=1.3.0``); ``artifact_sha256`` (or ``sha``) matches a prefix;
 - a ``.jsonl`` (``rkdeploy report --format jsonl``) or ``.sqlite`` (a results store) file: rows from
@@ -30,7 +32,7 @@ FIELDS = ("board", "target", "scheme", "backend", "model", "runtime", "test", "t
           "batch", "seq_len", "artifact_sha256", "runner_version", "status")
 ALIASES = {"runner": "runner_version", "sha": "artifact_sha256"}
 _TIME = re.compile(r"^\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?Z?)?)?)?$")
-HELP = ("latest, previous, run=N, time=FROM..TO, FIELD=VALUE (fields: " + ", ".join(FIELDS + tuple(ALIASES))
+HELP = ("latest, previous, run=N, time=FROM..TO, commit=SHA, FIELD=VALUE (fields: " + ", ".join(FIELDS + tuple(ALIASES))
         + ") or a .jsonl/.sqlite file")
 
 
@@ -41,6 +43,7 @@ class Selector:
     time: tuple[str, str] | None = None
     run: int | None = None  # 1 = newest per configuration
     source: Path | None = None  # rows from this file instead of the store
+    commit: str | None = None  # prefix of env.rkdeploy.commit: the rkdeploy checkout that ran the benchmark
 
 
 def _bad(text: str, term: str, why: str) -> ReportError:
@@ -53,7 +56,7 @@ def parse_selector(text: str) -> Selector:
     if not text.strip() or any(not t for t in terms):
         raise ReportError(f"selector {text!r} is empty or has an empty term; give one of: {HELP}")
     fields: dict[str, str] = {}
-    time = run = source = None
+    time = run = source = commit = None
     for term in terms:
         key, eq, value = term.partition("=")
         key = key.strip().lower()
@@ -78,9 +81,11 @@ def parse_selector(text: str) -> Selector:
             time = (lo.replace(" ", "T"), hi.replace(" ", "T"))
         elif key == "file":
             source = Path(value)
-        elif key in ("commit", "git"):
-            raise _bad(text, term, "cannot select: rows do not record the rkdeploy commit yet; select the run "
-                       "(latest, previous, run=N), its time=FROM..TO or runner=VERSION")
+        elif key == "commit":
+            if not re.fullmatch(r"[0-9a-fA-F]{4,40}", value):
+                raise _bad(text, term, "takes a git commit hash (4 to 40 hex digits) of the rkdeploy that ran the "
+                           "benchmark (env.rkdeploy.commit)")
+            commit = value.lower()
         elif ALIASES.get(key, key) in FIELDS:
             fields[ALIASES.get(key, key)] = value
         else:
@@ -88,7 +93,7 @@ def parse_selector(text: str) -> Selector:
     if source is not None and not source.is_file():
         raise ReportError(f"selector {text!r}: file {source} does not exist (rows come from a .jsonl report "
                           "export or a .sqlite results store)")
-    return Selector(text, fields, time, run, source)
+    return Selector(text, fields, time, run, source, commit)
 
 
 def _matches(row: ResultRow, sel: Selector) -> bool:
@@ -99,6 +104,8 @@ def _matches(row: ResultRow, sel: Selector) -> bool:
                 return False
         elif got is None or str(got) != want:
             return False
+    if sel.commit and not str(((row.env or {}).get("rkdeploy") or {}).get("commit") or "").startswith(sel.commit):
+        return False
     if sel.time:
         lo, hi = sel.time
         t = row.test_time or ""

@@ -42,7 +42,7 @@ def test_parse_selector(text, want):
     ("", "empty"), ("latest,", "empty term"), ("nonsense", "'nonsense' is not a known term"),
     ("run=0", "takes a run number"), ("run=x", "takes a run number"), ("time=yesterday..", "takes FROM..TO"),
     ("time=2026-12-01", "takes FROM..TO"), ("colour=red", "unknown field"), ("board=", "has no value"),
-    ("commit=abc123", "do not record the rkdeploy commit"), ("old.jsonl", "does not exist"),
+    ("commit=main", "takes a git commit hash"), ("commit=abc", "takes a git commit hash"), ("old.jsonl", "does not exist"),
 ])
 def test_bad_selectors_name_the_term(text, says):
     with pytest.raises(ReportError, match=says) as e:
@@ -58,6 +58,17 @@ def test_runs_and_time_ranges_select_per_configuration():
     window = apply_selector(rows, parse_selector("time=2026-12-02T15:30..2026-12-02T16"), same)
     assert {r.test_time for r in window} == {"2026-12-02T16:00:00Z"}
     assert apply_selector(rows, parse_selector("run=3"), same) == []
+
+
+def test_commit_selects_the_rkdeploy_checkout_that_ran_the_benchmark():
+    def at(commit, t):
+        return llm_row("int8", t=t, env={"rkdeploy": {"commit": commit, "version": "0.2.0", "dirty": False}})
+
+    rows = [at("a" * 40, "t1"), at("b" * 40, "t2"), llm_row("int8", t="t3")]  # the last stored before provenance
+    same = ("scheme",)
+    assert [r.test_time for r in apply_selector(rows, parse_selector("commit=AAAA"), same)] == ["t1"]
+    assert [r.test_time for r in apply_selector(rows, parse_selector("commit=" + "b" * 40), same)] == ["t2"]
+    assert apply_selector(rows, parse_selector("commit=abcd"), same) == []
 
 
 def test_identical_runs_are_within_noise():
@@ -135,3 +146,21 @@ def test_runner_runs_compared_end_to_end(tmp_path):
     by = {c["metric"]: c for c in map(json.loads, diff.stdout.splitlines())}
     assert by["decode tok/s"]["verdict"] == "worse" and by["decode tok/s"]["p"] == pytest.approx(2 / 252)
     assert 0.4 < by["decode tok/s"]["ratio"] < 0.6  # 4 ms -> 8 ms per token
+
+
+def test_bench_rows_record_the_rkdeploy_commit_that_compare_selects(tmp_path):
+    """host.bench stamps env.rkdeploy (version, commit of this checkout, dirty) on every row it streams."""
+    from board.rows import ResultRow
+    from host.bench import BenchParams, bench_artifact
+    from tests.conftest import ROOT
+
+    line = json.dumps({"type": "row", **llm_row("int8").to_dict()})
+    rows = list(bench_artifact("/nowhere", "fake", run_stream=lambda argv: iter([line + "\n"]),
+                               params=BenchParams(reps=5), board="b1"))
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    prov = rows[0].env["rkdeploy"]
+    assert prov["commit"] == (head or None) and "version" in prov  # not a git checkout: commit and dirty None
+    assert isinstance(prov["dirty"], bool) if head else prov["dirty"] is None
+    assert isinstance(rows[0], ResultRow) and rows[0].env["cpu"] == llm_row("int8").env["cpu"]
+    if head:
+        assert apply_selector(rows, parse_selector(f"commit={head[:7]}"), ("scheme",)) == rows

@@ -37,7 +37,9 @@ def test_records_are_llama_bench_tests():
     assert tg["avg_ts"] == pytest.approx(row.decode_tps)
     assert pp["samples_ts"] == pytest.approx([128_000 / x for x in row.samples_ttft_ms])
     assert pp["build_commit"] == "run1" and pp["model_type"] == "smollm2-135m-instruct int8 (onnxruntime)"
-    assert to_llama_bench([row])[0]["build_commit"] == "1.3.0"  # default label: the runner version
+    assert to_llama_bench([row])[0]["build_commit"] == "1.3.0"  # no rkdeploy commit recorded: the runner version
+    at = llm_row("int8", env={"rkdeploy": {"commit": "0123456789abcdef" * 2 + "01234567"}})
+    assert to_llama_bench([at])[0]["build_commit"] == "01234567"  # as llama-bench: its own build's short commit
 
 
 def _script() -> tuple[Path, float]:
