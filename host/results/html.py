@@ -26,7 +26,7 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
        "svg text{font-size:11px;fill:#333}svg .unit{fill:#666}svg .axis{stroke:#444;fill:none}"
        "svg .grid{stroke:#e4e4e4}svg .rep{fill:#3b6fb6;fill-opacity:.7}svg .mean{stroke:#c0392b;stroke-width:2.5}"
        "svg .bar{fill:#3b6fb6}svg .bar.muted{fill:#b9c3cf}svg .err{stroke:#222;fill:none}"
-       "svg .ref{stroke:#c0392b;stroke-dasharray:4 3;fill:#c0392b}svg .front{stroke:#2e8b57;stroke-width:2;fill:none}"
+       "svg .ref{stroke:#c0392b;stroke-dasharray:4 3;fill:none}svg .reflabel{fill:#c0392b}svg .front{stroke:#2e8b57;stroke-width:2;fill:none}"
        "svg .pt{fill:#3b6fb6}svg .pt.on{fill:#2e8b57}svg .pl{font-size:10px}")
 
 
@@ -135,7 +135,7 @@ def _roofline_chart(real: list[ResultRow]) -> list[str]:
         pct = roofline.ddr_pct(r)
         items.append(svg.Bar(_name(r), gbs, None, f"{gbs:.2f} GB/s" + (f" = {pct:.0f} % of {r.target} DDR" if pct is not None
                              else " (not on the board)"), muted=pct is None))
-        bw, _tops = roofline._target_limits(r.target or "")
+        bw, _tops = roofline.target_limits(r.target or "")
         if bw:
             targets[r.target] = bw
     if not items:

@@ -199,7 +199,7 @@ RENDERERS = {"md": render_md, "csv": render_csv, "jsonl": render_jsonl, "html": 
 
 def render(rows: Iterable[ResultRow | dict], fmt: str = "md") -> str:
     if fmt not in RENDERERS:
-        raise StoreError(f"report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise StoreError(f"report format {fmt!r}; allowed: {', '.join(RENDERERS)}")
     return RENDERERS[fmt]([coerce_row(r) for r in rows])
 
 

@@ -38,7 +38,7 @@ def weight_bits(scheme: str | None) -> int | None:
 
 
 @lru_cache(maxsize=4)
-def _target_limits(name: str) -> tuple[float | None, float | None]:
+def target_limits(name: str) -> tuple[float | None, float | None]:
     """(DDR GB/s, NPU int8 TOPS) of a target; (None, None) when unknown or targets.yaml is unreadable."""
     from host.targets import get_target
 
@@ -66,7 +66,7 @@ def ddr_pct(row: ResultRow) -> float | None:
     gbs = weight_gbs(row)
     if gbs is None or not on_target(row):
         return None
-    bw, _tops = _target_limits(row.target or "")
+    bw, _tops = target_limits(row.target or "")
     return 100.0 * gbs / bw if bw else None
 
 
@@ -74,7 +74,7 @@ def npu_pct(row: ResultRow) -> float | None:
     bits = weight_bits(row.scheme)
     if row.backend not in NPU_BACKENDS or row.prefill_tps is None or not row.model_size or not bits or not on_target(row):
         return None
-    _bw, tops = _target_limits(row.target or "")
+    _bw, tops = target_limits(row.target or "")
     if not tops:
         return None
     params = row.model_size * 8 / bits

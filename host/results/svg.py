@@ -153,7 +153,9 @@ def bars(items: list[Bar], *, unit: str, title: str, refs: list[Ref] = ()) -> st
     for k, r in enumerate(refs):  # each label on its own line above the bars
         x, y = f.x(r.value), TOP + 13 * k
         f.parts.append(f'<path class="ref" d="M{x:.1f} {y}V{f.top + f.rows * ROW_H}"><title>{escape(r.label)}</title></path>')
-        f.parts.append(f'<text class="ref" x="{x + 3:.1f}" y="{y + 9}">{escape(r.label)}</text>')
+        anchor = ("end", x - 3) if x > WIDTH - RIGHT - 160 else ("start", x + 3)  # keep the label inside the chart
+        f.parts.append(f'<text class="reflabel" x="{anchor[1]:.1f}" y="{y + 9}" text-anchor="{anchor[0]}">'
+                       f'{escape(r.label)}</text>')
     return _svg(f, title)
 
 
