@@ -289,6 +289,8 @@ USAGE = {  # rkdeploy usage errors: exit 2, click's usage text, one "Error:" lin
                                       ["--artifacts", "is a file"]),
     "export_require_unknown_kind": (["export", "-t", "rk3588", "--dry-run", "--require", "rkllm,bogus"],
                                     ["--require", "'bogus'", "rkllm, rknn"]),
+    "compare_without_b": (["compare", "latest"], ["Missing argument 'b'"]),
+    "report_llama_bench_sqlite_without_out": (["report", "--format", "llama-bench-sqlite"], ["--out", "writes a database"]),
 }
 KNOWN = {  # rkdeploy known errors from arguments: exit 1, one "rkdeploy: error:" line
     "push_unknown_target": (["push", "-B", "all", "-t", "rk9999"], ["unknown target 'rk9999'", "rk3588"]),
@@ -296,6 +298,9 @@ KNOWN = {  # rkdeploy known errors from arguments: exit 1, one "rkdeploy: error:
     "bench_ssh_unknown_target": (["bench", "-B", "all", "-t", "rk9999"], ["unknown target 'rk9999'"]),
     "check_unknown_target": (["check", "-t", "rk9999"], ["unknown target 'rk9999'"]),
     "report_store_folder_missing": (["report", "--store", "no/such/dir/s.sqlite"], ["no/such/dir", "does not exist"]),
+    "compare_unknown_selector_term": (["compare", "latest", "lastest", "--store", "no/such/dir/s.sqlite"],
+                                      ["selector 'lastest'", "is not a known term", "run=N"]),
+    "report_select_run_zero": (["report", "--select", "run=0"], ["selector 'run=0'", "takes a run number"]),
     "push_unknown_board": (["push", "-B", "nosuchboard", "-t", "rk3588", "--inventory", "{C}/inventories/base.yaml"],
                            ["--boards 'nosuchboard'", "known: b1"]),
     "known_hosts_corrupt": (["boards", "list", "--inventory", "{C}/inventories/base.yaml"],
