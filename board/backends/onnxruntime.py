@@ -11,7 +11,11 @@ same graph (boards on Python 3.10 get onnxruntime <= 1.23.2 and no genai wheel).
 (float32) of one full window with an empty KV cache, always through plain onnxruntime (the ONE
 implementation of feeding a genai decoder graph; the host's quality evaluation uses it too). The
 host may pass ``params["graph"]`` (serialized ModelProto bytes) to run an in-memory rewrite of the
-entry graph (exact u8u8 weights, ``host.build.int8_format``) instead of the file.
+entry graph (exact u8u8 weights, ``host.build.int8_format``) instead of the file, and
+``params["graph_optimization"]`` = ``all`` (default) | ``extended`` | ``basic`` | ``none``: onnxruntime's
+graph optimization level. Other levels run other float kernels (fused RMSNorm, SiLU, ...), the same integer
+ops: ``rkdeploy quality --board`` uses ``none`` to measure how far float rounding alone moves an int8-dyn
+artifact's log-probs on one machine (``bench/int8_arm_vs_x86.py``).
 """
 
 from __future__ import annotations
@@ -102,11 +106,17 @@ def log_softmax(np: Any, x: Any) -> Any:
     return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
 
 
-def _session(path: str, threads: int, graph: Optional[bytes] = None):
+OPT_LEVELS = ("all", "extended", "basic", "none")
+
+
+def _session(path: str, threads: int, graph: Optional[bytes] = None, optimization: str = "all"):
     """A CPU session on ``path`` (or on ``graph``, the serialized bytes of that file rewritten in memory)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    levels = ort.GraphOptimizationLevel
+    so.graph_optimization_level = {"all": levels.ORT_ENABLE_ALL, "extended": levels.ORT_ENABLE_EXTENDED,
+                                   "basic": levels.ORT_ENABLE_BASIC, "none": levels.ORT_DISABLE_ALL}[optimization]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -148,10 +158,13 @@ class OnnxRuntimeBackend(Backend):
         want = params.get("engine", "auto")
         if want not in ("auto", "genai", "ort"):
             raise BackendError("onnxruntime engine %r; allowed: auto, genai, ort" % want)
+        if params.get("graph_optimization", "all") not in OPT_LEVELS:
+            raise BackendError("onnxruntime graph_optimization %r; allowed: %s"
+                               % (params.get("graph_optimization"), ", ".join(OPT_LEVELS)))
         self._info = {"name": self.name, "version": ort.__version__, "threads": self.threads, "format": fmt}
         if fmt == "onnx-encoder" or manifest.get("model_kind") == "encoder":
             self.engine = "ort"
-            self._impl = _Encoder(artifact_dir, manifest, self.threads, params.get("graph"))
+            self._impl = _Encoder(artifact_dir, manifest, self.threads, params.get("graph"), self._opt())
         elif fmt == "onnx-genai" or os.path.exists(os.path.join(artifact_dir, "genai_config.json")):
             og = _genai() if want in ("auto", "genai") else None
             if want == "genai" and og is None:
@@ -162,7 +175,7 @@ class OnnxRuntimeBackend(Backend):
                 self._impl = _GenaiLLM(og, artifact_dir, self.threads)
             else:
                 self.engine = "ort"
-                self._impl = _OrtLLM(artifact_dir, manifest, self.threads, params.get("graph"))
+                self._impl = _OrtLLM(artifact_dir, manifest, self.threads, params.get("graph"), self._opt())
         else:
             raise BackendError("onnxruntime backend runs formats onnx-genai and onnx-encoder, not %r" % fmt)
         self.vocab_size = self._impl.vocab_size
@@ -187,9 +200,13 @@ class OnnxRuntimeBackend(Backend):
         if self._impl is None:
             raise BackendError("onnxruntime backend: logprobs before load")
         if not isinstance(self._impl, _OrtLLM):   # genai generates; log-probs of a window go through plain ORT
-            self._impl = _OrtLLM(self._dir, self._params.get("manifest") or {}, self.threads, self._params.get("graph"))
+            self._impl = _OrtLLM(self._dir, self._params.get("manifest") or {}, self.threads, self._params.get("graph"),
+                                 self._opt())
             self.engine = self._info["engine"] = "ort"
         return self._impl.logprobs(ids)
+
+    def _opt(self) -> str:
+        return str(self._params.get("graph_optimization") or "all")
 
     def close(self) -> None:
         self._impl = None
@@ -243,12 +260,13 @@ class _GenaiLLM:
 class _OrtLLM:
     """Greedy loop over a genai-style decoder graph with KV cache, onnxruntime + numpy only."""
 
-    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None) -> None:
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None,
+                 optimization: str = "all") -> None:
         import numpy as np
 
         self.np = np
         entry = manifest.get("entry") or "model.onnx"
-        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph)
+        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph, optimization)
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = set(ins)
         self.past = sorted((n for n in ins if n.startswith("past_key_values.")),
@@ -328,12 +346,13 @@ def _tokenizer_vocab(artifact_dir: str, manifest: Dict[str, Any]) -> int:
 
 
 class _Encoder:
-    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None) -> None:
+    def __init__(self, artifact_dir: str, manifest: Dict[str, Any], threads: int, graph: Optional[bytes] = None,
+                 optimization: str = "all") -> None:
         import numpy as np
 
         self.np = np
         entry = manifest.get("entry") or "model.onnx"
-        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph)
+        self.sess = _session(os.path.join(artifact_dir, entry), threads, graph, optimization)
         self.input_names = [i.name for i in self.sess.get_inputs()]
         for need in ("input_ids", "attention_mask"):
             if need not in self.input_names:

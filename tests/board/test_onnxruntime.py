@@ -97,6 +97,25 @@ def test_encoder_row(tmp_path):
     assert pooled.shape == (2, 16)
 
 
+def test_graph_optimization_level_is_a_session_option(tmp_path):
+    """``params["graph_optimization"]``: the session's level (quality --board measures int8 sensitivity with
+    ``none``); an unknown level is one clear error before any session."""
+    from board.backends.base import BackendError
+
+    art = write_encoder(tmp_path / "enc")
+    out = {}
+    for level in ("all", "none"):
+        b = OnnxRuntimeBackend()
+        b.load(str(art), {"manifest": read_artifact(str(art)), "threads": 1, "graph_optimization": level})
+        out[level] = b.encode([[1, 2, 3], [4, 5, 6]])
+        assert b._impl.sess.get_session_options().graph_optimization_level.name == (
+            "ORT_ENABLE_ALL" if level == "all" else "ORT_DISABLE_ALL")
+        b.close()
+    np.testing.assert_array_equal(out["all"], out["none"])   # a Gather and a Mul: nothing to fuse, same floats
+    with pytest.raises(BackendError, match="graph_optimization 'fast'; allowed: all, extended, basic, none"):
+        OnnxRuntimeBackend().load(str(art), {"manifest": read_artifact(str(art)), "graph_optimization": "fast"})
+
+
 def test_opset_too_new_is_a_clear_error_row(tmp_path):
     art = write_encoder(tmp_path / "enc99", opset=99)
     assert onnx_opsets(str(art / "model.onnx")) == {"": 99}
