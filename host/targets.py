@@ -63,12 +63,13 @@ def _group_problems(model: ModelSpec, folder, target: Target, scheme: str) -> li
     if not bad:
         return []
     name, (out_f, in_f) = bad[0]
-    dims = [d for d in (out_f, in_f) if d % g]
+    # groups run along the input width (the reduction axis): quote it first when it is the one that fails
+    which, dim = ("input width", in_f) if in_f % g else ("output width", out_f)
     ok = [s for s in kind.allowed(target) if (gs := group_size(s)) and all(
         o % gs == 0 and i % gs == 0 for o, i in linear_shapes(folder).values())]
     hint = f"; schemes that fit this model on {target.name}: {', '.join(ok)}" if ok else ""
     return [f"{model.name}: scheme {scheme!r}: group size {g} does not divide layer {name} "
-            f"({out_f}x{in_f}: {dims[0]} % {g} = {dims[0] % g}; {len(bad)} linear layers affected){hint}"]
+            f"({out_f}x{in_f}: {which} {dim} % {g} = {dim % g}; {len(bad)} linear layers affected){hint}"]
 
 
 def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache) -> list[str]:
@@ -105,6 +106,9 @@ def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache)
     if folder_problems:
         return problems + [f"{model.name}: {p}" for p in folder_problems]
     if model.kind == "llm":
+        from host.families import family_problems
+
+        problems += family_problems(model, folder, schemes)
         cfg = read_config(folder)
         limit = cfg.get("max_position_embeddings")
         if isinstance(limit, int) and model.max_context > limit:

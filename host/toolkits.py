@@ -133,10 +133,11 @@ def run_worker(name: str, script: Path, job: dict, log_path: Path, *,
         except BaseException:
             _kill_group(proc)
             raise
+    tool = f"{TOOLKITS[name].dist} {(toolkit_info(name) or {}).get('version') or '(version unknown)'}".strip()
     if result is None:
-        raise BuildError(f"{TOOLKITS[name].dist} worker exited with code {rc} without a result; see {log_path}")
+        raise BuildError(f"{tool} worker exited with code {rc} without a result; see {log_path}")
     if not result.get("ok", False):
-        raise BuildError(f"{TOOLKITS[name].dist}: {result.get('error', 'failed')} (log: {log_path})")
+        raise BuildError(f"{tool}: {result.get('error', 'failed')} (log: {log_path})")
     return result
 
 

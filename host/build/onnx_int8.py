@@ -38,8 +38,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -210,30 +208,9 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
 
 
 def _genai_builder(src: Path, out_dir: Path, scheme: str, log) -> dict:
-    # Beside the temp artifact folder and named after it, so a killed build's leftovers are
-    # ``host.fsutil.stale_atomic_dirs`` of the artifact (removed by the next export).
-    cache = out_dir.with_name(f"{out_dir.name}.genai-cache")
-    logfile = out_dir.with_name(f"{out_dir.name}.genai.log")
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out_dir),
-           "-p", scheme, "-e", "cpu", "-c", str(cache)]
-    threads = str(build_threads())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": threads,
-           "MKL_NUM_THREADS": threads}
-    log(f"onnxruntime-genai builder -p {scheme} ({threads} threads)")
-    try:
-        with open(logfile, "w") as lf:
-            rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
-        if rc != 0:
-            tail = [ln for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-            raise BuildError(f"onnxruntime-genai builder failed (exit {rc}): {tail[0][:300] if tail else 'no output'}")
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        logfile.unlink(missing_ok=True)
-    cfg_path = out_dir / "genai_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = BOARD_THREADS
-    cfg_path.write_text(json.dumps(cfg, indent=4))
-    return {"format": "onnx-genai", "graph": f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block 32)"}
+    from host.build.genai import build_genai
+
+    return build_genai(src, out_dir, scheme, log, threads=build_threads(), board_threads=BOARD_THREADS)
 
 
 def _llm_dims(src: Path) -> tuple[int, int, int]:

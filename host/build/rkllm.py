@@ -169,6 +169,17 @@ def _run(job_json: dict, log_path: Path, log: Callable[[str], None], label: str)
         raise BuildError(f"{label}: {e}{said}") from None
 
 
+def _family(model_dir) -> str:
+    """The model family for failure lines (``host.families``), e.g. ``gemma3 (Gemma3ForCausalLM)``."""
+    from host.families import family_label
+    from host.models import read_config
+
+    try:
+        return family_label(read_config(Path(model_dir)))
+    except RkdeployError:
+        return "family unknown: config.json unreadable"
+
+
 def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
     """Build ``job``'s ``.rkllm`` into ``out_dir``; return the extra manifest fields."""
     require_toolkit(TOOLKIT)  # ToolkitMissingError before any work
@@ -191,7 +202,7 @@ def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
         f"cores={args['build']['num_npu_core']} (log: {log_path})")
     try:
         result = _run({"mode": "build", "load": args["load"], "build": args["build"], "output": str(out)},
-                      log_path, log, job.label)
+                      log_path, log, f"{job.label} ({_family(args['load']['model'])})")
     except BaseException:
         for p in out_dir.glob("*.rkllm"):
             p.unlink(missing_ok=True)

@@ -1,7 +1,11 @@
 """The float side of quality: held-out token windows and the float model's cached log-probs.
 
 LLMs: the held-out documents are tokenized and cut into windows of ``quality.window`` tokens
-(enough windows for ``quality.eval_tokens`` scored tokens). The float model (PyTorch fp32) runs
+(enough windows for ``quality.eval_tokens`` scored tokens). Windows follow the tokenizer's own BOS
+rule (``host.families.tokenizer_bos``): a tokenizer that adds a BOS (Gemma ``<bos>``, Llama 3
+``<|begin_of_text|>``) gets it at the start of every window, as the model saw text in training; one
+that adds none (SmolLM2, Qwen) gets plain text windows — and the cache key, windows and numbers of
+such a model are exactly those of before the rule. The float model (PyTorch fp32) runs
 once per model × text × window config and its next-token log-probabilities are cached on disk
 (float16).
 """
@@ -22,6 +26,9 @@ from host.textdata import read_docs
 #: Bump when the evaluation changes (invalidates cached float references and rows).
 EVAL_VERSION = 2   # 2: int8 graphs evaluated with exact int32 accumulation; rows carry the arithmetic path
 SENSITIVITY_TOKENS = 1024
+#: Float references kept in the quality cache, in GB (``$RKDEPLOY_QUALITY_CACHE_GB``); least recently used
+#: ones go first. One is 1.4-2.3 GB for a 135M-0.5B model at the default 4,096 tokens (vocab x tokens x 2 bytes).
+FLOAT_CACHE_GB = 8.0
 
 
 def quality_cache() -> Path:
@@ -46,6 +53,7 @@ class LlmEval:
     window: int
     n_windows: int
     key: str
+    bos: tuple[int, ...] = ()   # ids the tokenizer puts before a text; start of every window
 
     @property
     def n_tokens(self) -> int:
@@ -53,6 +61,7 @@ class LlmEval:
 
 
 def llm_eval(recipe: Recipe, model: ModelSpec, *, eval_tokens: int | None = None) -> LlmEval:
+    from host.families import tokenizer_bos
     from host.models import model_sha256, resolve_model
 
     folder = resolve_model(model)
@@ -61,23 +70,31 @@ def llm_eval(recipe: Recipe, model: ModelSpec, *, eval_tokens: int | None = None
     want = eval_tokens or q.eval_tokens
     window = min(q.window, want + 1)
     n_win = -(-want // (window - 1))
-    key = inputs_hash({"v": EVAL_VERSION, "model": sha, "text": sha256_file(recipe.text.heldout), "window": window,
-                "n_windows": n_win})
-    return LlmEval(model, folder, sha, window, n_win, key)
+    bos = tuple(tokenizer_bos(folder)) if (folder / "tokenizer.json").is_file() else ()
+    what = {"v": EVAL_VERSION, "model": sha, "text": sha256_file(recipe.text.heldout), "window": window,
+            "n_windows": n_win}
+    if bos:   # only then: a model without BOS keeps its cached float reference and rows
+        what["bos"] = list(bos)
+    return LlmEval(model, folder, sha, window, n_win, inputs_hash(what), bos)
 
 
 def eval_windows(recipe: Recipe, ev: LlmEval):
-    """``[n_windows, window]`` int64 token ids from the held-out text (documents joined by blank lines)."""
+    """``[n_windows, window]`` int64 token ids from the held-out text (documents joined by blank lines),
+    each window starting with the tokenizer's BOS ids when it adds any (``LlmEval.bos``)."""
     import numpy as np
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(ev.model_dir / "tokenizer.json"))
     ids = tok.encode("\n\n".join(read_docs(recipe.text.heldout)), add_special_tokens=False).ids
-    need = ev.n_windows * ev.window
+    body = ev.window - len(ev.bos)
+    need = ev.n_windows * body
     if len(ids) < need:
         raise ConfigError(f"{recipe.text.heldout}: held-out text has {len(ids)} tokens, quality needs {need} "
                           f"({ev.n_windows} windows of {ev.window}); add text or lower quality.eval_tokens")
-    return np.asarray(ids[:need], dtype=np.int64).reshape(ev.n_windows, ev.window)
+    text = np.asarray(ids[:need], dtype=np.int64).reshape(ev.n_windows, body)
+    if not ev.bos:
+        return text
+    return np.concatenate([np.tile(np.asarray(ev.bos, dtype=np.int64), (ev.n_windows, 1)), text], axis=1)
 
 
 def load_torch(folder: Path, auto_class: str):
@@ -131,4 +148,29 @@ def float_reference(recipe: Recipe, ev: LlmEval, windows, *, log=None):
             atomic_write_text(tmp / "meta.json", json.dumps({"model_sha256": ev.model_sha, "key": ev.key,
                                                              "window": ev.window, "n_windows": ev.n_windows}))
         del model
+        prune_float_references(keep=folder, log=log)
+    else:
+        os.utime(folder)   # least recently used goes first
     return np.load(path, mmap_mode="r")
+
+
+def prune_float_references(*, keep: Path | None = None, limit_gb: float | None = None, log=None) -> list[Path]:
+    """Remove the least recently used ``float-*`` references until the rest fit ``limit_gb`` (never ``keep``)."""
+    import shutil
+
+    limit = limit_gb if limit_gb is not None else float(os.environ.get("RKDEPLOY_QUALITY_CACHE_GB") or FLOAT_CACHE_GB)
+    root = quality_cache()
+    refs = [(p.stat().st_mtime, p, sum(f.stat().st_size for f in p.iterdir() if f.is_file()))
+            for p in root.glob("float-*") if p.is_dir()] if root.is_dir() else []
+    total, removed = sum(r[2] for r in refs), []
+    for _mtime, p, size in sorted(refs, key=lambda r: r[0]):
+        if total <= limit * 1e9:
+            break
+        if keep is not None and p == keep:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        total -= size
+        removed.append(p)
+        if log:
+            log(f"quality cache over {limit:g} GB: removed the float reference {p.name} ({size / 1e9:.2f} GB)")
+    return removed

@@ -91,3 +91,18 @@ def test_unknown_target_names_the_known_ones(recipe):
     res = rk("check", "-r", recipe({"rk3576": ["w8a8"]}), "-t", "rk9999")
     (err,) = errors(res)
     assert res.rc == 1 and "unknown target 'rk9999'" in err and "known: rk3562, rk3576, rk3588, rv1126b" in err
+
+
+def test_group_refusal_quotes_the_input_width_groups_run_along(tmp_path):
+    """w8a8-g256 on a Qwen2-0.5B-like head (151936x896): the input width 896 is what 256 must divide."""
+    from types import SimpleNamespace
+
+    from host.targets import _group_problems, get_target
+
+    model = SimpleNamespace(name="q", kind="llm")
+    wide_in = fake_llm(tmp_path / "a", {"lm_head": (151936, 896)})
+    (p,) = _group_problems(model, wide_in, get_target("rk3588"), "w8a8-g256")
+    assert "layer lm_head (151936x896: input width 896 % 256 = 128;" in p
+    only_out = fake_llm(tmp_path / "b", {"lm_head": (49153, 512)})
+    (p,) = _group_problems(model, only_out, get_target("rk3588"), "w8a8-g256")
+    assert "(49153x512: output width 49153 % 256 = 1;" in p

@@ -188,9 +188,11 @@ def test_group_size_violation_quotes_the_toolkit(fake_tk, llm_recipe, tmp_path):
 
     j = jobs_for(llm_recipe, "rk3576", tmp_path / "art")[0]
     job = BuildJob(j.model, "rk3576", "rkllm", "w4a16-g128", tmp_path / "art" / "g128", j.recipe)
-    with pytest.raises(BuildError, match=r"build returned -1.*group size 128 does not divide"):
+    with pytest.raises(BuildError, match=r"build returned -1.*group size 128 does not divide") as e:
         rkllm.build(job, tmp_path / "out", log=lambda _l: None)
     assert not list((tmp_path / "out").glob("*.rkllm"))
+    # one line naming the model family and the tool's version, and the kept log (issue 14)
+    assert "(llama (LlamaForCausalLM)): rkllm-toolkit 1.3.0: " in str(e.value) and "(log: " in str(e.value)
 
 
 def test_extra_cannot_override_typed_fields(fake_tk, make_recipe, calib, tmp_path):
