@@ -87,12 +87,19 @@ def test_board_rows_on_the_virtual_rk3588(vb, onnx_export, tmp_path):
     host, on_board = rows
     env = on_board["env"]
     assert on_board["board"] == vboard.NAME and env["arch"] == "aarch64" and env["emulated"] is True
-    # Measured here (2026-12-02, onnxruntime 1.32.0 aarch64 under qemu vs 1.32.0 x86_64, u8u8 int8-dyn artifact,
-    # 16 tokens, twice, same digits): KLD(host ‖ board) 0.0701, top-1 vs host 0.8125, max |Δ log p| 5.74 — far
-    # beyond the float16 transfer (the loopback test above: < 1e-4). Control, same board and tokens, fp32 artifact:
-    # KLD(host ‖ board) -2e-5 (float16 noise), top-1 1.000, max |Δ log p| 0.0156 (one float16 step) — so the
-    # pipeline is sound and the board's int8-dyn ARITHMETIC is not the host's: a finding, not a bound to assert.
+    # Measured here (2026-12-02/03, onnxruntime 1.32.0 aarch64 under qemu vs 1.32.0 x86_64 on an Intel Xeon
+    # AVX-512/VNNI/AMX host, u8u8 int8-dyn artifact, 16 tokens, three runs, same digits): KLD(host ‖ board) 0.0701,
+    # top-1 vs host 0.8125, max |Δ log p| 5.74; this host against itself, ORT_ENABLE_ALL vs ORT_DISABLE_ALL
+    # (``host_self``): KLD 0.0320, top-1 0.8125, max |Δ log p| 4.54. fp32 control, same board and tokens: KLD -2e-5,
+    # top-1 1.000, max |Δ log p| 0.0156 (one float16 step). Cause (bench/int8_arm_vs_x86.py): every integer op
+    # is exact on both (test_int8_arm_exact.py: bitwise); the float ops between quantizers differ in the last
+    # bits between x86 and ARM kernels, and DynamicQuantizeLinear turns one such difference at a rounding
+    # boundary (layer 3: x/s 72.5000226 vs 72.4999967) into an integer step that the next layers multiply. So the
+    # board is as far from this host as this host is from itself with other float kernels: same order, asserted.
     vs = env["vs_host"]
-    assert 0 <= vs["kld_mean"] < 1.0 and 0.5 <= vs["top1_agree"] <= 1.0 and vs["max_abs_logprob_diff"] > 0, vs
     assert set(vs["host"]) == {"ppl_ratio", "kld_mean", "top1_agree"}
+    me = vs["host_self"]
+    assert me["kld_mean"] > 1e-3 and me["max_abs_logprob_diff"] > 0.5, me   # int8-dyn amplifies float rounding here too
+    assert me["kld_mean"] / 10 < vs["kld_mean"] < me["kld_mean"] * 10, (vs, me)
+    assert 0.5 <= vs["top1_agree"] <= 1.0 and vs["max_abs_logprob_diff"] < 4 * me["max_abs_logprob_diff"], (vs, me)
     assert on_board["status"] in ("ok", "degraded") and host["n_tokens"] == on_board["n_tokens"] == 16
