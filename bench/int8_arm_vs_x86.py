@@ -32,7 +32,8 @@ at (0, 6, 260): x = 2.0061123 (x/s = 72.5000226, q = 179) on x86, 2.0061116 (72.
 ENABLE_ALL vs DISABLE_ALL: KLD 0.0320, top-1 0.8125, max |Δ log p| 4.54 (fp32 artifact: 8e-12, 1.0, 4e-5).
 Neither onnxruntime's ARM kernels nor qemu is wrong: int8-dyn's per-tensor dynamic activation
 quantization amplifies any float rounding difference to the size of its own quantization noise.
-The board half of the instrumented run took 312 s under ``max`` and 34 s under ``cortex-a76`` here.
+Speed, side by side at load average ~9 (``board logprobs``, 3 tokens): 53 s under ``cortex-a76``, 90 s under
+``max`` (the vboard's default CPU model, which also offers SVE/i8mm that RK3588 lacks).
 """
 
 from __future__ import annotations
