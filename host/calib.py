@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -215,41 +214,56 @@ def heldin_prompts(recipe: Recipe, n: int, *, max_words: int = 160) -> list[str]
 
 
 def build_calibration(recipe: Recipe, *, model: str | None = None, out: Path | None = None,
-                      n_prompts: int | None = None, max_new_tokens: int | None = None, cache=None) -> Path:
-    """Generate the calibration JSON with the float model (greedy) and write it atomically."""
+                      n_prompts: int | None = None, max_new_tokens: int | None = None, cache=None,
+                      batch: int | None = None, dtype: str = "float32", warn=None) -> Path:
+    """Generate the calibration JSON with the float model (greedy) and write it atomically.
+
+    Answers come from ``host.calib_gen.generate_answers``: batched (``batch`` prompts at a time, left
+    padding, KV cache), resumable from ``<out>.partial.jsonl`` (removed once the JSON is written) and
+    reporting progress with an ETA on stderr. ``dtype`` ``bfloat16`` is faster on CPUs with bf16
+    units (AMX, AVX512-BF16) but its answers differ from float32 ones."""
+    import sys
+
+    from host.calib_gen import DEFAULT_BATCH, Progress, generate_answers, item_key, partial_path
+
+    warn = warn or (lambda s: print(f"rkdeploy: warning: {s}", file=sys.stderr, flush=True))
     spec = _pick_model(recipe, model)
     out = Path(out or spec.calibration or Path("calib_data") / f"{spec.name}.calib.json")
     n = n_prompts or recipe.calib.n_prompts
     new = max_new_tokens or recipe.calib.max_new_tokens
-    from host.models import resolve_model
-    from host.ui import progress
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"calib build: dtype {dtype!r} is not supported (allowed: float32, bfloat16)")
+    from host.models import model_sha256, resolve_model
 
     folder = resolve_model(spec, cache, fetch=True)
     text = ModelText(folder)
     prompts = heldin_prompts(recipe, n)
     messages = ([{"role": "system", "content": recipe.calib.system_prompt}] if recipe.calib.system_prompt else [])
+    if not text.chat_template:
+        warn(f"{folder}: the model has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja): "
+             "calibration inputs are the raw prompts; the board will see whatever template its runtime applies")
     inputs = [text.apply_chat_template(messages + [{"role": "user", "content": p}]) if text.chat_template else p
               for p in prompts]
+    sha = model_sha256(folder)
+    keys = [item_key(sha, inp, new, dtype) for inp in inputs]
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    items = []
-    t0 = time.monotonic()
-    with progress() as bar, torch.inference_mode():
-        task = bar.add_task(f"calibration answers ({spec.name})", total=len(inputs))
-        for inp in inputs:
-            # Tokenize exactly as validation does (the template carries any BOS it needs).
-            ids = torch.tensor([text.encode(inp)])
-            gen = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                              pad_token_id=text.tokenizer.token_to_id(text._special("eos_token") or "") or 0)
-            answer = text.tokenizer.decode(gen[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
-            items.append({"input": inp, "target": answer or "(no answer)"})
-            bar.advance(task)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+    eos_cfg = lm.generation_config.eos_token_id
+    eos_ids = [e for e in (eos_cfg if isinstance(eos_cfg, list) else [eos_cfg]) if isinstance(e, int)]
+    pad = text.tokenizer.token_to_id(text._special("eos_token") or "") or 0
+    partial = partial_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    answers = generate_answers(
+        lm, text.encode, lambda ids: text.tokenizer.decode(ids, skip_special_tokens=True), inputs, keys,
+        max_new_tokens=new, pad_id=pad, eos_ids=eos_ids, batch=batch or DEFAULT_BATCH, partial=partial,
+        progress=Progress(f"calib build ({spec.name}, {dtype}, batch {batch or DEFAULT_BATCH})", len(inputs)))
+    items = [{"input": inp, "target": ans} for inp, ans in zip(inputs, answers, strict=True)]
     validate_data(items, str(out), recipe, spec.name, cache=cache)
     atomic_write_text(out, json.dumps(items, ensure_ascii=False, indent=1) + "\n")
-    _ = time.monotonic() - t0
+    partial.unlink(missing_ok=True)
     return out

