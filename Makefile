@@ -10,14 +10,16 @@ VBOARD ?= auto
 VBOARD_RECIPE ?= configs/models/vrk3588-demo.yaml
 VBOARD_BENCH ?= --n-prompt 8 --n-gen 4 --reps 2 --warmup 0
 
-.PHONY: board-up board-down board-bench demo-board setup setup-system setup-rkllm models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
+.PHONY: board-up board-down board-bench demo-board setup setup-system setup-rkllm llamacpp models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
 
-setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsync); only when missing
+setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsync, cmake + ninja for llama.cpp); only when missing
 	@command -v /usr/sbin/sshd >/dev/null && command -v rsync >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; }
+	@command -v cmake >/dev/null && command -v ninja >/dev/null && command -v g++ >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build g++ >/dev/null; }
 	@# the virtual board (make board-up): qemu-user + binfmt, mmdebstrap, the aarch64 cross compiler
 	@command -v qemu-aarch64-static >/dev/null && command -v update-binfmts >/dev/null && command -v mmdebstrap >/dev/null && \
 	  command -v aarch64-linux-gnu-gcc >/dev/null && test -e /usr/aarch64-linux-gnu/include/stdio.h || \
@@ -30,6 +32,9 @@ setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsyn
 setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl
 	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
 	@scripts/setup_rkllm.sh "$(WHEEL)"
+
+llamacpp: setup setup-system   ## llama.cpp's tools (static, CPU, -march=native minus AMX) + rk-llama-run, cached per host ISA under ~/.cache/rkdeploy/llamacpp (~20 min once on 2 cores)
+	@$(VENV)/bin/python -m host.build.llamacpp_tools
 
 models: setup     ## materialise the built-in models into the cache
 	@$(RK) models fetch

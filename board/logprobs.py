@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from .artifact import ArtifactError, load_artifact
 
 #: Which backend gives the log-probs of an artifact format.
-LOGPROBS_BACKEND = {"onnx-genai": "onnxruntime", "rkllm": "rkllm"}
+LOGPROBS_BACKEND = {"onnx-genai": "onnxruntime", "rkllm": "rkllm", "gguf": "llamacpp"}
 MAX_TOKENS = 1 << 16
 
 

@@ -18,7 +18,7 @@ from pydantic import Strict as StrictMode
 
 from host.errors import ConfigError
 from host.safeload import line_of, read_yaml
-from host.schemes import ONNX_SCHEMES, validate_scheme
+from host.schemes import GGUF_SCHEMES, ONNX_SCHEMES, validate_scheme
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = PROJECT_ROOT / "configs"
@@ -144,6 +144,8 @@ class ModelSpec(Strict):
     max_context: int = Field(4096, description="rkllm max_context: multiple of 32, <= 16384")
     calibration: FilePath | None = Field(None, description="rkllm calibration JSON (llm)")
     onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
+    gguf: list[str] = Field([], description="GGUF (llama.cpp CPU) schemes built for every target (llm): "
+                            "gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m (needs 'calibration')")
     sensitive_layers: list[str] | None = Field(
         None,
         description="linear layers the ONNX int8 schemes keep in float (LLM: int8-dyn; encoder: int8-dyn and "
@@ -194,6 +196,14 @@ class ModelSpec(Strict):
         for s in v:
             if s not in ONNX_SCHEMES:
                 raise ValueError(f"onnx scheme {s!r} is not one of {', '.join(sorted(ONNX_SCHEMES))}")
+        return v
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if s not in GGUF_SCHEMES:
+                raise ValueError(f"gguf scheme {s!r} is not one of {', '.join(sorted(GGUF_SCHEMES))}")
         return v
 
     @field_validator("targets")

@@ -24,6 +24,16 @@ ONNX_SCHEMES = {
     "int8-dyn": "quantize_dynamic MatMul QInt8 weights + dynamic uint8 activations, sensitive layers kept float",
     "int8-qdq": "quantize_static QDQ, per-channel int8 weights, calibrated uint8 activations, sensitive layers kept float",
 }
+#: GGUF (llama.cpp on the CPU) schemes: llama-quantize's type and what it means (host/build/gguf.py).
+GGUF_SCHEMES = {
+    "gguf-f16": ("F16", "GGUF float16 weights (llama.cpp convert_hf_to_gguf), float activations"),
+    "gguf-q8_0": ("Q8_0", "GGUF Q8_0: int8 weights in blocks of 32 with one float16 scale each; the CPU dot "
+                          "products quantize activations to Q8_0 blocks"),
+    "gguf-q4_0": ("Q4_0", "GGUF Q4_0: int4 weights in blocks of 32 with one float16 scale each; activations Q8_0 "
+                          "in the CPU dot products"),
+    "gguf-q4_k_m": ("Q4_K_M", "GGUF Q4_K_M: 4-bit k-quant super-blocks of 256 (some tensors Q6_K), importance "
+                              "matrix from the calibration JSON; rows not a multiple of 256 fall back to a 32-block type"),
+}
 #: Schemes that need no quantization in the vendor toolkits.
 FLOAT_VENDOR_SCHEMES = {"fp16"}
 
@@ -42,7 +52,8 @@ def is_known_scheme(name: str) -> bool:
 def validate_scheme(name: str) -> str:
     if not isinstance(name, str) or not is_known_scheme(name):
         raise ConfigError(
-            f"unknown scheme {name!r}: use one of {', '.join(sorted(ONNX_SCHEMES))}, fp16, or "
+            f"unknown scheme {name!r}: use one of {', '.join(sorted(ONNX_SCHEMES))}, fp16, "
+            f"{', '.join(sorted(GGUF_SCHEMES))}, or "
             "w8a8 / w4a16 / w4a8 / w8a16 with an optional group suffix -g32|-g64|-g128|-g256|-g512"
         )
     return name
@@ -63,6 +74,8 @@ def weight_bits(name: str) -> int:
     m = _VENDOR.match(name)
     if m:
         return int(m.group("base")[1])
+    if name in GGUF_SCHEMES:
+        return {"F16": 16, "Q8_0": 8}.get(GGUF_SCHEMES[name][0], 4)
     return {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int8-dyn": 8, "int8-qdq": 8}[name]
 
 
@@ -70,6 +83,8 @@ def activation_bits(name: str) -> int:
     m = _VENDOR.match(name)
     if m:
         return int(m.group("base").split("a")[1])
+    if name in GGUF_SCHEMES:
+        return 32 if name == "gguf-f16" else 8
     return {"fp32": 32, "fp16": 16, "int8": 32, "int4": 32, "int8-dyn": 8, "int8-qdq": 8}[name]
 
 
@@ -97,10 +112,19 @@ def rknn_config(name: str) -> dict:
     return {"quantized_dtype": m.group("base"), "do_quantization": True, "quantized_method": method}
 
 
+def gguf_type(name: str) -> str:
+    """llama-quantize's type name: ``gguf-q4_k_m`` -> ``Q4_K_M``."""
+    if name not in GGUF_SCHEMES:
+        raise ConfigError(f"scheme {name!r} is not a GGUF scheme (use one of {', '.join(sorted(GGUF_SCHEMES))})")
+    return GGUF_SCHEMES[name][0]
+
+
 def describe(name: str) -> str:
     """Exact human definition of a scheme (goes into simulated quality rows and manifests)."""
     if name in ONNX_SCHEMES:
         return ONNX_SCHEMES[name]
+    if name in GGUF_SCHEMES:
+        return GGUF_SCHEMES[name][1]
     if name == "fp16":
         return "float16 weights and activations, no quantization"
     m = _VENDOR.match(name)

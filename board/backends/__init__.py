@@ -16,8 +16,7 @@ BACKENDS: Dict[str, Optional[str]] = {
     "fake": "board.backends.fake",
     "rkllm": "board.backends.rkllm",
     "rknnlite": "board.backends.rknnlite",
-    # Not implemented yet: None means "backend not available" with a clear message.
-    "llamacpp": None,  # -> "board.backends.llamacpp"
+    "llamacpp": "board.backends.llamacpp",
 }
 
 # Which backends run an artifact format, preferred first (the host picks the first available).

@@ -140,6 +140,18 @@ def _vendor_names() -> tuple[str, ...]:
         b + (f"-g{g}" if g else "") for b in VENDOR_BASES for g in (None, *VENDOR_GROUPS))
 
 
+def _gguf_names() -> tuple[str, ...]:
+    from host.schemes import GGUF_SCHEMES
+
+    return tuple(sorted(GGUF_SCHEMES))
+
+
+def _gguf_spelling(s: str) -> str:
+    from host.schemes import gguf_type
+
+    return gguf_type(s)
+
+
 def _onnx_spelling(s: str) -> str:
     from host.schemes import ONNX_SCHEMES
 
@@ -193,6 +205,10 @@ register(Kind("rkllm", "host.build.rkllm", recipe_field="rkllm", model_kinds=("l
 register(Kind("rknn", "host.build.rknn", recipe_field="rknn", model_kinds=("encoder",), backend="rknnlite",
               formats=("rknn",), scheme_names=_vendor_names, spell=_rknn_spelling, toolkit="rknn",
               irrelevant=frozenset({"calibration", "max_context", "sensitive_layers"})))
+register(Kind("gguf", "host.build.gguf", recipe_field="gguf", model_kinds=("llm",), backend="llamacpp",
+              formats=("gguf",), scheme_names=_gguf_names, spell=_gguf_spelling, per_target=False,
+              # the calibration JSON changes only the k-quants (imatrix): host.build.gguf.inputs hashes it there
+              irrelevant=frozenset({"calibration", "max_context", "sensitive_layers", "seq_len", "batch"})))
 
 
 # --- lookups ---------------------------------------------------------------------------------------

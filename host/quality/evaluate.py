@@ -18,7 +18,7 @@ from host.manifest import inputs_hash, load_artifact
 from host.quality.metrics import TokenStats
 from host.quality.reference import EVAL_VERSION, eval_windows, float_reference, llm_eval, load_torch_llm
 from host.quality.rows import Pending, RowCache, error_row, for_target, quality_row, row_env, split_cached, store_rows
-from host.quality.runtimes import OrtCausalLm, TorchFakeQuant, arithmetic_env
+from host.quality.runtimes import LlamaCppLm, OrtCausalLm, TorchFakeQuant, arithmetic_env
 
 
 def _artifacts(recipe: Recipe, target: str, root, schemes) -> dict[str, list]:
@@ -28,7 +28,7 @@ def _artifacts(recipe: Recipe, target: str, root, schemes) -> dict[str, list]:
     from host.plan import plan
     from host.toolkits import toolkit_info
 
-    kinds = ("onnx", "rkllm") if toolkit_info("rkllm") else ("onnx",)
+    kinds = ("onnx", "gguf", "rkllm") if toolkit_info("rkllm") else ("onnx", "gguf")
     out: dict[str, list] = {}
     for job in plan(recipe, target, root=root, kinds=kinds, schemes=schemes):
         try:
@@ -127,6 +127,11 @@ def _runtime(p: Pending, windows, ev, log, torch_model):
             log(f"{ev.model.name}/{p.scheme}: rkllm-toolkit logits on {ev.n_tokens} held-out tokens")
         lm = RkllmToolkitLm(p.artifact.path, windows, log=log)
         return lm, lm.backend, lm.close
+    if p.method == "measured" and p.artifact.manifest.artifact_kind == "gguf":
+        if log:
+            log(f"{ev.model.name}/{p.scheme}: llama.cpp on {ev.n_tokens} held-out tokens")
+        lm = LlamaCppLm(p.artifact.path, p.artifact.manifest.to_dict(), ev.window)
+        return lm, lm.name, lm.close
     if p.method == "measured":
         if log:
             log(f"{ev.model.name}/{p.scheme}: onnxruntime on {ev.n_tokens} held-out tokens")

@@ -6,6 +6,8 @@
 - ``TorchFakeQuant``: the float PyTorch model under ``host.fakequant`` (``method: simulated``); with
   no scheme it is the float model itself.
 - ``.rkllm`` artifacts: ``host.build.rkllm.RkllmToolkitLm`` (rkllm-toolkit's host-side logits).
+- ``LlamaCppLm``: a GGUF artifact through the board's llama.cpp backend (``rk-llama-run`` built on
+  this host against the cached llama.cpp, ``host.build.llamacpp_tools``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,33 @@ def ort_session(folder: Path, manifest):
     return _board_ort(folder, manifest)._impl.sess
 
 
+class LlamaCppLm:
+    """A GGUF artifact through the board's llama.cpp backend: ``logprobs(window)``, empty KV cache."""
+
+    name = "llamacpp"
+
+    def __init__(self, folder: Path, manifest, window: int):
+        from board.backends.llamacpp import LlamaCppBackend
+        from host.build.llamacpp_tools import LlamaCppError, driver
+
+        try:
+            exe = driver()
+        except LlamaCppError as e:
+            from host.errors import BuildError
+
+            raise BuildError(str(e)) from None
+        self.backend = LlamaCppBackend()
+        self.backend.load(str(folder), {"manifest": manifest, "threads": threads(), "n_ctx": window + 8,
+                                        "driver": str(exe)})
+        self.sess = None
+
+    def logprobs(self, ids):
+        return self.backend.logprobs(ids)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 class TorchFakeQuant:
     """The float PyTorch model with every linear layer fake-quantized under ``scheme`` (``host.fakequant``);
     ``select(name)`` limits it to some layers; ``scheme=None`` is the float model. Use as a context
@@ -125,6 +154,11 @@ def arithmetic_env(backend: str, session=None, manifest=None) -> dict:
     cpu = _cpu("/")
     env = {"host_cpu": {k: cpu.get(k) for k in ("arch", "vendor", "model", "isa")},
            "runtime_versions": {k: v for k, v in tool_versions().items() if k in ("torch", "onnxruntime")}}
+    if backend == "llamacpp":
+        from host.build.llamacpp_tools import VERSION, build_key
+
+        env["runtime_versions"]["llama.cpp"] = f"llama-cpp-python {VERSION} sdist"
+        env["llamacpp_build"] = build_key()    # version + flags + this host's ISA (-march=native, no AMX)
     if backend == "onnxruntime":
         from host.build.int8_format import FORMAT
 

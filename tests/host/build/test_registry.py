@@ -11,11 +11,16 @@ from host.build import registry
 from tests.host.build import toykind
 
 #: What host/export.py hashed before the registry (inputs_hash must not change: built artifacts stay up to date).
+#: The ``gguf`` kind's recipe field is new (default []): leaving it out keeps every older hash as it was.
 OLD_IRRELEVANT_FIELDS = {
-    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers"},
-    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch"},
-    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers"},
+    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers", "gguf"},
+    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch", "gguf"},
+    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers", "gguf"},
+    "gguf": {"targets", "onnx", "rkllm", "rknn", "gguf", "calibration", "max_context", "sensitive_layers",
+             "seq_len", "batch"},
 }
+#: Kinds the default recipe does not build (stated in the README): GGUF needs the llama.cpp build (~20 min once).
+NOT_IN_DEFAULT_RECIPE = {"gguf"}
 
 
 def _check_kind(kind: registry.Kind, jobs) -> None:
@@ -51,9 +56,14 @@ def test_every_registered_kind_is_complete(default_recipe_data, tmp_path):
     from host.config import ModelSpec
     from host.toolkits import TOOLKITS
 
-    jobs = _default_jobs(default_recipe_data, tmp_path)
-    assert set(registry.names()) == {"onnx", "rkllm", "rknn"}
-    assert {j.kind for j in jobs} == set(registry.names()), "the default recipe builds every kind"
+    data = copy.deepcopy(default_recipe_data)
+    for m in data["models"]:
+        if m["kind"] == "llm":
+            m["gguf"] = ["gguf-q8_0", "gguf-q4_k_m"]
+    jobs = _default_jobs(data, tmp_path)
+    assert set(registry.names()) == {"onnx", "rkllm", "rknn", "gguf"}
+    assert {j.kind for j in jobs} == set(registry.names()), "the default recipe (+ gguf schemes) builds every kind"
+    assert {j.kind for j in _default_jobs(default_recipe_data, tmp_path)} == set(registry.names()) - NOT_IN_DEFAULT_RECIPE
     for kind in registry.kinds():
         _check_kind(kind, [j for j in jobs if j.kind == kind.name])
         assert kind.recipe_field in ModelSpec.model_fields
@@ -67,6 +77,7 @@ def test_schemes_carry_each_toolkit_spelling():
     assert spell["rknn"]["fp16"] == {"quantized_dtype": None, "do_quantization": False}
     assert spell["rknn"]["w8a8"]["quantized_method"] == "channel"
     assert set(spell["onnx"]) == {"fp32", "int8", "int4", "int8-dyn", "int8-qdq"}
+    assert spell["gguf"] == {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0", "gguf-q4_k_m": "Q4_K_M"}
 
 
 def test_rknn_depends_on_the_fp32_onnx_and_the_plan_puts_it_first(default_recipe_data, tmp_path):
@@ -105,7 +116,7 @@ def toy(monkeypatch):
 
 def test_toy_kind_is_complete(toy, default_recipe_data, tmp_path):
     _check_kind(registry.get(toy.KIND), [])
-    assert registry.get(toy.KIND).irrelevant_fields() >= {"targets", "onnx", "rkllm", "rknn"}
+    assert registry.get(toy.KIND).irrelevant_fields() >= {"targets", "onnx", "rkllm", "rknn", "gguf"}
     assert registry.get("onnx").irrelevant_fields() == OLD_IRRELEVANT_FIELDS["onnx"] | {"toy"}
 
 
