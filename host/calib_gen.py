@@ -65,7 +65,10 @@ def append_line(path: Path, rec: dict) -> None:
 
 
 class Progress:
-    """Plain progress lines on stderr every ``every`` seconds: done/total, elapsed, ETA."""
+    """Plain progress lines on stderr every ``every`` seconds: answers done, elapsed, ETA.
+
+    The ETA counts generated token steps (``plan``/``tick``, called by the generation loop each step) so a
+    line comes every ``every`` seconds even while one batch of answers is still being generated."""
 
     def __init__(self, label: str, total: int, *, every: float | None = None, write=None, clock=time.monotonic):
         env = os.environ.get("RKDEPLOY_PROGRESS_SECONDS")
@@ -74,11 +77,15 @@ class Progress:
         self.write = write or (lambda s: print(s, file=sys.stderr, flush=True))
         self.t0 = self.last = clock()
         self.done = self.start_done = 0
+        self.units = self.units_done = 0
 
     def line(self) -> str:
         el = self.clock() - self.t0
-        fresh = self.done - self.start_done
-        eta = (el / fresh * (self.total - self.done)) if fresh else None
+        if self.units and self.units_done:
+            eta = el / self.units_done * (self.units - self.units_done)
+        else:
+            fresh = self.done - self.start_done
+            eta = (el / fresh * (self.total - self.done)) if fresh else None
         eta_s = f"ETA {eta / 60:.1f} min" if eta is not None else "ETA ?"
         return f"{self.label}: {self.done}/{self.total} answers, {el / 60:.1f} min elapsed, {eta_s}"
 
@@ -87,12 +94,35 @@ class Progress:
         if n:
             self.write(f"{self.label}: resuming, {n}/{self.total} answers kept from the partial file")
 
+    def plan(self, units: int) -> None:
+        self.units = units
+
+    def tick(self, units_done: int) -> None:
+        self.units_done = units_done
+        self._maybe_write()
+
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self._maybe_write(force=self.done == self.total)
+
+    def _maybe_write(self, force: bool = False) -> None:
         now = self.clock()
-        if now - self.last >= self.every or self.done == self.total:
+        if force or now - self.last >= self.every:
             self.last = now
             self.write(self.line())
+
+
+def _ticker(progress: Progress, base: int, width: int):
+    """A transformers stopping criterion that never stops: it reports each generated step to ``progress``."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Tick(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            progress.tick(base + input_ids.shape[1] - width)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    return StoppingCriteriaList([Tick()])
 
 
 def generate_answers(lm, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
@@ -106,15 +136,20 @@ def generate_answers(lm, encode: Callable[[str], list[int]], decode: Callable[[l
     progress.resumed(len(answers))
     todo = sorted((i for i in range(len(inputs)) if i not in answers), key=lambda i: len(encode(inputs[i])))
     eos = torch.tensor(sorted(set(eos_ids)) or [pad_id])
+    step = max(1, batch)
+    progress.plan(-(-len(todo) // step) * max_new_tokens)
     with torch.inference_mode():
-        for b in range(0, len(todo), max(1, batch)):
-            idx = todo[b:b + max(1, batch)]
+        for b in range(0, len(todo), step):
+            idx = todo[b:b + step]
+            base = b // step * max_new_tokens
             seqs = [encode(inputs[i]) for i in idx]
             width = max(len(s) for s in seqs)
             ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
             gen = lm.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                              use_cache=True, pad_token_id=pad_id, eos_token_id=eos.tolist())
+                              use_cache=True, pad_token_id=pad_id, eos_token_id=eos.tolist(),
+                              stopping_criteria=_ticker(progress, base, width))
+            progress.tick(base + max_new_tokens)
             for row, i in zip(gen[:, width:].tolist(), idx, strict=True):
                 cut = next((k for k, t in enumerate(row) if t in set(eos.tolist())), len(row))
                 answers[i] = decode(row[:cut]).strip() or "(no answer)"

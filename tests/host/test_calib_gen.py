@@ -77,6 +77,17 @@ def test_progress_lines_carry_elapsed_and_eta_without_a_terminal():
                      "ETA 1.5 min"]
 
 
+def test_progress_lines_come_during_a_batch_from_the_token_steps():
+    now, lines = [0.0], []
+    p = calib_gen.Progress("calib", 16, every=30, write=lines.append, clock=lambda: now[0])
+    p.plan(2 * 128)                  # two batches of 8 answers, 128 new tokens each
+    for step in range(1, 65):       # half of the first batch, one step a second
+        now[0] += 1
+        p.tick(step)
+    assert lines == ["calib: 0/16 answers, 0.5 min elapsed, ETA 3.8 min", "calib: 0/16 answers, 1.0 min elapsed, "
+                     "ETA 3.3 min"]
+
+
 def test_a_killed_append_leaves_whole_lines(tmp_path):
     part = tmp_path / "p.jsonl"
     calib_gen.append_line(part, {"key": "a", "target": "x"})
