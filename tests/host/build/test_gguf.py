@@ -134,3 +134,46 @@ def test_runner_bench_row_for_a_gguf_artifact(gguf_export, llamacpp, tmp_path, m
     assert sorted(r.scheme for r in rows) == sorted(SCHEMES), [(r.scheme, r.error) for r in summary.rows]
     for r in rows:
         assert r.status == "ok" and r.n_prompt == 16 and r.n_gen == 8 and r.decode_tps > 0 and r.prefill_tps > 0
+
+
+def test_driver_logprobs_give_llama_perplexity_kl_divergence(gguf_export, llamacpp, builtin_models, tmp_path):
+    """Parity with llama.cpp's own tool: KLD(F16 || Q4_0) from rk-llama-run's log-probs, on llama-perplexity's
+    layout (chunks of 512 held-out tokens, positions 256..510 scored), equals ``llama-perplexity --kl-divergence``."""
+    import re
+    import subprocess
+
+    from tokenizers import Tokenizer
+
+    from host.build.gguf import convert_f16
+    from tests.conftest import DEFAULT_RECIPE
+
+    ctx, chunks = 512, 2
+    text = (DEFAULT_RECIPE.parent / yaml.safe_load(DEFAULT_RECIPE.read_text())["text"]["heldout"]).resolve()
+    q4 = next(r.job.out_dir for r in gguf_export.report.results if r.job.scheme == "gguf-q4_0")
+    f16_dir = tmp_path / "f16"
+    f16_dir.mkdir()
+    convert_f16(builtin_models[LLM], f16_dir / "model.gguf", lambda _m: None)
+    ppl = str(llamacpp.tools.tool("llama-perplexity"))
+    base = tmp_path / "base.kld"
+    common = ["-c", str(ctx), "--chunks", str(chunks), "-t", "2"]
+    subprocess.run([ppl, "-m", str(f16_dir / "model.gguf"), "-f", str(text), "--kl-divergence-base", str(base), *common],
+                   check=True, capture_output=True)
+    out = subprocess.run([ppl, "-m", str(q4 / "model.gguf"), "--kl-divergence-base", str(base), "--kl-divergence",
+                          *common], check=True, capture_output=True, text=True)
+    theirs = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", out.stdout + out.stderr).group(1))
+
+    ids = Tokenizer.from_file(str(q4 / "tokenizer.json")).encode(text.read_text()).ids
+    klds = []
+    for folder in (f16_dir, q4):
+        from board.backends.llamacpp import LlamaCppBackend
+
+        be = LlamaCppBackend()
+        be.load(str(folder), {"manifest": {"entry": "model.gguf"}, "threads": 2, "n_ctx": ctx + 8,
+                              "driver": str(llamacpp.driver)})
+        try:
+            klds.append([be.logprobs(ids[c * ctx:(c + 1) * ctx])[ctx // 2:ctx - 1].astype(np.float64)
+                         for c in range(chunks)])
+        finally:
+            be.close()
+    ours = float(np.mean(np.concatenate([(np.exp(f) * (f - q)).sum(axis=1) for f, q in zip(*klds, strict=True)])))
+    assert theirs > 0.1 and abs(ours - theirs) < 0.01 * theirs, (ours, theirs)
