@@ -30,6 +30,11 @@ SHIM_ECHO = {"RKNN_SHIM_ECHO": "/tmp/rknn-shim.jsonl", "RKLLM_SHIM_ECHO": "/tmp/
 #: node) come from qemu-user's path prefix: every emulated open/stat of /X looks in PREFIX/X first.
 #: rknn-toolkit-lite2 refuses to start without /proc/device-tree/compatible and /dev/dri/renderD129.
 QEMU_PREFIX = "/etc/rkdeploy/qemu-prefix"
+#: The CPU qemu-user emulates for every board process (set in sshd's and its sessions' environment): RK3588's
+#: big core. qemu's default ``max`` offers SVE, SME and i8mm, which RK3588 lacks, so onnxruntime would take
+#: kernel paths (UMMLA) a real board never takes; cortex-a76 gives the board's own ISA (asimddp, asimdhp, no
+#: i8mm/SVE) and was also faster here (3-token board logprobs 53 s vs 90 s under ``max``, bench/int8_arm_vs_x86.py).
+QEMU_CPU = "cortex-a76"
 #: Where the librknnrt shim finds the shapes of a REAL .rknn (``<fnv1a64 of its bytes>.spec``, written from its
 #: manifest by ``python -m host.vboard rknn-specs``), and the latency it injects per rknn_run for one.
 RKNN_SPECS = "/etc/rkdeploy/rknn-shim"

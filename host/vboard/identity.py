@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from host.vboard.config import NAME, RKLLM_ABI, SHIM_LATENCY, SHIM_SOURCES, VBoardError
+from host.vboard.config import NAME, QEMU_CPU, RKLLM_ABI, SHIM_LATENCY, SHIM_SOURCES, VBoardError
 from host.vboard.system import _run
 
 # --- identity ----------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def marker(key: str) -> dict:
     """``/etc/rkdeploy/virtual-board.json`` on the board: the board's own claim to be virtual."""
     import platform
 
-    return {"board": NAME, "virtual": True, "emulator": "qemu-user (binfmt_misc)", "host_arch": platform.machine(),
+    return {"board": NAME, "virtual": True, "emulator": f"qemu-user (binfmt_misc), -cpu {QEMU_CPU}", "host_arch": platform.machine(),
             "image": key, "soc": "rk3588", "npu": "shims (librknnrt.so, librkllmrt.so): no NPU",
             "shim_latency": SHIM_LATENCY}
 

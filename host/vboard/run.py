@@ -17,6 +17,7 @@ from host.vboard.config import (
     ADDRESS,
     NAME,
     PORT,
+    QEMU_CPU,
     QEMU_PREFIX,
     RKNN_SPECS,
     SHIM_ECHO,
@@ -52,7 +53,7 @@ def _keygen(path: Path) -> None:
 
 def sshd_config() -> str:
     env = " ".join(f"{k}={v}" for k, v in sorted({**SHIM_LATENCY, **SHIM_ECHO, "QEMU_LD_PREFIX": QEMU_PREFIX,
-                                                           "RKNN_SHIM_SPEC": RKNN_SPECS}.items()))
+                                                           "QEMU_CPU": QEMU_CPU, "RKNN_SHIM_SPEC": RKNN_SPECS}.items()))
     return "\n".join([
         f"Port {PORT}", f"ListenAddress {ADDRESS}",
         "HostKey /etc/ssh/rkdeploy_host_ed25519_key", "PidFile /run/sshd-rkdeploy.pid",
@@ -160,7 +161,8 @@ def _start(p: Paths, key: str, say: Callable[[str], None]) -> None:
     log = open(p.log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/rkdeploy_sshd_config"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "QEMU_LD_PREFIX": QEMU_PREFIX})
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "QEMU_LD_PREFIX": QEMU_PREFIX,
+                                 "QEMU_CPU": QEMU_CPU})
     log.close()
     p.pidfile.write_text(f"{proc.pid}\n")
     if not _listening(SSHD_START_TIMEOUT_S, proc.pid):
