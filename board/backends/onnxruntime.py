@@ -287,7 +287,11 @@ class _OrtLLM:
             if not isinstance(heads, int) or not isinstance(size, int):
                 raise BackendError("%s: %s has symbolic heads/head_size %s and genai_config does not give them"
                                    % (entry, n, shape))
-            self.past_shape[n] = (1, heads, 0, size)
+            # sliding-window GroupQueryAttention (genai graphs of Gemma 2/3) wants a KV buffer of at least its
+            # window even when empty ("KV cache capacity (0) must be at least local_window_size"): give the
+            # window's capacity; the attention mask marks none of it as valid
+            window = (dec.get("sliding_window") or {}).get("window_size") if shape[2] == "past_sliding_length" else 0
+            self.past_shape[n] = (1, heads, int(window or 0), size)
             self.past_dtype[n] = dt.get(ins[n].type, np.float32)
         self.outputs = [o.name for o in self.sess.get_outputs()]
         logits_shape = self.sess.get_outputs()[0].shape
