@@ -31,10 +31,24 @@ RunStream = Callable[[list[str]], Iterator[str]]
 LOCAL_RUNNER = (sys.executable, "-m", "board")
 
 
+def _llamacpp_env() -> dict[str, str]:
+    """The local runner's llama.cpp backend finds ``rk-llama-run`` through ``$RKDEPLOY_LLAMACPP_RUN``: when
+    unset, point it at this host's cached build (host.build.llamacpp_tools), if there is one."""
+    from board.backends.llamacpp import ENV
+    from host.build.llamacpp_tools import LlamaCppError, driver, is_built
+
+    if os.environ.get(ENV) or not is_built():
+        return {}
+    try:
+        return {ENV: str(driver())}
+    except LlamaCppError:
+        return {}     # the backend then reports itself unavailable, naming `make llamacpp`
+
+
 def local_run_stream(argv: list[str], *, cwd: Path | str = PROJECT_ROOT) -> Iterator[str]:
     """Run ``argv`` here (cwd = the folder holding ``board/``), yield stdout lines as they arrive."""
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as errf:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **_llamacpp_env()}
         proc = subprocess.Popen(argv, cwd=str(cwd), stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
         try:
             assert proc.stdout is not None

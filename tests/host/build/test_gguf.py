@@ -126,7 +126,7 @@ def test_runner_bench_row_for_a_gguf_artifact(gguf_export, llamacpp, tmp_path, m
     """The board runner (python -m board bench) on a GGUF artifact: same prompt ids/n_gen/reps as others."""
     from host.bench import BenchParams, bench_local
 
-    monkeypatch.setenv("RKDEPLOY_LLAMACPP_RUN", str(llamacpp.driver))
+    monkeypatch.setenv("RKDEPLOY_LLAMACPP_RUN", "")   # unset: the local runner gets this host's build
     store = tmp_path / "results.sqlite"
     summary = bench_local(recipe=gguf_export.recipe, target="rk3576", store=store, artifacts_root=gguf_export.root,
                           params=BenchParams(n_prompt=16, n_gen=8, reps=2, warmup=1), log=lambda _m: None)
