@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -175,7 +176,9 @@ def pytest_collectreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Module-level skips cannot be turned into failing reports without aborting collection: the run fails here."""
+    """Module-level skips cannot be turned into failing reports without aborting collection: the run fails here.
+    Background builds still running (the run ended before a test needed them) are stopped by PID."""
+    stop_prebuilds()
     if require_real() and _collect_skips and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -203,7 +206,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 #: A test that uses one of these fixtures needs a real part (a materialised model, a full export, an
 #: OpenSSH sshd): it is marked ``real`` at collection. Modules that start such a part themselves say
 #: ``pytestmark = pytest.mark.real``.
-REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb"})
+REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb", "llamacpp"})
+#: Heavy parts built once per machine and cached (fresh CI machine: the board's rootfs ~10 min, llama.cpp
+#: ~20 min on 2 cores): built in the background at nice 10 from the start of a session whose tests need
+#: them, and their tests run last. The fixtures call the same builders, which wait on the builder's lock.
+PREBUILDS = {"vb": [sys.executable, "-m", "host.vboard", "build"],
+             "llamacpp": [sys.executable, "-m", "host.build.llamacpp_tools"]}
+_prebuilds: list = []
 #: These markers need a real part too (a board, the virtual board).
 REAL_MARKERS = ("board", "vboard")
 #: Fakes only, but seconds per test (shims compiled with gcc, injected delays, timing fidelity): ``slow``.
@@ -239,6 +248,45 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.real)
         if names & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
+    # tests of a heavy part run last, so its background build (pytest_collection_finish) overlaps the rest
+    heavy = [i for i in items if set(getattr(i, "fixturenames", ())) & PREBUILDS.keys()]
+    if heavy:
+        ids = {id(i) for i in heavy}
+        items[:] = [i for i in items if id(i) not in ids] + heavy
+
+
+def pytest_collection_finish(session):
+    """Start the background build of each heavy part the selected tests need (cached: it returns at once)."""
+    if fast_tier() or session.config.option.collectonly:
+        return
+    needed = {f for i in session.items for f in PREBUILDS if f in getattr(i, "fixturenames", ())}
+    if "vb" in needed and vboard_why_not() is not None:
+        needed.discard("vb")
+    for name in sorted(needed):
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"rkdeploy-prebuild-{name}-{os.getpid()}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["nice", "-n", "10", *PREBUILDS[name]], cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        _prebuilds.append((name, proc, log))
+        print(f"\nbackground build for the '{name}' tests (they run last): pid {proc.pid}, log {log}", flush=True)
+
+
+def stop_prebuilds() -> None:
+    import signal
+
+    for _name, proc, log in _prebuilds:
+        if proc.poll() == 0:
+            log.unlink(missing_ok=True)     # a failed build's log stays (its path was printed at the start)
+        elif proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    _prebuilds.clear()
 
 
 @pytest.fixture(autouse=True)
