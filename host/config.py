@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic import Strict as StrictMode
 
 from host.errors import ConfigError
@@ -190,20 +190,13 @@ class ModelSpec(Strict):
             raise ValueError(f"model name {v!r} must be lowercase letters, digits, '.', '_' or '-'")
         return v
 
-    @field_validator("onnx")
+    @field_validator("onnx", "gguf")
     @classmethod
-    def _onnx(cls, v: list[str]) -> list[str]:
+    def _kind_schemes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        allowed = {"onnx": ONNX_SCHEMES, "gguf": GGUF_SCHEMES}[info.field_name]
         for s in v:
-            if s not in ONNX_SCHEMES:
-                raise ValueError(f"onnx scheme {s!r} is not one of {', '.join(sorted(ONNX_SCHEMES))}")
-        return v
-
-    @field_validator("gguf")
-    @classmethod
-    def _gguf(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if s not in GGUF_SCHEMES:
-                raise ValueError(f"gguf scheme {s!r} is not one of {', '.join(sorted(GGUF_SCHEMES))}")
+            if s not in allowed:
+                raise ValueError(f"{info.field_name} scheme {s!r} is not one of {', '.join(sorted(allowed))}")
         return v
 
     @field_validator("targets")

@@ -14,10 +14,10 @@ Encoder rows have no llama-bench test and are left out.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from pathlib import Path
 
+from board.metrics import mean, stddev
 from board.rows import ResultRow
 from host.errors import ReportError
 
@@ -33,17 +33,6 @@ FIELDS = {"build_commit": "S", "build_number": "I", "cpu_info": "S", "gpu_info":
           "avg_ns": "I", "stddev_ns": "I", "avg_ts": "F", "stddev_ts": "F"}
 SQL_TYPE = {"S": "TEXT", "I": "INTEGER", "B": "INTEGER", "F": "REAL"}
 NPU_BACKENDS = ("rkllm", "rknnlite")
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _sd(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def _common(r: ResultRow, label: str) -> dict:
@@ -63,8 +52,8 @@ def _common(r: ResultRow, label: str) -> dict:
 
 def _test(base: dict, n_prompt: int, n_gen: int, tokens: int, ts: list[float]) -> dict:
     ns = [int(round(tokens * 1e9 / x)) for x in ts]
-    return {**base, "n_prompt": n_prompt, "n_gen": n_gen, "avg_ns": int(round(_mean(ns))), "stddev_ns": int(round(_sd(ns))),
-            "avg_ts": _mean(ts), "stddev_ts": _sd(ts), "samples_ns": ns, "samples_ts": ts}
+    return {**base, "n_prompt": n_prompt, "n_gen": n_gen, "avg_ns": int(round(mean(ns))), "stddev_ns": int(round(stddev(ns))),
+            "avg_ts": mean(ts), "stddev_ts": stddev(ts), "samples_ns": ns, "samples_ts": ts}
 
 
 def to_llama_bench(rows: list[ResultRow], *, label: str | None = None) -> list[dict]:
