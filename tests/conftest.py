@@ -363,3 +363,15 @@ def vb(tmp_path_factory):
             st = vboard.status()
             assert not st["running"] and not st["mounts"], st
 # <<< the virtual board
+
+
+@pytest.fixture(scope="session")
+def llamacpp():
+    """The cached llama.cpp build for this host (built now when missing, or waited for when the session's
+    background build holds the builder's lock) and rk-llama-run."""
+    from types import SimpleNamespace
+
+    from host.build import llamacpp_tools
+
+    root = llamacpp_tools.build()
+    return SimpleNamespace(root=root, driver=llamacpp_tools.driver(root), tools=llamacpp_tools)

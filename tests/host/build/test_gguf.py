@@ -23,15 +23,6 @@ LLM = "smollm2-135m-instruct"
 SCHEMES = ("gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m")
 
 
-@pytest.fixture(scope="session")
-def llamacpp():
-    """The cached llama.cpp build for this host (built now when missing) and rk-llama-run."""
-    from host.build import llamacpp_tools
-
-    root = llamacpp_tools.build()
-    return SimpleNamespace(root=root, driver=llamacpp_tools.driver(root), tools=llamacpp_tools)
-
-
 @pytest.fixture(scope="module")
 def gguf_export(tmp_path_factory, default_recipe_data, builtin_models, llamacpp):
     from host.export import export
