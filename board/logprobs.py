@@ -86,6 +86,11 @@ def run(artifact: str, windows: List[List[int]], out: str, *, threads: Optional[
     if name is None:
         raise LogprobsError("%s: format %r is not an LLM artifact; log-probabilities are for %s"
                             % (artifact, fmt, ", ".join(sorted(LOGPROBS_BACKEND))))
+    try:
+        import numpy  # noqa: F401 - the float16 transfer below (a backend without numpy returns plain lists)
+    except ImportError:
+        raise LogprobsError("%s: log-probabilities need numpy on the board (rkdeploy boards provision installs it)"
+                            % artifact) from None
     n_threads = threads or default_threads(sysfs_root)
     t0 = time.monotonic()
     try:

@@ -142,7 +142,9 @@ def tokenizer_bos(folder: Path) -> list[int]:
 # --- version gates ---------------------------------------------------------------------------------
 
 def _vtuple(v: str | None) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v or "")[:3])
+    """``"1.2"`` -> ``(1, 2, 0)``: padded to three parts so "1.2" meets a "1.2.0" gate."""
+    parts = [int(x) for x in re.findall(r"\d+", v or "")[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def version_at_least(have: str | None, need: str) -> bool:

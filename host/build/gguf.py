@@ -140,7 +140,7 @@ def build(job, out_dir: Path, *, log) -> dict:
     out_dir = Path(out_dir)
     qtype = quant_type(job.scheme)
     extra: dict = {}
-    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out_dir.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=out_dir.name + ".gguf-", dir=out_dir.parent) as tmp:
         f16 = out_dir / "model.gguf" if qtype == "F16" else Path(tmp) / "f16.gguf"
         convert_f16(src, f16, log)
         if qtype != "F16":

@@ -88,6 +88,18 @@ def ort_session(folder: Path, manifest):
     return _board_ort(folder, manifest)._impl.sess
 
 
+@contextlib.contextmanager
+def _one_line():
+    """The board backend's errors (a driver killed, a short answer) as the host's one-line error."""
+    from board.backends.base import BackendError
+    from host.errors import BuildError
+
+    try:
+        yield
+    except BackendError as e:
+        raise BuildError(str(e)) from None
+
+
 class LlamaCppLm:
     """A GGUF artifact through the board's llama.cpp backend: ``logprobs(window)``, empty KV cache."""
 
@@ -104,12 +116,14 @@ class LlamaCppLm:
 
             raise BuildError(str(e)) from None
         self.backend = LlamaCppBackend()
-        self.backend.load(str(folder), {"manifest": manifest, "threads": threads(), "n_ctx": window + 8,
-                                        "driver": str(exe)})
+        with _one_line():
+            self.backend.load(str(folder), {"manifest": manifest, "threads": threads(), "n_ctx": window + 8,
+                                            "driver": str(exe)})
         self.sess = None
 
     def logprobs(self, ids):
-        return self.backend.logprobs(ids)
+        with _one_line():
+            return self.backend.logprobs(ids)
 
     def close(self) -> None:
         self.backend.close()

@@ -187,3 +187,10 @@ def test_installed_genai_builder_lists_the_families_it_builds():
         pytest.skip("onnxruntime-genai not installed")
     assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"} <= archs
     assert os.path.basename(str(families.__file__)) == "families.py"
+
+
+def test_version_gates_pad_short_versions():
+    from host.families import version_at_least
+
+    assert version_at_least("1.2", "1.2.0") and version_at_least("1.2.0", "1.2")
+    assert not version_at_least("1.1.9", "1.2") and not version_at_least(None, "1.0")
