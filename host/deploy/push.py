@@ -92,8 +92,7 @@ def artifact_dir(folder: Path, root: Path) -> PushDir:
         raise DeployError(str(e)) from None
     rel = folder.resolve().relative_to(root.resolve()).as_posix()
     files: dict[str, LocalFile] = {}
-    for name, meta in manifest.files.items():
-        name = safe_relpath(name, what=f"{mpath}: file")
+    for name, meta in manifest.files.items():     # names already checked by the manifest's validation
         p = folder / name
         size = p.stat().st_size if p.is_file() else -1
         if size != meta.get("size"):
