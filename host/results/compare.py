@@ -95,10 +95,13 @@ def compare_rows(a_rows: list[ResultRow], b_rows: list[ResultRow], *, varying: t
         return out
 
     ia, ib = index(a_rows), index(b_rows)
+    pairs = _pair_runtime_upgrades(ia, ib, key_fields)
     out = []
-    for key in list(ia) + [k for k in ib if k not in ia]:
+    for key in list(ia) + [k for k in ib if k not in ia and k not in pairs.values()]:
         test = {k: v for k, v in zip(key_fields, key, strict=True) if v is not None}
-        ra, rb = ia.get(key), ib.get(key)
+        if key in pairs:  # the same test under another runtime version: "A's runtime → B's"
+            test["runtime"] = f"{ia[key].runtime} → {ib[pairs[key]].runtime}"
+        ra, rb = ia.get(key), ib.get(pairs.get(key, key))
         if ra is None or rb is None:
             out.append(Comparison(test, "-", only="B" if ra is None else "A",
                                   verdict=f"only in {'B' if ra is None else 'A'}"))
@@ -139,6 +142,28 @@ def compare(a: str, b: str, *, store: Path | str | None = DEFAULT_STORE, fmt: st
     return RENDERERS[fmt](result, sa, sb, alpha)
 
 
+def _pair_runtime_upgrades(ia: dict[tuple, ResultRow], ib: dict[tuple, ResultRow],
+                           key_fields: tuple[str, ...]) -> dict[tuple, tuple]:
+    """A's unpaired tests matched to B's that differ ONLY in ``runtime`` (a runtime upgrade between the two
+    runs), one to one: a test with two runtime versions on the same side stays unpaired ("only in A/B")."""
+    if "runtime" not in key_fields:
+        return {}
+    at = key_fields.index("runtime")
+
+    def rest(key: tuple) -> tuple:
+        return key[:at] + key[at + 1:]
+
+    def unpaired(mine: dict, other: dict) -> dict[tuple, list[tuple]]:
+        by: dict[tuple, list[tuple]] = {}
+        for k in mine:
+            if k not in other:
+                by.setdefault(rest(k), []).append(k)
+        return by
+
+    ua, ub = unpaired(ia, ib), unpaired(ib, ia)
+    return {ka[0]: ub[r][0] for r, ka in ua.items() if len(ka) == 1 and len(ub.get(r, ())) == 1}
+
+
 def _num(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
@@ -148,7 +173,8 @@ MAIN = ("model", "scheme", "backend", "board", "target")
 
 def _label(test: dict, varying: set[str]) -> str:
     """Model, scheme, backend, board, target, then only the other settings that differ between tests."""
-    extra = [f"{k}={v}" for k, v in test.items() if k in varying and k not in MAIN]
+    extra = [f"{k}={v}" for k, v in test.items()
+             if (k in varying and k not in MAIN) or (k == "runtime" and " → " in str(v))]
     return sanitize(" ".join(str(test[k]) for k in MAIN if test.get(k)) + (f" ({', '.join(extra)})" if extra else ""))
 
 

@@ -99,6 +99,22 @@ def test_boards_pair_the_same_artifact_across_boards():
     assert [c.only for c in result if c.only] == ["B"]
 
 
+def test_a_runtime_upgrade_pairs_the_same_test_and_says_so():
+    """Comparing before/after a runtime upgrade is the point of compare: the runtime version alone must not
+    split a test into "only in A" + "only in B"; two versions on the same side stay apart (ambiguous)."""
+    a = [llm_row("int8", t="t1")]
+    b = [llm_row("int8", t="t2", shift=0.10, runtime="onnxruntime 1.25.0")]
+    result = compare_rows(a, b)
+    assert not [c for c in result if c.only]
+    dec = [c for c in result if c.metric == "decode tok/s"][0]
+    assert dec.verdict == "better" and dec.test["runtime"] == "onnxruntime 1.24.1 → onnxruntime 1.25.0"
+    from host.results.compare import render_compare_md
+    md = render_compare_md(result, parse_selector("run=2"), parse_selector("latest"), 0.05)
+    assert "runtime=onnxruntime 1.24.1 → onnxruntime 1.25.0" in md
+    both = b + [llm_row("int8", t="t2", runtime="onnxruntime 1.26.0")]
+    assert sorted(c.only for c in compare_rows(a, both) if c.only) == ["A", "B", "B"]
+
+
 def test_compare_store_md_jsonl_html(store):
     md = compare("run=2", "latest", store=store)
     assert "| decode tok/s |" in md and "+10.0 %" in md and "better" in md
