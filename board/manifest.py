@@ -70,6 +70,10 @@ def _m(typ: type) -> Any:
     return dataclasses.field(default=None, metadata={"type": typ})
 
 
+#: File name endings that hold weights (ONNX graphs and external data, GGUF, vendor blobs, checkpoints).
+WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".data", ".gguf", ".rkllm", ".rknn", ".bin", ".safetensors")
+
+
 @dataclasses.dataclass
 class Manifest:
     """A parsed, validated ``manifest.json``. Typed fields are None when absent; the rest is in ``extra``."""
@@ -106,6 +110,15 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(int(v.get("size") or 0) for v in self.files.values() if isinstance(v, dict))
+
+    @property
+    def weights_size(self) -> int:
+        """Bytes of the files that hold weights (``WEIGHT_SUFFIXES``), as llama-bench's ``model_size`` means it:
+        tokenizer, config and chat-template files are left out (a decode token reads the weights, not them).
+        An artifact with no file of a known weight suffix counts all its files."""
+        files = {n: v for n, v in self.files.items() if isinstance(v, dict)}
+        weights = [v for n, v in files.items() if n.lower().endswith(WEIGHT_SUFFIXES)]
+        return sum(int(v.get("size") or 0) for v in weights) if weights else self.size
 
     @property
     def sha256(self) -> str:

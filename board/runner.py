@@ -129,7 +129,7 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     row.model = manifest.model
     row.target = manifest.target
     row.scheme = manifest.scheme
-    row.model_size = manifest.size or None
+    row.model_size = manifest.weights_size or None
     row.artifact_sha256 = manifest.sha256
     row.model_type = manifest.model_type or " ".join(
         str(x) for x in (manifest.model_kind, manifest.format, manifest.scheme) if x)

@@ -364,7 +364,7 @@ def rows(job, manifest) -> list:
         kind="quality", test="embedding", model=model.name, target=job.target, scheme=job.scheme, backend=BACKEND,
         runtime=f"{tk['name']} {tk['version']} simulator", method="simulator", status="ok", test_time=manifest.built_at,
         cos_mean=acc["cos_mean"], cos_min=acc["cos_min"], nn_agree=acc.get("nn_agree"), seq_len=model.seq_len,
-        batch=model.batch, artifact_sha256=sha, model_size=manifest.size,
+        batch=model.batch, artifact_sha256=sha, model_size=manifest.weights_size,
         env={"quality_key": key, "definition": manifest.scheme_definition, "reference": acc["reference"],
              "max_abs_err": acc["max_abs_err"], "token_cos_mean": acc["token_cos_mean"],
              "token_cos_min": acc["token_cos_min"], "sentences": acc.get("n_sentences"), "text": acc["text"],

@@ -38,7 +38,7 @@ def quality_row(model: ModelSpec, target: str, scheme: str, method: str, backend
     given.update({k: v for k, v in metrics.items() if k in ROW_METRICS})
     if artifact is not None:
         given["artifact_sha256"] = artifact.sha256
-        given["model_size"] = artifact.size
+        given["model_size"] = artifact.weights_size
     row = ResultRow(**given).to_dict()
     return gate.apply({k: row[k] for k in given})
 
@@ -93,13 +93,17 @@ def split_cached(todo: list[Pending], cache: RowCache, target: str) -> tuple[dic
 
 
 def _note(m: ModelSpec, scheme: str) -> str | None:
-    from host.models import BUILTINS
+    """The model's "dequantized from <type>" note (built-in or a recipe's GGUF source) on 4-bit rows."""
+    from host.errors import ModelError
+    from host.models import model_note, resolve_model
     from host.schemes import weight_bits
 
-    b = BUILTINS.get(m.builtin or "")
-    if b and b.note and weight_bits(scheme) <= 4:
-        return b.note
-    return None
+    if weight_bits(scheme) > 4:
+        return None
+    try:
+        return model_note(resolve_model(m))
+    except ModelError:
+        return None
 
 
 def row_env(p: Pending, target: str, extra: dict) -> dict:

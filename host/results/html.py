@@ -141,7 +141,7 @@ def _roofline_chart(real: list[ResultRow]) -> list[str]:
     if not items:
         return []
     refs = [svg.Ref(bw, f"{t} DDR peak {bw:g} GB/s") for t, bw in sorted(targets.items())]
-    return ["<h2>Decode against the DDR roofline</h2><p class=note>weights GB/s = decode tok/s × artifact bytes (every "
+    return ["<h2>Decode against the DDR roofline</h2><p class=note>weights GB/s = decode tok/s × weight bytes (every "
             "weight byte read once per generated token; KV cache not counted, so this is a lower bound of the traffic). "
             "Dashed: the targets' theoretical DDR peak (configs/targets.yaml). Grey bars were not measured on their "
             "target chip (this host's CPU or an emulator): their GB/s is real for that machine, the % of the board's "

@@ -1,10 +1,11 @@
 """How far a row runs from the memory and compute limits of its chip (``configs/targets.yaml``).
 
 Decode: every generated token reads the artifact's weights once, so
-``weights GB/s = decode tok/s × artifact bytes`` (``model_size``: all files of the artifact) and
+``weights GB/s = decode tok/s × weight bytes`` (``model_size``: the artifact's weight files, as llama-bench's
+``model_size``; tokenizer and config files are not read per token: ``board.manifest.Manifest.weights_size``) and
 ``% DDR peak = weights GB/s ÷ ddr.bandwidth_gbs``. KV cache and activations are not counted: the true
 traffic is higher, so the percentage is a lower bound. Prefill (NPU backends only):
-``ops/token ≈ 2 × params``, params ≈ artifact bytes × 8 ÷ the scheme's weight bits, against the chip's
+``ops/token ≈ 2 × params``, params ≈ weight bytes × 8 ÷ the scheme's weight bits, against the chip's
 ``npu_tops_int8`` where targets.yaml carries it.
 
 A percentage of a chip's peak is shown only for rows measured on that chip (``env.cpu.soc`` names
@@ -23,8 +24,8 @@ NPU_BACKENDS = ("rkllm", "rknnlite")
 #: Weight bits per scheme family (the leading w<bits> of rkllm/rknn names; ONNX names by their dtype).
 _ONNX_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8-dyn": 8, "int8-qdq": 8, "int4": 4}
 HEADERS = {
-    "roofline_weight_gbs": "weights GB/s (decode × artifact bytes)",
-    "roofline_ddr_pct": "% DDR peak (artifact bytes/token)",
+    "roofline_weight_gbs": "weights GB/s (decode × weight bytes)",
+    "roofline_ddr_pct": "% DDR peak (weight bytes/token)",
     "roofline_npu_pct": "% NPU peak (prefill, 2×params ops/token)",
 }
 DIGITS = {"roofline_weight_gbs": 2, "roofline_ddr_pct": 1, "roofline_npu_pct": 1}

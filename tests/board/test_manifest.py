@@ -29,6 +29,17 @@ def test_round_trip_keeps_every_key_nulls_and_extras():
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
+def test_weights_size_leaves_out_tokenizer_and_config_files():
+    d = _good()
+    d["files"] = {"model.onnx": {"sha256": SHA, "size": 1000}, "model.onnx.data": {"sha256": SHA, "size": 90000},
+                  "tokenizer.json": {"sha256": SHA, "size": 2000}, "genai_config.json": {"sha256": SHA, "size": 10}}
+    d["entry"] = "model.onnx"
+    m = Manifest.from_dict(d)
+    assert (m.size, m.weights_size) == (93010, 91000)
+    d["files"], d["entry"] = {"blob.xyz": {"sha256": SHA, "size": 7}, "notes.txt": {"sha256": SHA, "size": 5}}, "blob.xyz"
+    assert Manifest.from_dict(d).weights_size == 12  # no known weight file: every file counts
+
+
 def test_every_corpus_manifest_round_trips():
     good = ROOT / "tests" / "host" / "corpus" / "artifacts" / "good" / MANIFEST
     d = json.loads(good.read_text())

@@ -44,7 +44,7 @@ def test_weight_bits(scheme, bits):
 def test_report_columns_say_what_bytes_per_token_are():
     rows = [llm_row("int8"), llm_row("w8a8", board="rock5b", target="rk3588", backend="rkllm", env=BOARD_ENV)]
     md = render(rows, "md")
-    assert "weights GB/s (decode × artifact bytes)" in md and "% DDR peak (artifact bytes/token)" in md
+    assert "weights GB/s (decode × weight bytes)" in md and "% DDR peak (weight bytes/token)" in md
     line = next(x for x in md.splitlines() if "| rock5b |" in x)
     assert line.rstrip(" |").split("|")[-2].strip() == f"{roofline.ddr_pct(rows[1]):.1f}"
     assert render([llm_row("int8", model_size=None)], "md").count("GB/s") == 0  # no size: no column
