@@ -10,7 +10,7 @@ VBOARD ?= auto
 VBOARD_RECIPE ?= configs/models/vrk3588-demo.yaml
 VBOARD_BENCH ?= --n-prompt 8 --n-gen 4 --reps 2 --warmup 0
 
-.PHONY: board-up board-down board-bench demo-board setup setup-system setup-rkllm llamacpp models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
+.PHONY: board-up board-down board-bench demo-board setup setup-system setup-rkllm llamacpp llamacpp-aarch64 models demo check export quality push bench bench-remote report readme-numbers test test-fast lint clean
 
 setup:            ## .venv (torch 2.13.0 CPU first, then rkdeploy[dev]) + the rknn-toolkit2 venv; idempotent
 	@scripts/setup.sh
@@ -20,11 +20,12 @@ setup-system:     ## Debian packages the deploy tests need (OpenSSH server, rsyn
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client rsync >/dev/null; }
 	@command -v cmake >/dev/null && command -v ninja >/dev/null && command -v g++ >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build g++ >/dev/null; }
-	@# the virtual board (make board-up): qemu-user + binfmt, mmdebstrap, the aarch64 cross compiler
+	@# the virtual board (make board-up): qemu-user + binfmt, mmdebstrap, the aarch64 cross compilers (C++: llama.cpp for boards)
 	@command -v qemu-aarch64-static >/dev/null && command -v update-binfmts >/dev/null && command -v mmdebstrap >/dev/null && \
-	  command -v aarch64-linux-gnu-gcc >/dev/null && test -e /usr/aarch64-linux-gnu/include/stdio.h || \
+	  command -v aarch64-linux-gnu-gcc >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null && \
+	  test -e /usr/aarch64-linux-gnu/include/stdio.h || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support \
-	    mmdebstrap gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null; }
+	    mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null; }
 	@# headless Chromium renders the HTML report in its test (tests/host/results/test_report_html.py)
 	@command -v chromium >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -33,8 +34,11 @@ setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...
 	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
 	@scripts/setup_rkllm.sh "$(WHEEL)"
 
-llamacpp: setup setup-system   ## llama.cpp's tools (static, CPU, -march=native minus AMX) + rk-llama-run, cached per host ISA under ~/.cache/rkdeploy/llamacpp (~20 min once on 2 cores)
-	@$(VENV)/bin/python -m host.build.llamacpp_tools
+llamacpp: setup   ## llama.cpp's tools (static, CPU, -march=native minus AMX) + rk-llama-run, cached per host ISA under ~/.cache/rkdeploy/llamacpp (~20 min once on 2 cores); make export/demo need it for the GGUF schemes
+	@$(VENV)/bin/python -m host.build.llamacpp_tools --host
+
+llamacpp-aarch64: setup   ## rk-llama-run for aarch64 boards: llama.cpp cross-compiled (libllama only, armv8.2-a+dotprod+fp16, static), cached; a push of a GGUF builds it when missing
+	@$(VENV)/bin/python -m host.build.llamacpp_tools --aarch64
 
 models: setup     ## materialise the built-in models into the cache
 	@$(RK) models fetch
@@ -42,7 +46,7 @@ models: setup     ## materialise the built-in models into the cache
 check: models     ## fail-fast checks of the recipe for TARGET
 	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
 
-export: models    ## build every artifact of RECIPE for TARGET (+ quality table)
+export: models llamacpp   ## build every artifact of RECIPE for TARGET (+ quality table); builds llama.cpp first when missing (GGUF)
 	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
 
 quality: models
@@ -60,7 +64,7 @@ bench-remote: setup
 report: setup
 	@$(RK) report --format md
 
-demo: setup models   ## set-up → export for rk3576 → local bench → the virtual RK3588 (board-bench; first run builds its rootfs, ~15-30 min) → report (+ results/report.html)
+demo: setup models llamacpp   ## set-up (+ llama.cpp once, ~20 min) → export for rk3576 → local bench → the virtual RK3588 (board-bench; first run builds its rootfs, ~15-30 min) → report (+ results/report.html)
 	@$(RK) check --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) export --recipe $(RECIPE) --target $(TARGET)
 	@$(RK) bench --board local --recipe $(RECIPE) --target $(TARGET)

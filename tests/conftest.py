@@ -206,12 +206,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 #: A test that uses one of these fixtures needs a real part (a materialised model, a full export, an
 #: OpenSSH sshd): it is marked ``real`` at collection. Modules that start such a part themselves say
 #: ``pytestmark = pytest.mark.real``.
-REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb", "llamacpp"})
+REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb", "llamacpp", "llamacpp_aarch64"})
 #: Heavy parts built once per machine and cached (fresh CI machine: the board's rootfs ~10 min, llama.cpp
-#: ~20 min on 2 cores): built in the background at nice 10 from the start of a session whose tests need
+#: ~20 min, its aarch64 cross build for boards (libllama only) ~12-25 min on 2 cores): built in the background
+#: at nice 10 from the start of a session whose tests need
 #: them, and their tests run last. The fixtures call the same builders, which wait on the builder's lock.
 PREBUILDS = {"vb": [sys.executable, "-m", "host.vboard", "build"],
-             "llamacpp": [sys.executable, "-m", "host.build.llamacpp_tools"]}
+             "llamacpp": [sys.executable, "-m", "host.build.llamacpp_tools", "--host"],
+             "llamacpp_aarch64": [sys.executable, "-m", "host.build.llamacpp_tools", "--aarch64"]}
 _prebuilds: list = []
 #: These markers need a real part too (a board, the virtual board).
 REAL_MARKERS = ("board", "vboard")
@@ -375,3 +377,15 @@ def llamacpp():
 
     root = llamacpp_tools.build()
     return SimpleNamespace(root=root, driver=llamacpp_tools.driver(root), tools=llamacpp_tools)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_aarch64():
+    """llama.cpp cross-built for aarch64 boards (built now when missing, or waited for when the session's
+    background build holds its lock) and the static rk-llama-run that a push of a GGUF carries."""
+    from types import SimpleNamespace
+
+    from host.build import llamacpp_tools
+
+    root = llamacpp_tools.build_aarch64()
+    return SimpleNamespace(root=root, driver=llamacpp_tools.driver_aarch64(root), tools=llamacpp_tools)

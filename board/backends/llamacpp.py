@@ -13,14 +13,22 @@ file): ``gen N ids`` prints one ``t ID`` line per token as soon as it exists (gr
 exactly ``n_gen``), so ``on_token`` is called when the token is there — the pipe adds microseconds
 per token. ``logprobs ids`` returns float32 log-softmax rows (numpy when it imports, for quality).
 
-Where the driver is: ``params["driver"]``, else ``$RKDEPLOY_LLAMACPP_RUN``, else ``rk-llama-run`` on
-PATH. ``params``: ``threads`` (always explicit), ``n_ctx`` (default 2048, raised to fit a request).
+Where the driver is: ``params["driver"]``, else ``$RKDEPLOY_LLAMACPP_RUN``, else the one pushed with
+the runner (``<runner>/bin/<machine>/rk-llama-run``: ``rkdeploy push``/``bench`` carry the host's
+aarch64 cross build when they push a GGUF artifact), else ``rk-llama-run`` on PATH. The pushed one
+comes with ``rk-llama-run.json`` naming the CPU features it was compiled for (``needs_cpu_features``):
+a CPU without them (RK3576's Cortex-A72/A53 have no dot product) gets one clear line, not a SIGILL.
+Push installs files 0644 (content-addressed blobs), so the pushed driver gets its x bit here.
+``params``: ``threads`` (always explicit), ``n_ctx`` (default 2048, raised to fit a request).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
+import stat
 import subprocess
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -32,16 +40,61 @@ ENV = "RKDEPLOY_LLAMACPP_RUN"
 DEFAULT_CTX = 2048
 
 
+#: <runner>/bin/<machine>/rk-llama-run: where a push puts the host-built driver for this board's CPU
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bin")
+
+
+def bundled_driver() -> Tuple[Optional[str], str]:
+    """(path, "") for the driver pushed with the runner, when it exists and this CPU can run it;
+    (None, why) otherwise (why is "" when none was pushed)."""
+    path = os.path.join(BUNDLED_DIR, platform.machine(), DRIVER)
+    if not os.path.isfile(path):
+        return None, ""
+    try:
+        with open(path + ".json") as f:
+            meta = json.load(f)
+        needs = [str(x) for x in meta.get("needs_cpu_features") or []]
+    except (OSError, ValueError, AttributeError):
+        return None, "%s.json: missing or not JSON (push again)" % path
+    have = cpu_features()
+    missing = [x for x in needs if x not in have]
+    if missing:
+        return None, ("%s was built for %s and this CPU lacks %s (/proc/cpuinfo Features); build rk-llama-run "
+                      "for this CPU and set %s" % (path, meta.get("arch", "?"), " ".join(missing), ENV))
+    mode = os.stat(path).st_mode
+    if not mode & stat.S_IXUSR:
+        try:
+            os.chmod(path, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        except OSError as e:
+            return None, "%s: not executable and chmod failed (%s)" % (path, e)
+    return path, ""
+
+
+def cpu_features() -> set:
+    """This CPU's feature flags (aarch64 ``Features``, x86 ``flags``) from /proc/cpuinfo."""
+    out: set = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("Features", "flags"):
+                    out.update(value.split())
+    except OSError:
+        pass
+    return out
+
+
 def find_driver(params: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    path = (params or {}).get("driver") or os.environ.get(ENV) or shutil.which(DRIVER)
+    path = (params or {}).get("driver") or os.environ.get(ENV) or bundled_driver()[0] or shutil.which(DRIVER)
     return str(path) if path and os.path.isfile(str(path)) and os.access(str(path), os.X_OK) else None
 
 
 def available() -> Tuple[bool, str]:
     path = find_driver()
     if not path:
-        return False, ("%s not found (set %s to its path, or put it on PATH; the host builds it: "
-                       "make llamacpp)" % (DRIVER, ENV))
+        why = bundled_driver()[1]
+        return False, why or ("%s not found (set %s to its path, or put it on PATH; the host builds it: "
+                              "make llamacpp; a push of a GGUF artifact carries it to an aarch64 board)" % (DRIVER, ENV))
     return True, "llama.cpp via %s" % path
 
 

@@ -62,7 +62,8 @@ def push(selection: str, *, recipe: Path, target: str, jobs: int = 4, dry_run: b
     boards = _select(selection, inventory)
     _check_soc(boards, target)
     missing: list[str] = []
-    dirs = [runner_dir(), *target_artifacts(target, recipe=load_recipe(recipe), missing=missing)]
+    arts = target_artifacts(target, recipe=load_recipe(recipe), missing=missing)
+    dirs = [runner_dir(artifacts=arts), *arts]
     if missing:
         err_console.print(f"skip (not built; `rkdeploy export --target {target}` builds them): {', '.join(missing)}",
                           markup=False)

@@ -103,14 +103,51 @@ def artifact_dir(folder: Path, root: Path) -> PushDir:
     return PushDir(safe_relpath(f"artifacts/{rel}", what="artifact folder"), files)
 
 
-def runner_dir(package: Path = BOARD_PACKAGE) -> PushDir:
-    """The board runner package (``board/``) as files under ``runner/board/``."""
+def runner_dir(package: Path = BOARD_PACKAGE, *, artifacts: Sequence[PushDir] = ()) -> PushDir:
+    """The board runner package (``board/``) as files under ``runner/board/``, plus the host-built
+    programs the pushed ``artifacts`` need there (``board_tools``)."""
     files = {}
     for p in sorted(package.rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"):
             name = "board/" + p.relative_to(package).as_posix()
             files[name] = LocalFile(p, sha256_file(p), p.stat().st_size)
+    files.update(board_tools(artifacts))
     return PushDir("runner", files)
+
+
+def board_tools(artifacts: Sequence[PushDir]) -> dict[str, LocalFile]:
+    """``runner/bin/aarch64/rk-llama-run`` (+ its ``.json``) when a GGUF artifact is pushed: the llama.cpp
+    backend's driver, cross-compiled here from the same llama.cpp that wrote the GGUF (static, built once
+    and cached, ~15 min: host.build.llamacpp_tools.build_aarch64). The push carries it, not ``boards
+    provision``: only boards that get a GGUF need it, it changes with the host's llama.cpp (the artifact's
+    toolkit), and a push is content-addressed (0 bytes when current). Every RK3576/RK3588 is aarch64; the
+    board backend uses it only where ``platform.machine()`` is aarch64 and the CPU has its features."""
+    if not any(_format(d) == "gguf" for d in artifacts):
+        return {}
+    from host.build import llamacpp_tools as lt
+    from host.fsutil import atomic_write_text
+
+    try:
+        exe = lt.driver_aarch64(lt.build_aarch64())
+    except lt.LlamaCppError as e:
+        raise DeployError(f"GGUF artifacts need rk-llama-run for the board (aarch64): {e}") from None
+    meta = json.loads((lt.aarch64_dir() / "build.json").read_text())
+    side = exe.with_name("rk-llama-run.json")
+    info = {"arch": meta.get("arch"), "needs_cpu_features": meta.get("needs_cpu_features"),
+            "llamacpp": f"llama-cpp-python {meta.get('version')} sdist", "build": lt.aarch64_dir().name}
+    if not side.is_file() or json.loads(side.read_text()) != info:
+        atomic_write_text(side, json.dumps(info, sort_keys=True))
+    return {f"bin/aarch64/{f.name}": LocalFile(f, sha256_file(f), f.stat().st_size) for f in (exe, side)}
+
+
+def _format(d: PushDir) -> str | None:
+    m = d.files.get("manifest.json")
+    if m is None or not d.remote.startswith("artifacts/"):
+        return None
+    try:
+        return Manifest.read(str(m.path)).format
+    except ManifestError:
+        return None
 
 
 def target_artifacts(target: str, *, recipe=None, root: Path | None = None,

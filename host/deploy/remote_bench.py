@@ -155,7 +155,8 @@ def bench_boards(boards: Sequence[Board], *, recipe, target: str, params, store=
     say = log or (lambda msg: err_console.print(msg, markup=False, highlight=False, soft_wrap=True))
     root = default_root(artifacts_root)
     built = [j.out_dir for j in plan(load_recipe(recipe), target, root=root) if (j.out_dir / "manifest.json").exists()]
-    dirs = [runner_dir(), *(artifact_dir(f, root) for f in built)]
+    arts = [artifact_dir(f, root) for f in built]
+    dirs = [runner_dir(artifacts=arts), *arts]
     summaries = {}
     for board in boards:
         with transport(board) as t:

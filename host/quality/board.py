@@ -163,7 +163,8 @@ def evaluate_board(recipe: Recipe, target: str, board, *, tokens: int = DEFAULT_
     arts = llm_artifacts(recipe, target, root=root, schemes=schemes)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rkdeploy-qboard-") as tmp, (transport or SshTransport)(board) as t:
-        res = push_board(t, [runner_dir(), *(artifact_dir(a.path, root) for _m, a in arts)])
+        pushed = [artifact_dir(a.path, root) for _m, a in arts]
+        res = push_board(t, [runner_dir(artifacts=pushed), *pushed])
         say(f"{board.name}: pushed {res.sent / 1e6:.1f} MB ({res.skipped / 1e6:.1f} MB already there)")
         wd = remote_workdir(t)
         for m, a in arts:

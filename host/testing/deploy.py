@@ -83,7 +83,8 @@ def push_artifacts(inventory: Path | str, selection: str, root: Path | str, targ
 
     boards = load_inventory(Path(inventory)).select(selection)
     folders = sorted(m.parent for m in Path(root).glob(f"*/{target}/*/manifest.json"))
-    dirs = [runner_dir(), *(artifact_dir(f, Path(root)) for f in folders)]
+    arts = [artifact_dir(f, Path(root)) for f in folders]
+    dirs = [runner_dir(artifacts=arts), *arts]
     if os.environ.get("RKDEPLOY_TEST_READY"):  # imported and planned: start when told (one line on stdin)
         print("ready", flush=True)
         sys.stdin.readline()

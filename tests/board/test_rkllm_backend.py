@@ -269,7 +269,7 @@ def test_fake_toolkit_artifact_runs_on_the_matching_runtime(toolkit, abi, shims,
 
     def edit(d):
         llm = next(m for m in d["models"] if m["kind"] == "llm")
-        llm.update(calibration=str(calib), onnx=[])
+        llm.update(calibration=str(calib), onnx=[], gguf=[])
         d["models"] = [llm]
     monkeypatch.setenv("RKDEPLOY_VENVS", str(tmp_path / "venvs"))
     monkeypatch.setenv("RKDEPLOY_GPU", "0")

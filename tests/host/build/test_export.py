@@ -65,6 +65,7 @@ def test_dry_run_prints_plan_and_builds_nothing(tmp_path, builtin_models):  # th
     plan = _jsonl(tmp_path / "plan.jsonl")
     expected = {f"{LLM}/rk3576/{s}": "onnx" for s in LLM_SCHEMES} | \
         {f"{LLM}/rk3576/{s}": "rkllm" for s in ("w4a16", "w4a16-g64", "w8a8")} | \
+        {f"{LLM}/rk3576/{s}": "gguf" for s in ("gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m")} | \
         {f"{ENC}/rk3576/{s}": "onnx" for s in ENC_SCHEMES} | {f"{ENC}/rk3576/{s}": "rknn" for s in ("w8a8", "w4a16", "fp16")}
     assert {a: r["kind"] for a, r in plan.items()} == expected
     assert {r["status"] for r in plan.values()} == {"planned"}

@@ -96,3 +96,72 @@ def test_backend_without_driver_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("RKDEPLOY_LLAMACPP_RUN", str(tmp_path / "missing"))
     ok, why = backend_status("llamacpp")
     assert not ok and "rk-llama-run" in why and "make llamacpp" in why
+
+
+# --- the aarch64 cross build for boards (issue 15, part 2) ------------------------------------------
+
+def test_aarch64_build_targets_rk3588_cores_only_libllama():
+    """GGML_NATIVE off (the build host is x86), the A76/A55 ISA: dotprod + fp16, never i8mm/SVE/SME."""
+    flags = llamacpp_tools.CROSS_CMAKE_FLAGS
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_NATIVE=ON" not in flags
+    assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16" in flags and "-DBUILD_SHARED_LIBS=OFF" in flags
+    assert not any(x in " ".join(flags) for x in ("i8mm", "sve", "sme"))
+    assert llamacpp_tools.CROSS_TARGETS == ("llama",) and "-DLLAMA_BUILD_TOOLS=OFF" in flags
+    assert "aarch64-linux-gnu-g++" in llamacpp_tools.TOOLCHAIN and "CMAKE_SYSTEM_PROCESSOR aarch64" in llamacpp_tools.TOOLCHAIN
+    key = llamacpp_tools.aarch64_key()
+    assert key.startswith(f"{llamacpp_tools.VERSION}-aarch64-cross-") and key != llamacpp_tools.build_key()
+
+
+def test_missing_aarch64_build_names_the_make_target(monkeypatch, tmp_path):
+    monkeypatch.setenv("RKDEPLOY_CACHE", str(tmp_path))
+    assert not llamacpp_tools.aarch64_built()
+    with pytest.raises(llamacpp_tools.LlamaCppError, match="make llamacpp"):
+        llamacpp_tools.driver_aarch64()
+
+
+def test_builder_cli_refuses_unknown_arguments(capsys):
+    assert llamacpp_tools.main(["--arm"]) == 2
+    assert "unknown argument(s) --arm; allowed: --host, --aarch64" in capsys.readouterr().err
+
+
+def _pushed_driver(tmp_path, monkeypatch, needs):
+    from board.backends import llamacpp
+
+    folder = tmp_path / "bin" / "aarch64"
+    folder.mkdir(parents=True)
+    exe = folder / "rk-llama-run"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o644)                       # as a push installs it (a content-addressed blob)
+    (folder / "rk-llama-run.json").write_text(json.dumps({"arch": "armv8.2-a+dotprod+fp16", "needs_cpu_features": needs}))
+    monkeypatch.setattr(llamacpp, "BUNDLED_DIR", str(tmp_path / "bin"))
+    monkeypatch.setattr(llamacpp.platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv(llamacpp.ENV, raising=False)
+    return llamacpp, exe
+
+
+def test_pushed_driver_is_refused_in_one_line_on_a_cpu_without_its_features(tmp_path, monkeypatch):
+    """RK3576's Cortex-A72/A53 have no dot product: one line naming what is missing, not a SIGILL."""
+    llamacpp, exe = _pushed_driver(tmp_path, monkeypatch, ["asimddp", "asimdhp"])
+    monkeypatch.setattr(llamacpp, "cpu_features", lambda: {"fp", "asimd", "crc32"})   # an A72's Features
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda _n: None)
+    ok, why = llamacpp.available()
+    assert not ok and str(exe) in why and "lacks asimddp asimdhp" in why and "armv8.2-a+dotprod+fp16" in why
+    assert not exe.stat().st_mode & 0o111          # never made executable there
+
+
+def test_pushed_driver_is_used_and_made_executable_on_a_cpu_with_its_features(tmp_path, monkeypatch):
+    llamacpp, exe = _pushed_driver(tmp_path, monkeypatch, ["asimddp", "asimdhp"])
+    monkeypatch.setattr(llamacpp, "cpu_features", lambda: {"fp", "asimd", "asimddp", "asimdhp"})
+    assert llamacpp.find_driver() == str(exe) and exe.stat().st_mode & 0o111
+    assert llamacpp.find_driver({"driver": str(exe)}) == str(exe)
+
+
+def test_push_carries_no_llamacpp_driver_without_a_gguf_artifact(tmp_path):
+    from host.deploy.push import board_tools, runner_dir
+    from host.testing.deploy import write_artifact
+
+    folder = write_artifact(tmp_path / "art" / "m" / "rk3588" / "int8", {"model.onnx": b"x"})
+    from host.deploy.push import artifact_dir
+
+    arts = [artifact_dir(folder, tmp_path / "art")]
+    assert board_tools(arts) == {} and not any(n.startswith("bin/") for n in runner_dir(artifacts=arts).files)

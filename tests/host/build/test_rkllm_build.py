@@ -51,6 +51,7 @@ def llm_recipe(make_recipe, calib, llm_dir) -> Path:
         llm = next(m for m in d["models"] if m["kind"] == "llm")
         llm["calibration"] = str(calib)
         llm["onnx"] = []
+        llm["gguf"] = []     # rkllm jobs only (GGUF needs llama.cpp: tests/host/build/test_gguf.py)
         d["models"] = [llm]
     return make_recipe(edit)
 

@@ -101,7 +101,7 @@ def test_setup_script_installs_records_and_the_builder_uses_the_venv(pytag, tmp_
 
     def edit(d):
         llm = next(m for m in d["models"] if m["kind"] == "llm")
-        llm.update(calibration=str(calib), onnx=[])
+        llm.update(calibration=str(calib), onnx=[], gguf=[])
         d["models"] = [llm]
     monkeypatch.setenv("RKDEPLOY_VENVS", str(venvs))
     monkeypatch.setenv("RKDEPLOY_GPU", "0")
