@@ -138,8 +138,9 @@ def host_provenance() -> dict:
 
 
 def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, params: BenchParams,
-                   board: str, runner: tuple[str, ...] = LOCAL_RUNNER) -> Iterator[ResultRow]:
-    """Run the runner on one artifact; yield its rows as they arrive (an error row if it died)."""
+                   board: str, runner: tuple[str, ...] = LOCAL_RUNNER, row_env: dict | None = None) -> Iterator[ResultRow]:
+    """Run the runner on one artifact; yield its rows as they arrive (an error row if it died). ``row_env``
+    is merged into every row's ``env`` (e.g. ``farm``: the labgrid place and reservation)."""
     argv = [*runner, "bench", "--artifact", str(artifact_dir), "--backend", backend, "--board", board, *params.argv()]
     got = False
     try:
@@ -150,17 +151,18 @@ def bench_artifact(artifact_dir: str, backend: str, *, run_stream: RunStream, pa
             if obj["type"] == "row":
                 row = ResultRow.from_dict(obj)
                 row.board = board
-                row.env = {**(row.env or {}), "rkdeploy": host_provenance()}
+                row.env = {**(row.env or {}), "rkdeploy": host_provenance(), **(row_env or {})}
                 got = True
                 yield row
     except BenchError as e:
         if got:
             raise
         yield ResultRow(kind="bench", backend=backend, board=board, status="error", error=str(e),
-                        n_prompt=params.n_prompt, n_gen=params.n_gen, reps=params.reps, **_ids(artifact_dir))
+                        n_prompt=params.n_prompt, n_gen=params.n_gen, reps=params.reps, env=row_env or None,
+                        **_ids(artifact_dir))
         return
     if not got:
-        yield ResultRow(kind="bench", backend=backend, board=board, status="error",
+        yield ResultRow(kind="bench", backend=backend, board=board, status="error", env=row_env or None,
                         error="runner exited without a result row", **_ids(artifact_dir))
 
 
@@ -182,7 +184,8 @@ class BenchSummary:
 def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchParams(),
                 store: Path | str | None = DEFAULT_STORE, artifacts_root: Path | str | None = None,
                 run_stream: RunStream = local_run_stream, runner: tuple[str, ...] = LOCAL_RUNNER,
-                board: str = "local", log: Callable[[str], None] | None = None) -> BenchSummary:
+                board: str = "local", log: Callable[[str], None] | None = None,
+                row_env: dict | None = None) -> BenchSummary:
     """``rkdeploy bench --board local``: every built artifact of ``target`` with a backend here."""
     from host.build import registry
     from host.config import load_recipe
@@ -219,7 +222,7 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
                 continue
             say(f"bench {job.label} on {board} with {backend} …")
             for row in bench_artifact(str(job.out_dir.resolve()), backend, run_stream=run_stream, params=params,
-                                      board=board, runner=runner):
+                                      board=board, runner=runner, row_env=row_env):
                 s.add(row)
                 summary.rows.append(row)
                 say(_row_line(job.label, row))

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from host.cli_common import InventoryOpt, RecipeOpt, TargetOpt, _choice, _known_target, _out_file, app
+from host.cli_farm import CoordinatorOpt, CountOpt, FarmOpt, FarmTimeoutOpt, farm_or_boards
 from host.ui import console
 
 
@@ -28,6 +29,10 @@ def bench_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
     boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run on these inventory boards over SSH (names, groups, all)"),
     no_wait: bool = typer.Option(False, "--no-wait", help="fail at once if a board is busy with another benchmark"),
+    farm: Optional[str] = FarmOpt,
+    count: int = CountOpt,
+    coordinator: Optional[str] = CoordinatorOpt,
+    farm_timeout: Optional[float] = FarmTimeoutOpt,
 ) -> None:
     """Run the board runner on every built artifact of TARGET and store the rows."""
     from host.bench import BenchParams, bench_local
@@ -38,6 +43,12 @@ def bench_cmd(
     _known_target(target)
     params = BenchParams(n_prompt=n_prompt, n_gen=n_gen, reps=reps, warmup=warmup, threads=threads,
                          options=dict(kv.split("=", 1) for kv in opt))
+    farm_or_boards(farm, boards)
+    if farm:  # boards reserved through the labgrid coordinator: host.farm
+        from host.farm import commands as farm_commands
+
+        return farm_commands.bench(farm, count, coordinator, recipe=recipe, target=target, params=params, store=store,
+                                   wait=not no_wait, wait_timeout=farm_timeout)
     if boards or board != "local":  # over SSH: host.deploy
         from host.deploy import commands
 
@@ -141,7 +152,7 @@ def boards_provision_cmd(name: str = typer.Argument(..., help="board name"), inv
 
 @app.command("push")
 def push_cmd(
-    boards: str = typer.Option(..., "--boards", "-B", help="board names, groups or 'all' (comma separated)"),
+    boards: Optional[str] = typer.Option(None, "--boards", "-B", help="board names, groups or 'all' (comma separated)"),
     recipe: Path = RecipeOpt,
     target: str = TargetOpt,
     jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="boards pushed at once"),
@@ -151,11 +162,23 @@ def push_cmd(
         None, "--stall-timeout", min=0.5, max=3600,
         help="seconds a board may take no bytes and say nothing before it counts as stopped "
              "(default $RKDEPLOY_STALL_TIMEOUT or 30)"),
+    farm: Optional[str] = FarmOpt,
+    count: int = CountOpt,
+    coordinator: Optional[str] = CoordinatorOpt,
+    farm_timeout: Optional[float] = FarmTimeoutOpt,
 ) -> None:
     """Push the board runner and TARGET's built artifacts (content-addressed, verified, resumable)."""
     from host.deploy import commands
 
+    farm_or_boards(farm, boards)
+    if not farm and not boards:
+        raise typer.BadParameter("give --boards NAMES (inventory) or --farm TAG=VALUE (labgrid)", param_hint="'--boards'")
     _known_target(target)
+    if farm:  # boards reserved through the labgrid coordinator: host.farm
+        from host.farm import commands as farm_commands
+
+        return farm_commands.push(farm, count, coordinator, recipe=recipe, target=target, inventory=inventory,
+                                  stall_timeout=stall_timeout, wait_timeout=farm_timeout)
     commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory,
                   stall_timeout=stall_timeout)
 
@@ -165,12 +188,21 @@ def doctor_cmd(
     host: bool = typer.Option(True, "--host/--no-host", help="check this build host: vendor toolkits, GPU, compilers"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run the board doctor on these inventory boards over SSH"),
+    farm: Optional[str] = FarmOpt,
+    count: int = CountOpt,
+    coordinator: Optional[str] = CoordinatorOpt,
+    farm_timeout: Optional[float] = FarmTimeoutOpt,
 ) -> None:
     """Which vendor toolkits are installed here (version, venv), and what changes the builds."""
     from rich.table import Table
 
     from host.hostdoctor import arithmetic_facts, host_facts, toolkit_rows
 
+    farm_or_boards(farm, boards)
+    if farm:  # boards reserved through the labgrid coordinator: host.farm
+        from host.farm import commands as farm_commands
+
+        return farm_commands.doctor(farm, count, coordinator, as_json=as_json, wait_timeout=farm_timeout)
     if boards:  # over SSH: host.deploy
         from host.deploy import commands
 

@@ -143,8 +143,9 @@ def doctor_table(reports: Sequence[DoctorReport]):
 
 def bench_boards(boards: Sequence[Board], *, recipe, target: str, params, store=None, artifacts_root=None,
                  wait: bool = True, transport: Callable[[Board], Transport] = SshTransport,
-                 log: Callable[[str], None] | None = None) -> dict:
-    """Push, doctor and benchmark each board in turn; rows stream into the results store."""
+                 log: Callable[[str], None] | None = None, row_env: dict | None = None) -> dict:
+    """Push, doctor and benchmark each board in turn; rows stream into the results store (``row_env``:
+    merged into every row's ``env``, e.g. the farm's place and reservation)."""
     from host.bench import bench_local
     from host.config import load_recipe
     from host.deploy.push import artifact_dir, push_board, runner_dir
@@ -172,7 +173,8 @@ def bench_boards(boards: Sequence[Board], *, recipe, target: str, params, store=
             rs = RemoteRunStream(t, wd, local_artifacts=root, wait=wait, doctor=checks, say=say)
             summaries[board.name] = bench_local(recipe=recipe, target=target, params=params, store=store,
                                                 artifacts_root=root, run_stream=rs,
-                                                runner=(board.python, "-m", "board"), board=board.name, log=say)
+                                                runner=(board.python, "-m", "board"), board=board.name, log=say,
+                                                row_env=row_env)
     return summaries
 
 

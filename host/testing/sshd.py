@@ -52,11 +52,11 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
     return path
 
 
-def _config(d: Path, port: int, user: str, host_key: Path) -> str:
+def _config(d: Path, port: int, user: str, host_key: Path, listen: str = "127.0.0.1") -> str:
     sftp = next((p for p in SFTP_SERVER_CANDIDATES if Path(p).exists()), "internal-sftp")
     return "\n".join([
         f"Port {port}",
-        "ListenAddress 127.0.0.1",
+        f"ListenAddress {listen}",
         f"HostKey {host_key}",
         f"PidFile {d / 'sshd.pid'}",
         f"AuthorizedKeysFile {d / 'authorized_keys'}",
@@ -92,8 +92,9 @@ class TestSshd:
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
     def start(cls, dir: Path | str, *, port: int | None = None, detach: bool = False,
-              host_key_type: str = "ed25519") -> TestSshd:
-        """``host_key_type`` (ed25519, rsa, ecdsa): the only host key this server offers."""
+              host_key_type: str = "ed25519", host: str = "127.0.0.1", netns: str | None = None) -> TestSshd:
+        """``host_key_type`` (ed25519, rsa, ecdsa): the only host key this server offers. ``netns``: run it
+        inside that network namespace (``ip netns exec``; root), listening on ``host`` there (give ``port``)."""
         d = Path(dir)
         d.mkdir(parents=True, exist_ok=True)
         user = getpass.getuser()
@@ -108,13 +109,14 @@ class TestSshd:
         last_err = ""
         for _attempt in range(5):
             p = port or free_port()
-            (d / "sshd_config").write_text(_config(d, p, user, host_key))
+            (d / "sshd_config").write_text(_config(d, p, user, host_key, host))
             log = open(d / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
+            wrap = ["ip", "netns", "exec", netns] if netns else []  # exec: the PID stays sshd's
+            proc = subprocess.Popen([*wrap, SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=detach)
             log.close()
             sshd = cls(dir=d, port=p, user=user, client_key=d / "client_ed25519", host_key=host_key,
-                       proc=proc)
+                       proc=proc, host=host)
             if sshd._wait_listening():
                 (d / "sshd.pid").write_text(f"{proc.pid}\n")
                 return sshd

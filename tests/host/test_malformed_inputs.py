@@ -268,7 +268,7 @@ USAGE = {  # rkdeploy usage errors: exit 2, click's usage text, one "Error:" lin
     "bench_opt_without_value": (["bench", "-t", "rk3588", "--opt", "engine"], ["--opt", "KEY=VALUE"]),
     "push_jobs_zero": (["push", "-B", "all", "-t", "rk3588", "--jobs", "0"], ["--jobs"]),
     "push_jobs_negative": (["push", "-B", "all", "-t", "rk3588", "-j", "-3"], ["--jobs"]),
-    "push_without_boards": (["push", "-t", "rk3588"], ["Missing option '--boards'"]),
+    "push_without_boards": (["push", "-t", "rk3588"], ["give --boards NAMES (inventory) or --farm TAG=VALUE"]),
     "calib_build_n_prompts_zero": (["calib", "build", "--n-prompts", "0"], ["--n-prompts"]),
     "calib_validate_without_file": (["calib", "validate"], ["Missing argument"]),
     "doctor_no_host": (["doctor", "--no-host"], ["only --host checks"]),
