@@ -1,0 +1,341 @@
+"""Equivalent pre-quantization transforms folded into a float checkpoint (a normal HF folder).
+
+Per-channel scaling migrates quantization difficulty between a linear layer's input and its
+weight without changing the float function: ``y = W x = (W diag(s)) (x / s)``. The ``1/s`` is
+folded into whatever produces ``x``:
+
+- ``q/k/v_proj``: the preceding RMSNorm weight (``input_layernorm``);
+- ``gate/up_proj``: ``post_attention_layernorm`` (Llama, Qwen) or ``pre_feedforward_layernorm`` (Gemma 2/3);
+- ``down_proj``: the output rows of ``up_proj`` (``act(gate) * up`` is linear in ``up``);
+- ``o_proj``: the output rows of ``v_proj`` (with grouped-query attention, one scale per KV channel,
+  repeated over the query heads that share it).
+
+Gemma's RMSNorm multiplies by ``1 + weight``, so its weight becomes ``(1 + w) / s - 1``.
+``lm_head`` is left alone (its weight is usually tied to the embedding).
+
+Two methods, one search (each named by the scheme whose fake-quant decides the search loss):
+
+- ``awq`` (AWQ, Lin et al. 2023; weight-only schemes such as ``w4a16-g64``): ``s = mean|x|^a / mean|w|^(1-a)``;
+- ``smoothquant`` (Xiao et al. 2022; ``w8a8``): ``s = max|x|^a / max|w|^(1-a)``;
+
+where ``a`` is searched per layer group (the linears sharing one input) on ``[0, 1]`` (and ``s = 1``)
+by the output error ``|Q(W diag(s)) Q_a(x/s) - W x|^2`` on calibration activations (the
+calibration JSON's prompt + answer tokens run through the float model). Nothing looks at any
+weight grid the checkpoint may already be rounded to: the same code runs on any Llama/Qwen/Gemma-style model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.errors import ConfigError
+
+#: Bump when the transform changes (invalidates cached transformed checkpoints).
+TRANSFORM_VERSION = 1
+METHODS = ("awq", "smoothquant")
+GRID = tuple(i / 10 for i in range(11))
+SAMPLE_ROWS = 1024           # activation rows kept per layer input for the search
+CALIB_MAX_TOKENS = 512       # per calibration item (prompt + answer)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One transform: ``method`` (``awq`` | ``smoothquant``) searched under fake-quant ``scheme``."""
+
+    method: str
+    scheme: str
+    grid: tuple[float, ...] = GRID
+
+    def to_dict(self) -> dict:
+        return {self.method: {"scheme": self.scheme, "grid": list(self.grid)}}
+
+    def label(self) -> str:
+        return f"{self.method}({self.scheme})"
+
+
+def parse_transform(value, where: str = "transform") -> Transform | None:
+    """``{awq: {scheme: w4a16-g64}}`` / ``{smoothquant: {scheme: w8a8}}`` / ``{awq: w4a16-g64}`` / None."""
+    from host.fakequant import spec
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ConfigError(f"{where}: expected one of {{awq: {{scheme: SCHEME}}}}, {{smoothquant: {{scheme: SCHEME}}}}; "
+                          f"got {value!r}")
+    (method, body), = value.items()
+    if method not in METHODS:
+        raise ConfigError(f"{where}: unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    if isinstance(body, str):
+        body = {"scheme": body}
+    if not isinstance(body, dict) or set(body) - {"scheme", "grid"}:
+        raise ConfigError(f"{where}.{method}: allowed keys are scheme, grid; got {body!r}")
+    scheme = body.get("scheme") or ("w8a8" if method == "smoothquant" else "w4a16-g64")
+    try:
+        s = spec(scheme)
+    except ValueError:
+        raise ConfigError(f"{where}.{method}.scheme: {scheme!r} has no fake-quant (use w4a16, w4a16-gN, w8a8, "
+                          "w8a8-gN, w8a16)") from None
+    if s.w_bits is None:
+        raise ConfigError(f"{where}.{method}.scheme: {scheme!r} quantizes no weights")
+    grid = body.get("grid", list(GRID))
+    if (not isinstance(grid, list) or not grid
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in grid)):
+        raise ConfigError(f"{where}.{method}.grid: a non-empty list of exponents in [0, 1]; got {grid!r}")
+    return Transform(method, scheme, tuple(float(a) for a in grid))
+
+
+# ---------------------------------------------------------------- model structure
+
+@dataclass
+class Group:
+    """Linears that share one input, and what produces that input (a norm or a linear's output rows)."""
+
+    name: str
+    linears: list          # [(name, nn.Linear)]
+    prev: object           # nn.Module: RMSNorm or nn.Linear
+    prev_kind: str         # "norm" | "gemma-norm" | "rows"
+    repeat: int = 1        # rows: each prev row feeds ``repeat`` consecutive blocks of the input (GQA)
+    head_dim: int = 0
+
+
+def _norm_kind(norm) -> str:
+    return "gemma-norm" if "gemma" in type(norm).__name__.lower() else "norm"
+
+
+def groups(model) -> list[Group]:
+    """The scalable layer groups of a Llama/Qwen/Gemma-style decoder (``model.model.layers``)."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    layers = _decoder_layers(model)
+    out = []
+    for i, layer in enumerate(layers):
+        at, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        ln_in = getattr(layer, "input_layernorm", None)
+        ln_mlp = getattr(layer, "pre_feedforward_layernorm", None) or getattr(layer, "post_attention_layernorm", None)
+        if at is None or mlp is None or ln_in is None or ln_mlp is None:
+            raise ConfigError(f"{type(model).__name__}: decoder layer {i} is not Llama/Qwen/Gemma-shaped "
+                              "(self_attn, mlp, input_layernorm, post_attention/pre_feedforward_layernorm)")
+        pre = f"model.layers.{i}"
+        qkv = [(f"{pre}.self_attn.{n}", getattr(at, n)) for n in ("q_proj", "k_proj", "v_proj")]
+        out.append(Group(f"{pre}.qkv", qkv, ln_in, _norm_kind(ln_in)))
+        out.append(Group(f"{pre}.gate_up", [(f"{pre}.mlp.{n}", getattr(mlp, n)) for n in ("gate_proj", "up_proj")],
+                         ln_mlp, _norm_kind(ln_mlp)))
+        out.append(Group(f"{pre}.down", [(f"{pre}.mlp.down_proj", mlp.down_proj)], mlp.up_proj, "rows"))
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        if at.o_proj.in_features == heads * hd and at.v_proj.out_features == kv * hd:
+            out.append(Group(f"{pre}.o", [(f"{pre}.self_attn.o_proj", at.o_proj)], at.v_proj, "rows",
+                             repeat=heads // kv, head_dim=hd))
+    return out
+
+
+def _decoder_layers(model):
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        inner = getattr(inner, "language_model", None)
+        layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ConfigError(f"{type(model).__name__}: no model.layers (only Llama/Qwen/Gemma-style decoders)")
+    return layers
+
+
+# ---------------------------------------------------------------- calibration activations
+
+def calib_token_rows(model_dir: Path, calib: Path, *, max_tokens: int = CALIB_MAX_TOKENS) -> list[list[int]]:
+    """Token ids of each calibration item (``input`` + ``target``), at most ``max_tokens`` each."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(Path(calib).read_text())
+    tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    rows = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("input"), str):
+            raise ConfigError(f"{calib}: item {i} has no 'input' string")
+        ids = tok.encode(item["input"] + str(item.get("target") or "")).ids[:max_tokens]
+        if ids:
+            rows.append(ids)
+    if not rows:
+        raise ConfigError(f"{calib}: no calibration items")
+    return rows
+
+
+def collect_inputs(model, token_rows, names, *, sample: int = SAMPLE_ROWS, log=None) -> dict:
+    """Per linear ``name``: ``{"mean": mean|x| per channel, "max": max|x| per channel, "x": sample rows}``."""
+    import torch
+
+    mods = dict(model.named_modules())
+    acc = {n: {"sum": 0, "max": 0, "n": 0, "rows": []} for n in names}
+    hooks = []
+
+    def hook(name):
+        def f(_m, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            a = acc[name]
+            a["sum"] = a["sum"] + x.abs().sum(0)
+            a["max"] = torch.maximum(torch.as_tensor(a["max"]), x.abs().amax(0))
+            a["n"] += x.shape[0]
+            a["rows"].append(x)
+        return f
+
+    for n in names:
+        hooks.append(mods[n].register_forward_pre_hook(hook(n)))
+    body = getattr(model, "model", model)     # the decoder alone: lm_head's logits are not needed
+    try:
+        with torch.no_grad():
+            for i, ids in enumerate(token_rows):
+                if log:
+                    log(f"calibration activations {i + 1}/{len(token_rows)}")
+                body(input_ids=torch.tensor([ids]))
+    finally:
+        for h in hooks:
+            h.remove()
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for n, a in acc.items():
+        x = torch.cat(a["rows"])
+        if x.shape[0] > sample:
+            x = x[torch.randperm(x.shape[0], generator=gen)[:sample]]
+        out[n] = {"mean": a["sum"] / a["n"], "max": a["max"], "x": x}
+    return out
+
+
+# ---------------------------------------------------------------- search and fold
+
+def _loss(ws, x, s, scheme_spec, ref) -> float:
+    """Sum over linears of |Q(W diag(s)) Q_a(x / s) - W x|^2 (normalized per linear)."""
+    from host.fakequant import quant_act_per_token, quant_weight
+
+    xs = x / s
+    if scheme_spec.a_bits:
+        xs = quant_act_per_token(xs, scheme_spec.a_bits)
+    total = 0.0
+    for w, r in zip(ws, ref, strict=True):
+        q = quant_weight(w * s, scheme_spec.w_bits, scheme_spec.group)
+        total += float(((xs @ q.T - r) ** 2).sum() / (r ** 2).sum().clamp(min=1e-12))
+    return total
+
+
+def search_group(g: Group, stats: dict, t: Transform):
+    """``(scale, exponent)`` minimizing the group's quantized output error; ``(None, None)`` keeps ``s = 1``."""
+    import torch
+
+    from host.fakequant import spec
+
+    sp = spec(t.scheme)
+    first = g.linears[0][0]
+    st = stats[first]
+    x = st["x"]
+    ws = [lin.weight.detach().float() for _n, lin in g.linears]
+    if sp.group and any(w.shape[1] % sp.group for w in ws):
+        return None, None
+    act = (st["max"] if t.method == "smoothquant" else st["mean"]).clamp(min=1e-5)
+    wcat = torch.cat(ws)
+    wstat = wcat.abs().amax(0) if t.method == "smoothquant" else (wcat.abs() / wcat.abs().amax(1, keepdim=True)
+                                                                   .clamp(min=1e-12)).mean(0)
+    wstat = wstat.clamp(min=1e-5)
+    if g.repeat > 1:   # one scale per KV channel, shared by the query heads that read it
+        kv = x.shape[1] // (g.repeat * g.head_dim)
+        act = act.reshape(kv, g.repeat, g.head_dim).mean(1)
+        wstat = wstat.reshape(kv, g.repeat, g.head_dim).mean(1)
+    ref = [x @ w.T for w in ws]
+    best = (_loss(ws, x, torch.ones(x.shape[1]), sp, ref), None, None)
+    for a in t.grid:
+        s = act.pow(a) / wstat.pow(1 - a)
+        s = (s / (s.max() * s.min()).sqrt()).reshape(-1)
+        full = s.reshape(-1, 1, g.head_dim).expand(-1, g.repeat, -1).reshape(-1) if g.repeat > 1 else s
+        loss = _loss(ws, x, full, sp, ref)
+        if loss < best[0]:
+            best = (loss, s, a)
+    return best[1], best[2]
+
+
+def fold(g: Group, s) -> None:
+    """Apply scale ``s`` to group ``g`` in place: linears' input columns × s, the producer ÷ s."""
+    import torch
+
+    with torch.no_grad():
+        full = s.reshape(-1, 1, g.head_dim).expand(-1, g.repeat, -1).reshape(-1) if g.repeat > 1 else s
+        for _n, lin in g.linears:
+            lin.weight.mul_(full.to(lin.weight.dtype)[None, :])
+        p = g.prev
+        if g.prev_kind == "norm":
+            p.weight.div_(s.to(p.weight.dtype))
+        elif g.prev_kind == "gemma-norm":
+            p.weight.copy_(((1 + p.weight.float()) / s - 1).to(p.weight.dtype))
+        else:
+            p.weight.div_(s.to(p.weight.dtype)[:, None])
+            if p.bias is not None:
+                p.bias.div_(s.to(p.bias.dtype))
+
+
+def apply_transform(model, token_rows, t: Transform, *, log=None) -> dict:
+    """Search and fold ``t`` into ``model`` (in place). Returns a summary: exponent chosen per group."""
+    gs = groups(model)
+    names = sorted({n for g in gs for n, _l in g.linears[:1]})
+    stats = collect_inputs(model, token_rows, names, log=log)
+    chosen = {}
+    for i, g in enumerate(gs):
+        if log:
+            log(f"{t.label()} search {i + 1}/{len(gs)} {g.name}")
+        s, a = search_group(g, stats, t)
+        if s is not None:
+            fold(g, s)
+        chosen[g.name] = a
+    scaled = [a for a in chosen.values() if a is not None]
+    return {"groups": len(chosen), "scaled": len(scaled), "exponents": chosen,
+            "mean_exponent": round(sum(scaled) / len(scaled), 3) if scaled else None}
+
+
+# ---------------------------------------------------------------- cached checkpoint
+
+def transform_key(model_sha: str, calib_sha: str, t: Transform) -> str:
+    from host.manifest import inputs_hash
+
+    return inputs_hash({"v": TRANSFORM_VERSION, "model": model_sha, "calib": calib_sha, "t": t.to_dict()})
+
+
+def cache_dir() -> Path:
+    from host.models import cache_root
+
+    return cache_root().parent / "transformed"
+
+
+def transformed_checkpoint(model_dir: Path, calib: Path, t: Transform, *, cache: Path | None = None,
+                           log=None) -> tuple[Path, dict]:
+    """The float checkpoint of ``model_dir`` with ``t`` folded in, as a normal HF folder (cached by
+    model sha256 + calibration sha256 + transform); ``(folder, record)``."""
+    from host.fsutil import atomic_dir, atomic_write_text, sha256_file
+    from host.models import model_sha256
+    from host.quality.reference import load_torch_llm
+
+    model_dir, calib = Path(model_dir), Path(calib)
+    if not calib.is_file():
+        raise ConfigError(f"transform {t.label()}: calibration file {calib} does not exist")
+    key = transform_key(model_sha256(model_dir), sha256_file(calib), t)
+    root = Path(cache) if cache else cache_dir()
+    final = root / f"{model_dir.name}-{t.method}-{key[:16]}"
+    record_path = final / "rkdeploy-transform.json"
+    if record_path.is_file():
+        return final, json.loads(record_path.read_text())
+    t0 = time.monotonic()
+    rows = calib_token_rows(model_dir, calib)
+    model = load_torch_llm(model_dir)
+    summary = apply_transform(model, rows, t, log=log)
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        for f in model_dir.iterdir():
+            if f.is_file() and not re.match(r"(model.*\.safetensors(\.index\.json)?|config\.json|rkdeploy-model\.json)$",
+                                            f.name):
+                shutil.copy2(f, tmp / f.name)
+        record = {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "key": key, "source": str(model_dir),
+                  "calibration": str(calib), "calibration_items": len(rows),
+                  "seconds": round(time.monotonic() - t0, 1), **summary}
+        atomic_write_text(tmp / "rkdeploy-transform.json", json.dumps(record, indent=1))
+    return final, record
