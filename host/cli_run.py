@@ -178,7 +178,7 @@ def push_cmd(
         from host.farm import commands as farm_commands
 
         return farm_commands.push(farm, count, coordinator, recipe=recipe, target=target, inventory=inventory,
-                                  stall_timeout=stall_timeout, wait_timeout=farm_timeout)
+                                  stall_timeout=stall_timeout, wait_timeout=farm_timeout, dry_run=dry_run)
     commands.push(boards, recipe=recipe, target=target, jobs=jobs, dry_run=dry_run, inventory=inventory,
                   stall_timeout=stall_timeout)
 

@@ -149,7 +149,7 @@ def bench(farm: str, count: int, coordinator: str | None, *, recipe: Path, targe
 
 
 def push(farm: str, count: int, coordinator: str | None, *, recipe: Path, target: str, inventory: Path | None = None,
-         stall_timeout: float | None = None, wait_timeout: float | None = None) -> None:
+         stall_timeout: float | None = None, wait_timeout: float | None = None, dry_run: bool = False) -> None:
     from host.config import load_recipe
     from host.deploy.push import runner_dir, summary_table, target_artifacts
     from host.deploy.ssh import SshTransport
@@ -157,15 +157,20 @@ def push(farm: str, count: int, coordinator: str | None, *, recipe: Path, target
 
     tags = parse_filter(farm)
     address = coordinator_address(coordinator)
-    arts = target_artifacts(target, recipe=load_recipe(recipe))
+    missing: list[str] = []
+    arts = target_artifacts(target, recipe=load_recipe(recipe), missing=missing)
+    if missing:
+        _say(f"skip (not built; `rkdeploy export --target {target}` builds them): {', '.join(missing)}")
     if not arts:
         raise DeployError(f"no artifact of the recipe is built for {target}; run: rkdeploy export --target {target}")
-    import inspect
-
-    # the runner with the board tools the artifacts need (runner_dir's `artifacts`, added for GGUF), where supported
-    kw = {"artifacts": arts} if "artifacts" in inspect.signature(runner_dir).parameters else {}
-    runner = runner_dir(**kw)
-    out = push_farm(tags, count, [runner, *arts], address=address, target=target, inventory=_inventory(inventory),
+    if dry_run:
+        for d in arts:
+            console.print(f"{d.remote}: {len(d.files)} files, {sum(f.size for f in d.files.values()) / 1e6:.1f} MB",
+                          markup=False, highlight=False)
+        console.print(f"→ {count} board(s) with {farm} from {address} (nothing reserved or sent: --dry-run)",
+                      markup=False, highlight=False)
+        return
+    out = push_farm(tags, count, [runner_dir(artifacts=arts), *arts], address=address, target=target, inventory=_inventory(inventory),
                     transport=lambda b: SshTransport(b, stall_timeout=stall_timeout), wait_timeout=wait_timeout)
     console.print(summary_table([o.result for o in out]))
     failed = [o.place for o in out if not o.ok]

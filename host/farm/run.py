@@ -1,8 +1,8 @@
 """push / doctor / bench on boards held from the farm, all boards in parallel.
 
-Each board runs in a daemon thread of its own (a Ctrl-C in the main thread unwinds at once and
-``farm_boards`` releases the places; the threads die with the process). One failing board ends
-as an error outcome; the others complete. Every row carries ``env.farm`` = place, reservation,
+Each board (bench) or the whole pool (push, doctor) runs in daemon threads while the main thread
+only waits: a Ctrl-C or SIGTERM unwinds at once and ``farm_boards`` releases the places; the
+threads die with the process. One failing board ends as an error outcome; the others complete. Every row carries ``env.farm`` = place, reservation,
 coordinator; every log line starts with ``[place reservation]``.
 """
 
@@ -70,6 +70,26 @@ def in_parallel(held: Sequence[FarmBoard], work: Callable[[FarmBoard, Callable[[
     return [outcomes[fb.place] for fb in held]
 
 
+def in_background(fn: Callable[[], object]) -> object:
+    """``fn()`` in a daemon thread; the main thread only waits, so Ctrl-C/SIGTERM unwind (and release) at once
+    instead of waiting for a thread pool to finish its pushes."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread as is
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="farm-work", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]
+
+
 def bench_farm(tags: dict[str, str], count: int, *, recipe, target: str, params, address: str | None = None,
                store=None, artifacts_root=None, wait: bool = True, inventory: Inventory | None = None,
                transport: Callable = SshTransport, log: Callable[[str], None] | None = None,
@@ -104,8 +124,8 @@ def push_farm(tags: dict[str, str], count: int, dirs, *, address: str | None = N
                      show_progress=show_progress) as held:
         if target:
             check_soc(held, target)
-        results = push_boards([fb.board for fb in held], dirs, jobs=len(held), transport=transport,
-                              show_progress=show_progress)
+        results = in_background(lambda: push_boards([fb.board for fb in held], dirs, jobs=len(held),
+                                                    transport=transport, show_progress=show_progress))
         return [FarmOutcome(fb.place, fb.token, result=r, error=None if r.ok else r.status)
                 for fb, r in zip(held, results, strict=True)]
 
@@ -118,7 +138,7 @@ def doctor_farm(tags: dict[str, str], count: int, *, address: str | None = None,
     say = _say(log)
     with farm_boards(tags, count, address=address, inventory=inventory, say=say, wait_timeout=wait_timeout,
                      show_progress=show_progress) as held:
-        reports = doctor_boards([fb.board for fb in held], jobs=len(held), transport=transport)
+        reports = in_background(lambda: doctor_boards([fb.board for fb in held], jobs=len(held), transport=transport))
         return [FarmOutcome(fb.place, fb.token, result=r, error=r.error) for fb, r in zip(held, reports, strict=True)]
 
 

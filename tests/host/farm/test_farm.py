@@ -305,3 +305,30 @@ def test_cli_bad_input_is_one_line(args, expect, tmp_path):
     res = run_cli(*args, env={"RKDEPLOY_FARM_STATE": str(tmp_path / "held")}, timeout=120)
     assert res.returncode in (1, 2) and expect in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_cli_push_and_bench_with_farm(lab, root, tmp_path):
+    from tests.conftest import run_cli
+
+    env = {"RKDEPLOY_INVENTORY": str(lab["dir"] / "boards.yaml"), "RKDEPLOY_KNOWN_HOSTS": str(lab["known"]),
+           "LG_COORDINATOR": lab["farm"].address, "RKDEPLOY_ARTIFACTS": str(root)}
+    res = run_cli("push", "--farm", "soc=rk3588", "-n", "2", "-t", "rk3588", "--dry-run", env=env)
+    assert res.returncode == 0 and "nothing reserved or sent" in res.stdout, res.stderr
+    assert "va" not in _who(lab)
+    res = run_cli("push", "--farm", "soc=rk3588", "-n", "2", "-t", "rk3588", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "released va" in res.stderr and "released vb" in res.stderr
+    for w in ("wa", "wb"):
+        assert (lab["dir"] / w / "artifacts" / LLM / "rk3588" / "int8" / "manifest.json").is_file()
+    store = tmp_path / "r.sqlite"
+    res = run_cli("bench", "--farm", "soc=rk3588", "--count", "2", "-t", "rk3588", "--store", store, "--reps", "1",
+                  "--warmup", "0", "--n-prompt", "8", "--n-gen", "2", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "4 ok, 0 error rows stored" in res.stderr
+    from host.results import ResultStore
+
+    with ResultStore(store) as s:
+        rows = s.rows()
+    assert sorted((r.board, r.env["farm"]["place"]) for r in rows) == [("va", "va")] * 2 + [("vb", "vb")] * 2
+    assert all(r.env["farm"]["reservation"] in res.stderr for r in rows)  # the log names each reservation
+    _idle(lab)
