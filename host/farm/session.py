@@ -195,8 +195,9 @@ def _wait_allocated(client: FarmClient, tokens: list[str], tags: dict[str, str],
                 return [(t, done[t]) for t in tokens]
             waited = time.monotonic() - start
             if not told and waited > 2 * POLL_S:
-                busy = [f"{p.name} ({'held by ' + p.acquired if p.acquired else 'reserved'})"
-                        for p in _matching(client.places(), tags) if p.acquired or p.reservation]
+                ours = set(done.values())
+                busy = [f"{p.name} ({'held by ' + p.acquired if p.acquired else 'reserved by another client'})"
+                        for p in _matching(client.places(), tags) if (p.acquired or p.reservation) and p.name not in ours]
                 say(f"farm: waiting for {len(tokens) - len(done)} of {len(tokens)} board(s) with {_tags(tags)}; "
                     f"busy: {', '.join(busy) or 'none'}")
                 told = True
