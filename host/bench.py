@@ -189,6 +189,7 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
     """``rkdeploy bench --board local``: every built artifact of ``target`` with a backend here."""
     from host.build import registry
     from host.config import load_recipe
+    from host.export import read_failure
     from host.plan import plan
     from host.toolkits import TOOLKITS, toolkit_info
 
@@ -202,7 +203,11 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
             mpath = job.out_dir / "manifest.json"
             if not mpath.exists():
                 toolkit = registry.get(job.kind).toolkit
-                if toolkit in TOOLKITS and toolkit_info(toolkit) is None:
+                failed = read_failure(job.out_dir)
+                if failed:   # the export that would build it failed: name why, do not suggest it again
+                    summary.skipped.append(f"{job.label}: export failed ({failed.get('at', '?')}): "
+                                           f"{failed['reason']} (log: {failed.get('log', '?')})")
+                elif toolkit in TOOLKITS and toolkit_info(toolkit) is None:
                     tk = TOOLKITS[toolkit]
                     summary.skipped.append(f"{job.label}: not built — {tk.dist} not installed ({tk.install_hint})")
                 else:
@@ -220,9 +225,12 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
                 summary.skipped.append(f"{job.label}: format {manifest.format} needs backend {want}, "
                                        f"not available on {board}")
                 continue
+            note = manifest.get("model_note")   # "float weights dequantized from Q4_K_M …" travels into rows
             say(f"bench {job.label} on {board} with {backend} …")
             for row in bench_artifact(str(job.out_dir.resolve()), backend, run_stream=run_stream, params=params,
                                       board=board, runner=runner, row_env=row_env):
+                if note:
+                    row.env = {**(row.env or {}), "model_note": note}
                 s.add(row)
                 summary.rows.append(row)
                 say(_row_line(job.label, row))

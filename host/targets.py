@@ -96,8 +96,10 @@ def _model_problems(model: ModelSpec, target: Target, schemes: list[str], cache)
     for s in schemes:
         problems += _scheme_problems(model, target, s)
 
-    from host.models import check_model_folder, read_config, resolve_model
+    from host.models import check_model_folder, gguf_source_ready, is_gguf_source, read_config, resolve_model
 
+    if problems and is_gguf_source(model) and not gguf_source_ready(model, cache):
+        return problems     # bad input first: the GGUF is dequantized (minutes) only once the rest is right
     try:
         folder = resolve_model(model, cache)
     except ModelError as e:

@@ -17,13 +17,15 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
 
     from host.build.onnx_int8 import SENSITIVE_SCHEMES
     from host.errors import ModelError
-    from host.models import check_model_folder, linear_shapes, resolve_model
+    from host.models import check_model_folder, gguf_source_ready, is_gguf_source, linear_shapes, resolve_model
 
     problems = []
     for m in recipe.models:
         uses = [s for s in SENSITIVE_SCHEMES[m.kind] if s in m.onnx and (schemes is None or s in schemes)]
         if not uses or not m.sensitive_layers or not m.sensitive_layers_required:
             continue
+        if is_gguf_source(m) and not gguf_source_ready(m):
+            continue  # host.targets.check dequantizes it once the rest of the model is right (or says why not)
         try:
             folder = resolve_model(m)
         except ModelError:

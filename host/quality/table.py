@@ -36,7 +36,7 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
         t.add_column("note", overflow="fold")
         for r in mine:
             env = r.get("env") or {}
-            note = f"error: {r.get('error')}" if r.get("status") == "error" else ("Q4_1 weights" if env.get("note") else "")
+            note = f"error: {r.get('error')}" if r.get("status") == "error" else (_short_note(env.get("note")) if env.get("note") else "")
             if r.get("status") == gate.DEGRADED:
                 note = f"DEGRADED: {r.get('gate')}" + (f"; {note}" if note else "")
             method = r["method"]
@@ -45,6 +45,14 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
             t.add_row(r["scheme"], method, *(_fmt(r.get(f), d) for _h, f, d in cols), note)
         tables.append(t)
     return Group(*tables, Text(_caption(rows)))
+
+
+def _short_note(note: str) -> str:
+    """``Q4_K_M weights`` from "float weights dequantized from Q4_K_M (…)…" (the caption has the whole note)."""
+    import re
+
+    m = re.search(r"(?:dequantized|converted) from (\S+)", note)
+    return f"{m.group(1).rstrip(':,')} weights" if m else "see note"
 
 
 def _caption(rows: list[dict]) -> str:

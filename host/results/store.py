@@ -17,15 +17,15 @@ from board.rows import ROW_SCHEMA_VERSION, ResultRow, fields
 from board.strictjson import JSONInputError
 from board.strictjson import loads as loads_json
 from host import gate
-from host.config import PROJECT_ROOT
 from host.errors import RkdeployError
 from host.ui import sanitize
 
 
 def default_store() -> Path:
-    """``$RKDEPLOY_RESULTS`` or ``results/rkdeploy.sqlite`` under the project root."""
+    """``$RKDEPLOY_RESULTS``, else ``./results/rkdeploy.sqlite`` in the CURRENT folder (like ``./artifacts``,
+    ``host.plan.artifacts_root``): a user's project folder holds its own results, not the rkdeploy checkout."""
     env = os.environ.get("RKDEPLOY_RESULTS")
-    return Path(env) if env else PROJECT_ROOT / "results" / "rkdeploy.sqlite"
+    return Path(env) if env else Path.cwd() / "results" / "rkdeploy.sqlite"
 
 
 DEFAULT_STORE = None  # means default_store(), resolved at call time

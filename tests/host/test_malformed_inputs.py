@@ -72,6 +72,15 @@ RECIPES = {
     "model_header_not_utf8.yaml": ["header_not_utf8/model.safetensors", "not UTF-8"],
     "model_header_duplicate_key.yaml": ["header_duplicate_key/model.safetensors", "duplicate key 'lm.weight'"],
     "model_header_deep.yaml": ["header_deep/model.safetensors", "nested deeper than 64"],
+    # a recipe source that is a .gguf file: judged from its header by load_recipe, before any work
+    "gguf_bad_magic.yaml": [ANY, "line 5", "models.0.source", "bad_magic.gguf", "not a GGUF file"],
+    "gguf_version_1.yaml": [ANY, "line 5", "models.0.source", "version_1.gguf", "GGUF version 1", "readable: 2, 3"],
+    "gguf_truncated.yaml": [ANY, "line 5", "models.0.source", "truncated.gguf", "ends inside its GGUF header"],
+    "gguf_huge_string.yaml": [ANY, "line 5", "huge_string.gguf", "a string claims 1099511627776 bytes"],
+    "gguf_unknown_arch.yaml": [ANY, "line 5", "unknown_arch.gguf", "architecture 'mamba'", "known: gemma2"],
+    "gguf_no_arch.yaml": [ANY, "line 5", "no_arch.gguf", "names no general.architecture"],
+    "gguf_is_directory.yaml": [ANY, "line 5", "is_directory.gguf is a directory, expected a .gguf file"],
+    "gguf_missing.yaml": [ANY, "line 5", "models.0.source", "not_there.gguf: no such file"],
     "model_config_is_list.yaml": ["config_is_list/config.json", "expected a JSON object"],
     "model_weights_are_directory.yaml": ["weights_are_directory/model.safetensors", "is a directory"],
     "model_tokenizer_is_list.yaml": ["tokenizer_is_list/tokenizer.json", "not a Hugging Face tokenizer"],
@@ -573,11 +582,13 @@ def test_every_corpus_case_has_an_expectation():
         "inventories": set(INVENTORIES) | {"base.yaml"}, "stores": set(STORES),
         "artifacts": set(MANIFEST_PROBLEM) | set(BENCH_ONLY) | {"good"},
         "models": {r.removeprefix("model_").removesuffix(".yaml") for r in RECIPES if r.startswith("model_")},
+        "gguf": {r.removeprefix("gguf_").removesuffix(".yaml") + ".gguf" for r in RECIPES
+                 if r.startswith("gguf_") and r != "gguf_missing.yaml"},
         "known_hosts": {"corrupt"},
     }
     for sub, want in listed.items():
         assert {p.name for p in (CORPUS / sub).iterdir()} == want, sub
-    n = sum(len(v) for k, v in listed.items() if k not in ("models",)) + len(RUNNER_ARGS) + len(USAGE) + len(KNOWN)
+    n = sum(len(v) for k, v in listed.items() if k not in ("models", "gguf")) + len(RUNNER_ARGS) + len(USAGE) + len(KNOWN)
     assert n >= 200, n
 
 

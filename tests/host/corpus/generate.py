@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 
 
 def put(rel: str, data: str | bytes) -> None:
@@ -141,6 +141,37 @@ def models() -> None:
     folder("models/weights_are_directory/model.safetensors")
     for name in [*MODEL_CASES, "config_is_list", "weights_are_directory", "tokenizer_is_list", "tokenizer_truncated"]:
         put(f"recipes/model_{name}.yaml", recipe(models=f"  - name: lm\n    kind: llm\n    source: ../models/{name}\n"))
+
+
+# --- GGUF files named by a recipe's source (judged from the header by load_recipe, host/gguf_file.py) ----
+def gguf_bytes(kv: list[tuple[str, int, bytes]], *, version: int = 3, n_kv: int | None = None) -> bytes:
+    """A GGUF header: magic, version, 0 tensors, the key/values (type 8 = string, 4 = uint32) as given."""
+    body = b"".join(struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", t) + v for k, t, v in kv)
+    return b"GGUF" + struct.pack("<IQQ", version, 0, len(kv) if n_kv is None else n_kv) + body
+
+
+def gguf_str(s: str) -> bytes:
+    return struct.pack("<Q", len(s)) + s.encode()
+
+
+GGUF_CASES = {
+    "bad_magic": b"GGML" + b"\0" * 60,
+    "version_1": gguf_bytes([], version=1),
+    "truncated": gguf_bytes([("general.architecture", 8, gguf_str("llama"))], n_kv=5)[:40],
+    "unknown_arch": gguf_bytes([("general.architecture", 8, gguf_str("mamba")), ("general.file_type", 4,
+                                                                                struct.pack("<I", 15))]),
+    "no_arch": gguf_bytes([("general.name", 8, gguf_str("x")), ("general.file_type", 4, struct.pack("<I", 2))]),
+    "huge_string": b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 40) + b"general",
+}
+
+
+def gguf() -> None:
+    for name, blob in GGUF_CASES.items():
+        put(f"gguf/{name}.gguf", blob)
+        put(f"recipes/gguf_{name}.yaml", recipe(models=f"  - name: lm\n    kind: llm\n    source: ../gguf/{name}.gguf\n"))
+    folder("gguf/is_directory.gguf")
+    put("recipes/gguf_is_directory.yaml", recipe(models="  - name: lm\n    kind: llm\n    source: ../gguf/is_directory.gguf\n"))
+    put("recipes/gguf_missing.yaml", recipe(models="  - name: lm\n    kind: llm\n    source: ../gguf/not_there.gguf\n"))
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -363,11 +394,12 @@ def stores() -> None:
 
 
 if __name__ == "__main__":
-    for sub in ("recipes", "models", "targets", "calib", "inventories", "known_hosts", "artifacts"):
+    for sub in ("recipes", "models", "gguf", "targets", "calib", "inventories", "known_hosts", "artifacts"):
         if (HERE / sub).exists():
             shutil.rmtree(HERE / sub)
     recipes()
     models()
+    gguf()
     targets()
     calib()
     inventories()
