@@ -16,8 +16,8 @@ per token. ``logprobs ids`` returns float32 log-softmax rows (numpy when it impo
 Where the driver is: ``params["driver"]``, else ``$RKDEPLOY_LLAMACPP_RUN``, else the one pushed with
 the runner (``<runner>/bin/<machine>/rk-llama-run``: ``rkdeploy push``/``bench`` carry the host's
 aarch64 cross build when they push a GGUF artifact), else ``rk-llama-run`` on PATH. The pushed one
-comes with ``rk-llama-run.json`` naming the CPU features it was compiled for (``needs_cpu_features``):
-a CPU without them (RK3576's Cortex-A72/A53 have no dot product) gets one clear line, not a SIGILL.
+comes with ``rk-llama-run.json`` naming the CPU features it was compiled for (``needs_cpu_features``,
+checked against the kernel's AT_HWCAP and /proc/cpuinfo): a CPU without them (RK3576's Cortex-A72/A53 have no dot product) gets one clear line, not a SIGILL.
 Push installs files 0644 (content-addressed blobs), so the pushed driver gets its x bit here.
 ``params``: ``threads`` (always explicit), ``n_ctx`` (default 2048, raised to fit a request).
 """
@@ -59,7 +59,7 @@ def bundled_driver() -> Tuple[Optional[str], str]:
     have = cpu_features()
     missing = [x for x in needs if x not in have]
     if missing:
-        return None, ("%s was built for %s and this CPU lacks %s (/proc/cpuinfo Features); build rk-llama-run "
+        return None, ("%s was built for %s and this CPU lacks %s (AT_HWCAP, /proc/cpuinfo); build rk-llama-run "
                       "for this CPU and set %s" % (path, meta.get("arch", "?"), " ".join(missing), ENV))
     mode = os.stat(path).st_mode
     if not mode & stat.S_IXUSR:
@@ -70,9 +70,27 @@ def bundled_driver() -> Tuple[Optional[str], str]:
     return path, ""
 
 
+#: aarch64 AT_HWCAP bits (linux/arch/arm64/include/uapi/asm/hwcap.h) under their /proc/cpuinfo names
+HWCAP_BITS = {"fp": 0, "asimd": 1, "aes": 3, "pmull": 4, "crc32": 7, "atomics": 8, "fphp": 9, "asimdhp": 10,
+              "asimdrdm": 12, "lrcpc": 15, "asimddp": 20, "sve": 22}
+AT_HWCAP = 16
+
+
 def cpu_features() -> set:
-    """This CPU's feature flags (aarch64 ``Features``, x86 ``flags``) from /proc/cpuinfo."""
+    """This CPU's feature names: the kernel's AT_HWCAP (aarch64; what qemu-user gives its emulated CPU
+    too, where /proc/cpuinfo is the x86 host's) plus /proc/cpuinfo's ``Features``/``flags``."""
     out: set = set()
+    if platform.machine() == "aarch64":
+        try:
+            import ctypes
+
+            getauxval = ctypes.CDLL(None).getauxval
+            getauxval.restype = ctypes.c_ulong
+            getauxval.argtypes = [ctypes.c_ulong]
+            hwcap = int(getauxval(AT_HWCAP))
+            out.update(name for name, bit in HWCAP_BITS.items() if hwcap >> bit & 1)
+        except (OSError, AttributeError):
+            pass
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

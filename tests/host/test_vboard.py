@@ -2,7 +2,8 @@
 key trusted through ``rkdeploy boards trust``, venv provisioned from host-fetched aarch64 wheels
 (``rkdeploy boards provision``), push (incl. killed and resumed), remote doctor, and remote bench with
 each backend: onnxruntime (real aarch64 wheel), rknnlite (real rknn-toolkit-lite2 wheel + our
-librknnrt shim), rkllm (our ctypes binding + the librkllmrt shim). Emulation is ~75x slower than a
+librknnrt shim), rkllm (our ctypes binding + the librkllmrt shim), llamacpp (a real GGUF, the cross-built
+static rk-llama-run carried by the push). Emulation is ~75x slower than a
 board: every workload is tiny. The first run builds the rootfs (~15 min, cached after).
 """
 
@@ -244,6 +245,48 @@ def test_remote_bench_each_backend_on_aarch64(vb, board_artifacts, tmp_path):
                 "onnx_llm_decode_tps": round(rows[(LLM, "int8")].decode_tps, 2),
                 "onnx_encoder_latency_ms": round(rows[(ENC, "fp32")].latency_ms, 2), "wall_s": round(wall)}
     print("vboard fidelity (injected, measured):", json.dumps(fidelity))
+
+
+def test_remote_bench_gguf_through_llamacpp_on_aarch64(vb, llamacpp, llamacpp_aarch64, make_recipe, tmp_path):
+    """A real Q4_0 GGUF of SmolLM2 (built here by the host's llama.cpp) benched on the board through the
+    llamacpp backend: the push carries the cross-built static rk-llama-run (runner/bin/aarch64), the board's
+    runner finds it, checks its CPU features (qemu's cortex-a76 has dotprod + fp16) and gets its x bit."""
+    from host.bench import bench_local
+    from host.deploy.remote_bench import bench_boards
+    from host.export import export
+
+    def edit(d):
+        llm = next(m for m in d["models"] if m["kind"] == "llm")
+        llm.update(onnx=[], targets={}, gguf=["gguf-q4_0"])
+        d["models"] = [llm]
+    recipe = make_recipe(edit)
+    root = tmp_path / "artifacts"
+    rep = export(recipe, "rk3588", root=root, progress=False)
+    assert [(r.job.scheme, r.status) for r in rep.results] == [("gguf-q4_0", "built")], [r.reason for r in rep.results]
+    params = BenchParams(n_prompt=8, n_gen=4, reps=1, warmup=0, threads=2)
+    board = _fresh(vb, "gguf")
+    t0 = time.monotonic()
+    out = bench_boards([board], recipe=recipe, target="rk3588", params=params, store=tmp_path / "results.sqlite",
+                       artifacts_root=root, transport=lambda b: _t(vb, b), log=lambda m: print(m, flush=True))
+    wall = time.monotonic() - t0
+    [row] = out[vboard.NAME].rows
+    assert (row.status, row.backend, row.scheme) == ("ok", "llamacpp", "gguf-q4_0"), row.error
+    assert row.board == vboard.NAME and row.env["arch"] == "aarch64" and row.env["emulated"] is True
+    assert row.n_prompt == 8 and row.n_gen == 4 and row.decode_tps > 0 and row.prefill_tps > 0 and row.ttft_ms > 0
+    assert row.env["backend"]["driver"] == "rk-llama-run" and row.env["backend"]["n_vocab"] == 49152, row.env["backend"]
+    # the board ran the host's cross build, byte for byte, now executable; its sidecar names the ISA it needs
+    on_board = _on_host(board.workdir / "runner" / "bin" / "aarch64" / "rk-llama-run")
+    assert on_board.read_bytes() == llamacpp_aarch64.driver.read_bytes() and os.access(on_board, os.X_OK)
+    side = json.loads(on_board.with_name("rk-llama-run.json").read_text())
+    assert side["arch"] == "armv8.2-a+dotprod+fp16" and side["needs_cpu_features"] == ["asimddp", "asimdhp"]
+    # the same artifact natively (this host's driver): the emulation factor of llama.cpp's kernels
+    [native] = bench_local(recipe=recipe, target="rk3588", params=params, store=tmp_path / "local.sqlite",
+                           artifacts_root=root, log=lambda m: None).rows
+    assert native.status == "ok" and native.backend == "llamacpp", native.error
+    print("vboard llama.cpp Q4_0 (8+4 tokens, 2 threads):", json.dumps({
+        "board_prefill_tps": round(row.prefill_tps, 2), "board_decode_tps": round(row.decode_tps, 2),
+        "native_prefill_tps": round(native.prefill_tps, 1), "native_decode_tps": round(native.decode_tps, 1),
+        "decode_x_slower": round(native.decode_tps / row.decode_tps), "wall_s": round(wall)}))
 
 
 #: Under emulation the runner's own overhead around a shim call (ctypes, the wheel's numpy work, the
