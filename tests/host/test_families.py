@@ -47,7 +47,7 @@ def test_records_are_well_formed():
         assert f.bos in ("required", "tokenizer") and f.head in ("tied", "untied", "either")
         assert "down_proj" in f.linear and (f.sensitive is None or set(f.sensitive) <= set(f.linear))
         assert f.rkllm_since is None or families._vtuple(f.rkllm_since) >= (1, 0, 0)
-    assert families.BY_NAME["gemma3"].bos == "required" and families.BY_NAME["gemma3"].sensitive is None
+    assert families.BY_NAME["gemma3"].bos == "required" and families.BY_NAME["gemma3"].sensitive == ("down_proj",)
 
 
 def _tokenizer(folder: Path, *, bos: bool) -> Path:
