@@ -206,12 +206,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 #: A test that uses one of these fixtures needs a real part (a materialised model, a full export, an
 #: OpenSSH sshd): it is marked ``real`` at collection. Modules that start such a part themselves say
 #: ``pytestmark = pytest.mark.real``.
-REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb", "llamacpp", "llamacpp_aarch64"})
+REAL_FIXTURES = frozenset({"builtin_models", "onnx_export", "sshd", "known", "vb", "vfarm", "llamacpp",
+                           "llamacpp_aarch64"})
 #: Heavy parts built once per machine and cached (fresh CI machine: the board's rootfs ~10 min, llama.cpp
 #: ~20 min, its aarch64 cross build for boards (libllama only) ~12-25 min on 2 cores): built in the background
 #: at nice 10 from the start of a session whose tests need
 #: them, and their tests run last. The fixtures call the same builders, which wait on the builder's lock.
 PREBUILDS = {"vb": [sys.executable, "-m", "host.vboard", "build"],
+             "vfarm": [sys.executable, "-m", "host.vboard", "build"],  # the same rootfs: started once
              "llamacpp": [sys.executable, "-m", "host.build.llamacpp_tools", "--host"],
              "llamacpp_aarch64": [sys.executable, "-m", "host.build.llamacpp_tools", "--aarch64"]}
 _prebuilds: list = []
@@ -262,9 +264,13 @@ def pytest_collection_finish(session):
     if fast_tier() or session.config.option.collectonly:
         return
     needed = {f for i in session.items for f in PREBUILDS if f in getattr(i, "fixturenames", ())}
-    if "vb" in needed and vboard_why_not() is not None:
-        needed.discard("vb")
+    if vboard_why_not() is not None:
+        needed -= {"vb", "vfarm"}
+    started: set[tuple[str, ...]] = set()
     for name in sorted(needed):
+        if tuple(PREBUILDS[name]) in started:
+            continue
+        started.add(tuple(PREBUILDS[name]))
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"rkdeploy-prebuild-{name}-{os.getpid()}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(["nice", "-n", "10", *PREBUILDS[name]], cwd=ROOT, stdout=out,
@@ -365,6 +371,66 @@ def vb(tmp_path_factory):
             st = vboard.status()
             assert not st["running"] and not st["mounts"], st
 # <<< the virtual board
+# >>> the virtual farm (issue 18): two more instances of the virtual board for tests/host/farm
+VFARM = ("vfarm-a", "vfarm-b")
+#: Their workdir: under the board's /tmp, a fresh tmpfs per up (the board's system python3 runs the runner).
+VFARM_WORKDIR = "/tmp/rkdeploy-farm"
+
+
+@pytest.fixture(scope="session")
+def vfarm(tmp_path_factory):
+    """vfarm-a and vfarm-b up in parallel (each its own 127.0.0.N, state, host and client keys over the cached
+    rootfs; vrk3588 is never touched), an inventory naming them (soc rk3588, python3, VFARM_WORKDIR) and a
+    known_hosts with their host keys. ``restart(name)`` brings one back after a test stopped it. Both are
+    stopped by PID at the end unless they were running before; asserted gone (no process, no mount)."""
+    import threading
+    from types import SimpleNamespace
+
+    from host import vboard
+
+    why = vboard_why_not()
+    if why is not None:
+        pytest.skip(why)
+    tmp = tmp_path_factory.mktemp("vfarm")
+    was_running = {n for n in VFARM if vboard.status(n)["running"]}
+    errors: list[BaseException] = []
+
+    def up(name: str) -> None:
+        try:
+            vboard.up(name, say=lambda m: print(m, flush=True))
+        except BaseException as e:  # noqa: BLE001 - raised below in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=up, args=(n,)) for n in VFARM]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        hosts, known = {}, ""
+        for n in VFARM:
+            inst, paths = vboard.instance(n), vboard.Paths(n)
+            hosts[n] = {"ansible_host": inst.address, "ansible_port": inst.port, "ansible_user": vboard.USER,
+                        "ansible_ssh_private_key_file": str(paths.client_key), "soc": "rk3588",
+                        "workdir": VFARM_WORKDIR, "python": "python3"}
+            kind, blob = paths.host_key.with_name(paths.host_key.name + ".pub").read_text().split()[:2]
+            known += f"[{inst.address}]:{inst.port} {kind} {blob}\n"
+        (tmp / "boards.yaml").write_text(yaml.safe_dump({"all": {"children": {"vfarm": {"hosts": hosts}}}}))
+        (tmp / "known_hosts").write_text(known)
+        yield SimpleNamespace(names=VFARM, dir=tmp, inventory=tmp / "boards.yaml", known=tmp / "known_hosts",
+                              restart=lambda n: vboard.up(n, say=lambda m: None))
+    finally:
+        for t in threads:
+            t.join()
+        for n in VFARM:
+            if n not in was_running:
+                vboard.down(n, say=lambda m: print(m, flush=True))
+                st = vboard.status(n)
+                assert not st["running"] and not st["mounts"], st
+                assert vboard.board_pids(vboard.Paths(n).root) == [], n
+# <<< the virtual farm
 
 
 @pytest.fixture(scope="session")

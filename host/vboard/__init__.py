@@ -18,7 +18,11 @@ libraries are shims cross-compiled with ``aarch64-linux-gnu-gcc``: ``board/testi
 as ``librkllmrt.so`` (ABI 1.3.0) and ``board/testing/rknn_shim.c`` as ``librknnrt.so``; their
 injected latencies are ``SHIM_LATENCY`` (set for every SSH session through sshd's ``SetEnv``).
 
-``python -m host.vboard up|down|status|build|purge`` (``make board-up`` / ``make board-down``). Needs root
+Named instances (``--name vfarm-a``; the farm tests run two): each its own 127.0.0.N (the lowest free from
+.10, recorded in its state folder until purge), state folder, host and client keys, all on the same cached
+rootfs as their read-only overlay lower layer; vrk3588 keeps 127.0.0.9:2222.
+
+``python -m host.vboard up|down|status|build|purge [--name NAME]`` (``make board-up`` / ``make board-down``). Needs root
 (mounts, chroot) and the Debian packages in ``HOST_TOOLS``. Stopped by PID; ``down`` kills every
 process whose root is the board's root, unmounts everything under it and checks /proc/mounts.
 
@@ -33,6 +37,7 @@ from host.vboard.config import (
                                 ARCH,
                                 HOME,
                                 NAME,
+                                NAME_RE,
                                 PACKAGES,
                                 PORT,
                                 PYTHON,
@@ -44,16 +49,18 @@ from host.vboard.config import (
                                 SUITE,
                                 USER,
                                 WORKDIR,
+                                Instance,
                                 Paths,
                                 VBoardError,
                                 cache_root,
+                                check_name,
                                 image_key,
                                 recipe,
 )
 from host.vboard.demo import toolkit_venvs, write_rknn_specs
 from host.vboard.identity import COMPATIBLE, build_shims, marker, write_identity, write_qemu_prefix
 from host.vboard.image import build_image, customize_image
-from host.vboard.run import down, purge, sshd_config, status, up
+from host.vboard.run import down, instance, purge, running, sshd_config, status, up
 from host.vboard.system import (
                                 board_pids,
                                 check_host,
@@ -64,9 +71,9 @@ from host.vboard.system import (
                                 unmount_all,
 )
 
-__all__ = ["ADDRESS", "ARCH", "COMPATIBLE", "HOME", "NAME", "PACKAGES", "PORT", "PYTHON", "QEMU_PREFIX", "RKLLM_ABI",
-           "SHIM_ECHO", "SHIM_LATENCY", "SHIM_SOURCES", "SUITE", "USER", "WORKDIR", "Paths", "VBoardError",
-           "board_pids", "build_image", "build_shims", "cache_root", "check_host", "customize_image", "down",
-           "ensure_binfmt", "image_key", "marker", "missing_host_tools", "mounts_under", "purge", "recipe",
-           "safe_rmtree", "sshd_config", "status", "toolkit_venvs", "unmount_all", "up", "write_identity",
+__all__ = ["ADDRESS", "ARCH", "COMPATIBLE", "HOME", "NAME", "NAME_RE", "PACKAGES", "PORT", "PYTHON", "QEMU_PREFIX", "RKLLM_ABI",
+           "SHIM_ECHO", "SHIM_LATENCY", "SHIM_SOURCES", "SUITE", "USER", "WORKDIR", "Instance", "Paths",
+           "VBoardError", "board_pids", "build_image", "build_shims", "cache_root", "check_host", "check_name",
+           "customize_image", "down", "ensure_binfmt", "image_key", "instance", "marker", "missing_host_tools",
+           "mounts_under", "purge", "recipe", "running", "safe_rmtree", "sshd_config", "status", "toolkit_venvs", "unmount_all", "up", "write_identity",
            "write_qemu_prefix", "write_rknn_specs"]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 NAME = "vrk3588"
+#: Other instances (``--name``): lower-case letters, digits and '-', starting with a letter (a folder name and
+#: part of the board's model string). Each gets the lowest free 127.0.0.N from FIRST_HOST on its first ``up``,
+#: recorded in its state folder until ``purge``; vrk3588 always keeps 127.0.0.9.
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+FIRST_HOST, LAST_HOST = 10, 254
 # Bump when the image build or its customisation changes (it is part of the image key).
 SCRIPT_VERSION = 1
 SUITE = "bookworm"
@@ -70,11 +77,31 @@ def image_key() -> str:
     return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise VBoardError(f"virtual board name {name!r}: use 1-32 of a-z, 0-9 and '-', starting with a letter "
+                          f"(e.g. vfarm-a); the default is {NAME}")
+    return name
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One named virtual board: where its sshd listens (every instance has its own loopback address)."""
+
+    name: str
+    address: str
+    port: int = PORT
+
+    @property
+    def login(self) -> str:
+        return f"{USER}@{self.address}:{self.port}"
+
+
 class Paths:
-    """Where one virtual board's image and state live."""
+    """Where one virtual board's image and state live (the image is shared by every instance, read-only)."""
 
     def __init__(self, name: str = NAME) -> None:
-        self.name = name
+        self.name = check_name(name)
         self.images = cache_root() / "images"
         self.image = self.images / image_key()
         self.lower = self.image / "rootfs"
@@ -91,4 +118,5 @@ class Paths:
         self.lock = self.state / "lock"
         self.info = self.state / "board.json"
         self.image_key_file = self.state / "image-key"
+        self.instance = self.state / "instance.json"   # address + port of an instance other than vrk3588
 

@@ -19,10 +19,15 @@ CLUSTERS = (("policy0", (0, 1, 2, 3), "cortex-a55", "0x00000000412fd050", 180000
             ("policy6", (6, 7), "cortex-a76", "0x00000000414fd0b0", 2352000))
 THERMAL_ZONES = (("soc-thermal", 41.6), ("bigcore0-thermal", 42.5), ("bigcore1-thermal", 42.5),
                  ("littlecore-thermal", 41.6), ("center-thermal", 40.7), ("gpu-thermal", 40.7), ("npu-thermal", 41.6))
-MODEL = f"rkdeploy {NAME}: virtual RK3588 (arm64 Debian under qemu-user, NPU libraries are shims)"
+def model(name: str = NAME) -> str:
+    """The device tree's model string of board ``name``."""
+    return f"rkdeploy {name}: virtual RK3588 (arm64 Debian under qemu-user, NPU libraries are shims)"
 
 
-def write_identity(sys_dir: Path) -> None:
+MODEL = model()
+
+
+def write_identity(sys_dir: Path, name: str = NAME) -> None:
     """A fake ``/sys`` of a healthy RK3588 (the paths of ROCKCHIP.md §5 and what onnxruntime's cpuinfo reads)."""
 
     def w(rel: str, text: str) -> None:
@@ -31,8 +36,8 @@ def write_identity(sys_dir: Path) -> None:
         f.write_text(text)
 
     cpu = "devices/system/cpu/"
-    for name in ("possible", "present", "online"):
-        w(cpu + name, "0-7\n")
+    for entry in ("possible", "present", "online"):
+        w(cpu + entry, "0-7\n")
     w(cpu + "kernel_max", "7\n")
     for pol, cpus, _core, midr, khz in CLUSTERS:
         listing = " ".join(map(str, cpus))
@@ -65,29 +70,29 @@ def write_identity(sys_dir: Path) -> None:
     # No rknpu/load: a virtual NPU has no load to report (rows show none rather than a fake 0 %).
     w("kernel/debug/rknpu/freq", "1000000000\n")
     w("firmware/devicetree/base/compatible", COMPATIBLE)
-    w("firmware/devicetree/base/model", MODEL + "\0")
+    w("firmware/devicetree/base/model", model(name) + "\0")
 
 
 COMPATIBLE = "radxa,rock-5b\0rockchip,rk3588\0"
 
 
-def write_qemu_prefix(prefix: Path) -> None:
+def write_qemu_prefix(prefix: Path, name: str = NAME) -> None:
     """The files served through ``QEMU_LD_PREFIX``: /proc/device-tree (a link to the devicetree in /sys
     on boards) and a placeholder for the rknpu render node (a plain file: nothing opens it, the shim
     talks to no driver)."""
     dt = prefix / "proc" / "device-tree"
     dt.mkdir(parents=True, exist_ok=True)
     (dt / "compatible").write_text(COMPATIBLE)
-    (dt / "model").write_text(MODEL + "\0")
+    (dt / "model").write_text(model(name) + "\0")
     (prefix / "dev" / "dri").mkdir(parents=True, exist_ok=True)
     (prefix / "dev" / "dri" / "renderD129").write_text("")
 
 
-def marker(key: str) -> dict:
+def marker(key: str, name: str = NAME) -> dict:
     """``/etc/rkdeploy/virtual-board.json`` on the board: the board's own claim to be virtual."""
     import platform
 
-    return {"board": NAME, "virtual": True, "emulator": f"qemu-user (binfmt_misc), -cpu {QEMU_CPU}", "host_arch": platform.machine(),
+    return {"board": name, "virtual": True, "emulator": f"qemu-user (binfmt_misc), -cpu {QEMU_CPU}", "host_arch": platform.machine(),
             "image": key, "soc": "rk3588", "npu": "shims (librknnrt.so, librkllmrt.so): no NPU",
             "shim_latency": SHIM_LATENCY}
 
