@@ -176,6 +176,12 @@ def _peak(cfg: BenchConfig, row: ResultRow, before: Optional[float], per_rep: Li
     vals = [x for x in [before, metrics.read_vmhwm_mb()] + reps if x is not None]
     row.peak_rss_mb = round(max(vals), 1) if vals else None
     row.peak_rss_method = "fresh-process" if cfg.fresh_process else "in-process"
+    # a backend whose model lives in a child process (llamacpp: rk-llama-run) reports that process's VmHWM:
+    # both are resident at once, so the row's peak is the sum (an upper bound), and the method says so
+    driver = (row.runtime_perf or {}).get("driver_vmhwm_mb") if isinstance(row.runtime_perf, dict) else None
+    if isinstance(driver, (int, float)) and row.peak_rss_mb is not None:
+        row.peak_rss_mb = round(row.peak_rss_mb + float(driver), 1)
+        row.peak_rss_method += "+driver"
 
 
 def _measure_generate(cfg: BenchConfig, row: ResultRow, backend: Any, manifest: Manifest) -> None:

@@ -125,6 +125,9 @@ def test_runner_bench_row_for_a_gguf_artifact(gguf_export, llamacpp, tmp_path, m
     assert sorted(r.scheme for r in rows) == sorted(SCHEMES), [(r.scheme, r.error) for r in summary.rows]
     for r in rows:
         assert r.status == "ok" and r.n_prompt == 16 and r.n_gen == 8 and r.decode_tps > 0 and r.prefill_tps > 0
+        # the model lives in rk-llama-run: the row's peak is runner + driver (not the 20-MB Python runner alone)
+        driver = r.runtime_perf["driver_vmhwm_mb"]
+        assert r.peak_rss_method.endswith("+driver") and driver > 50 and r.peak_rss_mb > driver, (r.peak_rss_mb, driver)
 
 
 def test_driver_logprobs_give_llama_perplexity_kl_divergence(gguf_export, llamacpp, builtin_models, tmp_path):
