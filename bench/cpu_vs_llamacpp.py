@@ -12,6 +12,13 @@ over rounds is printed. Missing artifacts are built first (``export`` of the bui
 the ONNX int8/int4 and the GGUF schemes into ``--artifacts``; the llama.cpp build must exist:
 ``make llamacpp``). Last lines: ``ratio ours/llama.cpp decode: X`` and ``... prefill: X`` (our best
 scheme of the pair int8 vs Q8_0).
+
+The 1-minute load average is sampled after every measurement and printed (min / median / max): above
+the core count the ratios are not valid. llama.cpp's OpenMP workers spin-wait, so under oversubscription
+it loses far more than onnxruntime (measured at load 13-20 on the 2-core Xeon: Q8_0 decode 0.4-1.2 tok/s
+against ~67 at load < 4, i.e. "ours/llama.cpp" 5-11x, which is an artifact of the load). Our own graph
+levers are compared by CPU time instead (README "CPU levers"): since issue 19 our int8/int4 prune the
+lm_head to the last prompt position (prefill CPU time -20 % int8, -14 % int4).
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ def main(argv=None) -> int:
     order = [*OURS, *THEIRS]
     sizes: dict[str, int] = {}
     res: dict[str, dict[str, list[float]]] = {s: {"prefill": [], "decode": []} for s in order}
+    loads: list[float] = []
     for rnd in range(args.rounds):
         for s in order[rnd % len(order):] + order[:rnd % len(order)]:
             be, manifest = _load(folders[s], "onnxruntime" if s in OURS else "llamacpp", args.threads,
@@ -103,6 +111,7 @@ def main(argv=None) -> int:
             finally:
                 be.close()
             sizes[s] = manifest.size
+            loads.append(os.getloadavg()[0])
             res[s]["prefill"].append(row.prefill_tps)
             res[s]["decode"].append(row.decode_tps)
     med = {s: {k: statistics.median(v) for k, v in d.items()} for s, d in res.items()}
@@ -110,6 +119,9 @@ def main(argv=None) -> int:
         mb = sizes[s] / 1e6
         print(f"{s:12s} {'onnxruntime' if s in OURS else 'llama.cpp':12s} {mb:6.0f} MB  "
               f"prefill {med[s]['prefill']:8.1f} tok/s  decode {med[s]['decode']:7.1f} tok/s")
+    print(f"load average (1 min) over the measurements: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
+          f"max {max(loads):.1f} on {os.cpu_count()} CPUs" + ("  (above the CPU count: ratios not valid)"
+                                                              if statistics.median(loads) > (os.cpu_count() or 1) else ""))
     for ours, theirs in (("int8", "gguf-q8_0"), ("int4", "gguf-q4_0"), ("int4", "gguf-q4_k_m")):
         print(f"ratio {ours}/{theirs}: decode {med[ours]['decode'] / med[theirs]['decode']:.2f}, "
               f"prefill {med[ours]['prefill'] / med[theirs]['prefill']:.2f}")

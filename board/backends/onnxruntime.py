@@ -9,7 +9,11 @@ same graph (boards on Python 3.10 get onnxruntime <= 1.23.2 and no genai wheel).
 
 ``logprobs(ids)`` (LLM artifacts): per-position next-token log-probabilities ``[len(ids), vocab]``
 (float32) of one full window with an empty KV cache, always through plain onnxruntime (the ONE
-implementation of feeding a genai decoder graph; the host's quality evaluation uses it too). The
+implementation of feeding a genai decoder graph; the host's quality evaluation uses it too). A graph
+whose logits hold the last position only (genai's ``prune_lm_head``, our int8/int4 default: faster
+prefill) is fed one token at a time with the KV cache (``len(ids)`` runs; its int8-activation MatMuls
+then take their one-row kernels, which round differently from the prompt pass: KLD 0.007 between
+the two on SmolLM2 int8). The host restores the full-logits graph in memory instead. The
 host may pass ``params["graph"]`` (serialized ModelProto bytes) to run an in-memory rewrite of the
 entry graph (exact u8u8 weights, ``host.build.int8_format``) instead of the file, and
 ``params["graph_optimization"]`` = ``all`` (default) | ``extended`` | ``basic`` | ``none``: onnxruntime's
@@ -295,6 +299,8 @@ class _OrtLLM:
             self.past_dtype[n] = dt.get(ins[n].type, np.float32)
         self.outputs = [o.name for o in self.sess.get_outputs()]
         logits_shape = self.sess.get_outputs()[0].shape
+        # [batch, 1, vocab]: logits of the last position only (a pruned lm_head), whatever the input length
+        self.last_only = bool(logits_shape and len(logits_shape) == 3 and logits_shape[1] == 1)
         v = logits_shape[-1] if logits_shape and isinstance(logits_shape[-1], int) else 0
         self.vocab_size = int(v or (manifest.get("vocab_size") or 0))
 
@@ -316,9 +322,27 @@ class _OrtLLM:
     def logprobs(self, ids: Sequence[int]) -> Any:
         np = self.np
         x = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        if self.last_only and x.shape[1] > 1:
+            return self._logprobs_stepwise(x)
         name = "logits" if "logits" in self.outputs else self.outputs[0]
         logits = self.sess.run([name], self._feeds(x, 0, self._empty_past()))[0][0]
         return log_softmax(np, logits)
+
+    def _logprobs_stepwise(self, x: Any) -> Any:
+        """Log-probs of every position from a graph whose logits hold the LAST position only (genai's
+        ``prune_lm_head``): one token per run with the KV cache (n runs; the host's quality evaluation
+        restores the full-logits graph in memory instead, ``host.build.genai.full_logits_graph``)."""
+        np = self.np
+        past = self._empty_past()
+        rows = []
+        for pos in range(x.shape[1]):
+            outs = self.sess.run(self.outputs, self._feeds(x[:, pos:pos + 1], pos, past))
+            for k in range(1, len(outs)):
+                name = self.outputs[k]
+                if name.startswith("present."):
+                    past["past_key_values." + name[len("present."):]] = outs[k]
+            rows.append(outs[0][0, -1])
+        return log_softmax(np, np.stack(rows))
 
     def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
         np = self.np

@@ -43,7 +43,10 @@ def failure_message(*, version: str, label: str, rc: int, tail: str, logfile: Pa
             f"(log: {logfile})")
 
 
-def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, board_threads: int) -> dict:
+def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, board_threads: int,
+                options: dict | None = None) -> dict:
+    """Build ``scheme`` (``int8`` | ``int4``) into ``out_dir``; ``options`` are the builder's ``--extra_options``
+    (``key=value``, e.g. ``accuracy_level``, ``block_size``, ``prune_lm_head``), recorded in the manifest."""
     from host.families import family_label, genai_fixes, known_issue
     from host.models import read_config
 
@@ -55,9 +58,13 @@ def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, boa
     logfile = log_path(out_dir)
     cmd = [sys.executable, str(WORKER), *[a for f in fixes for a in ("--fix", f)], "--",
            "-i", str(src), "-o", str(out_dir), "-p", scheme, "-e", "cpu", "-c", str(cache)]
+    options = dict(options or {})
+    if options:
+        cmd += ["--extra_options", *(f"{k}={_option_text(v)}" for k, v in sorted(options.items()))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
-    log(f"onnxruntime-genai builder -p {scheme} ({threads} threads" + (f"; fixes: {', '.join(fixes)}" if fixes else "")
+    shown = " ".join(f"{k}={_option_text(v)}" for k, v in sorted(options.items()))
+    log(f"onnxruntime-genai builder -p {scheme}{' ' + shown if shown else ''} ({threads} threads" + (f"; fixes: {', '.join(fixes)}" if fixes else "")
         + ")")
     try:
         with open(logfile, "w") as lf:
@@ -76,8 +83,15 @@ def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, boa
     gcfg = json.loads(cfg_path.read_text())
     gcfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = board_threads
     cfg_path.write_text(json.dumps(gcfg, indent=4))
-    graph = f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block 32)"
-    return {"format": "onnx-genai", "graph": graph, **({"builder_fixes": fixes} if fixes else {})}
+    block = options.get("block_size", 32)
+    graph = f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block {block})"
+    return {"format": "onnx-genai", "graph": graph, "builder_options": options,
+            **({"builder_fixes": fixes} if fixes else {})}
+
+
+def _option_text(value) -> str:
+    """The builder's spelling of an extra option value (``true``/``false`` for booleans)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _genai_version() -> str:
@@ -87,3 +101,49 @@ def _genai_version() -> str:
         return metadata.version("onnxruntime-genai")
     except metadata.PackageNotFoundError:
         return "(not installed)"
+
+
+#: The nodes genai's ``prune_lm_head`` puts before the lm_head MatMul: Gather(last position) + Unsqueeze.
+PRUNE_NODES = ("/lm_head/prune/Gather", "/lm_head/prune/Unsqueeze")
+
+
+def full_logits_graph(path: Path) -> bytes | None:
+    """The serialized graph of ``path`` with genai's ``prune_lm_head`` undone (logits for EVERY position,
+    the lm_head MatMul reading the final norm's output again; same weights, same kernels), or ``None``
+    when the graph is not pruned. The quality evaluation needs every position's log-probs; generation
+    only the last one (the pruned graph saves the prompt's lm_head rows in prefill)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.load(str(path), load_external_data=False)
+    nodes = {n.name: n for n in proto.graph.node}
+    if not all(name in nodes for name in PRUNE_NODES):
+        return None
+    gather, unsqueeze = (nodes[name] for name in PRUNE_NODES)
+    source, pruned = gather.input[0], unsqueeze.output[0]
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == pruned:
+                node.input[i] = source
+    keep = [n for n in proto.graph.node if n.name not in PRUNE_NODES]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    # the values after the lm_head (softcap, cast, ... on some families) were annotated with one position:
+    # drop those annotations (onnxruntime infers them again) and give the logits output its sequence axis
+    after, grew = {source}, True
+    while grew:
+        grew = False
+        for node in proto.graph.node:
+            if any(i in after for i in node.input) and not set(node.output) <= after:
+                after.update(node.output)
+                grew = True
+    keep_info = [vi for vi in proto.graph.value_info if vi.name not in after or vi.name == source]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep_info)
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.name == "logits" and len(dims) == 3:
+            dims[1].Clear()
+            dims[1].dim_param = "sequence_length"
+    load_external_data_for_model(proto, str(Path(path).parent))
+    return proto.SerializeToString()

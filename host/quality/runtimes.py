@@ -22,9 +22,16 @@ def ort_graph(folder: Path, manifest) -> tuple[bytes | None, int]:
     """``(graph, rewritten)``: for an int8 graph with signed weights (not built by us as ``u8u8``) the
     serialized graph rewritten to unsigned weights (``host.build.int8_format``: exact, same integers)
     and how many weights were rewritten, so this host accumulates in int32 exactly as the board does;
+    for a genai graph built with ``prune_lm_head`` the same graph with every position's logits;
     ``(None, 0)`` when the file runs as it is."""
     from host.build.int8_format import FORMAT, signed_weight_count, to_unsigned_weights
 
+    if (manifest.get("builder_options") or {}).get("prune_lm_head"):
+        # genai's pruned lm_head gives the last position's logits only: the evaluation runs the same
+        # graph with every position's logits (``host.build.genai.full_logits_graph``)
+        from host.build.genai import full_logits_graph
+
+        return full_logits_graph(folder / (manifest.get("entry") or "model.onnx")), 0
     if manifest.get("scheme") not in ("int8-dyn", "int8-qdq") or manifest.get("int8_weights") == FORMAT:
         return None, 0
     import onnx
