@@ -221,9 +221,12 @@ def bench_local(*, recipe: str | Path, target: str, params: BenchParams = BenchP
                 continue
             backend = pick_backend(manifest, available)
             if backend is None:
-                want = ", ".join(BACKENDS_FOR_FORMAT.get(manifest.format or "", ())) or "none"
+                names = BACKENDS_FOR_FORMAT.get(manifest.format or "", ())
+                want = ", ".join(names) or "none"
+                why = "; ".join(sanitize(str(available[n].get("detail"))) for n in names
+                                if isinstance(available.get(n), dict) and available[n].get("detail"))
                 summary.skipped.append(f"{job.label}: format {manifest.format} needs backend {want}, "
-                                       f"not available on {board}")
+                                       f"not available on {board}" + (f" ({why})" if why else ""))
                 continue
             note = manifest.get("model_note")   # "float weights dequantized from Q4_K_M …" travels into rows
             say(f"bench {job.label} on {board} with {backend} …")
