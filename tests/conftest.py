@@ -377,12 +377,13 @@ VFARM = ("vfarm-a", "vfarm-b")
 VFARM_WORKDIR = "/tmp/rkdeploy-farm"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vfarm(tmp_path_factory):
     """vfarm-a and vfarm-b up in parallel (each its own 127.0.0.N, state, host and client keys over the cached
     rootfs; vrk3588 is never touched), an inventory naming them (soc rk3588, python3, VFARM_WORKDIR) and a
     known_hosts with their host keys. ``restart(name)`` brings one back after a test stopped it. Both are
-    stopped by PID at the end unless they were running before; asserted gone (no process, no mount)."""
+    stopped by PID at the end of the module unless they were running before; asserted gone (no process, no
+    mount)."""
     import threading
     from types import SimpleNamespace
 
