@@ -131,13 +131,14 @@ def main() -> None:
     model = load_torch_llm(src)
     fp32 = 4.0 * sum(p.numel() for p in model.parameters())
     linears = linear_layers(model)
-    emb = model.get_input_embeddings().weight.numel()
-    lin_params = sum(mod.weight.numel() for mod in linears.values())
+    emb = model.get_input_embeddings().weight
+    # every distinct weight once (a tied lm_head is the embedding's matrix)
+    lin_params = sum(mod.weight.numel() for mod in linears.values() if mod.weight is not emb)
     units = units_from_sensitivity(model, sens["groups"])
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     from host.build.mixed import INT4_BYTES
 
-    other = (emb * INT4_BYTES if tied else 0) + 4.0 * (sum(p.numel() for p in model.parameters()) - lin_params - emb)
+    # the embedding is int4 (GatherBlockQuantized) in every mix; norms stay fp32
+    other = emb.numel() * INT4_BYTES + 4.0 * (sum(p.numel() for p in model.parameters()) - lin_params - emb.numel())
     plan = plan_mixed(units, fp32_bytes=fp32, budget=a.budget, other_bytes=other)
     del model
     log("size-vs-predicted-KLD frontier (predicted = sum of per-unit int4 KLD increases, an estimate):")

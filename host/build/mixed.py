@@ -68,9 +68,10 @@ def units_from_sensitivity(model, groups: list[dict]) -> list[Unit]:
     layers = linear_layers(model)
     members = layer_groups(list(layers), _buckets(groups))
     merged: dict[tuple, Unit] = {}
+    bucketed = any("@" in g["group"] and not g["group"].endswith("@all") for g in groups)
     for g in groups:
         name = g["group"]
-        if name.endswith("@all"):
+        if name.endswith("@all") and bucketed:
             continue
         lin = members.get(name, [])
         nodes = tuple(sorted({onnx_node(n) for n in lin}))
@@ -86,7 +87,7 @@ def units_from_sensitivity(model, groups: list[dict]) -> list[Unit]:
 
 def _buckets(groups: list[dict]) -> int:
     spans = {g["group"].split("@")[1] for g in groups if "@" in g["group"] and not g["group"].endswith("@all")}
-    return max(1, len(spans))
+    return max(1, len(spans))   # 1: only "X@all" groups (a sensitivity run with buckets=1)
 
 
 def plan_mixed(units: list[Unit], *, fp32_bytes: float, budget: float, other_bytes: float = 0.0) -> Plan:
@@ -113,18 +114,19 @@ def plan_mixed(units: list[Unit], *, fp32_bytes: float, budget: float, other_byt
     return Plan(tuple(sorted(chosen)), size, fp32_bytes, kld, frontier)
 
 
-def overrides_json(int8_nodes, *, symmetric: bool = True) -> str:
+def overrides_json(int8_nodes, *, symmetric: bool = True, method: str = "default") -> str:
     """``--target_options`` for onnxruntime-genai's builder: the listed MatMuls int8, the rest int4
-    (``symmetric=False``: uint4/uint8 with a zero point per block)."""
+    (``symmetric=False``: uint4/uint8 with a zero point per block; ``method``: the builder's rounding,
+    ``default`` = round-to-nearest, ``k_quant`` = onnxruntime's k-quant scale/min search)."""
     ov = [{"match": {"name": n}, "type": "int8"} for n in int8_nodes]
     # The embedding is quantized too (int4 GatherBlockQuantized, the only width it has): with lm_head
     # at int8 the tied matrix is no longer shared, and a float embedding alone would be 0.21x fp32.
-    return json.dumps({"quant_config": {"weights": {"op_types": ["MatMul", "Gather"], "symmetric": symmetric,
+    return json.dumps({"quant_config": {"weights": {"op_types": ["MatMul", "Gather"], "symmetric": symmetric, "method": method,
                                                     "overrides": ov}}})
 
 
 def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int, board_threads: int,
-                      symmetric: bool = True) -> dict:
+                      symmetric: bool = True, method: str = "default") -> dict:
     """onnxruntime-genai builder ``-p int4`` with ``int8_nodes`` as int8 MatMulNBits (block 32)."""
     from host.build.genai import WORKER, _genai_version, failure_message, last_error_line, log_path
     from host.families import family_label, genai_fixes
@@ -136,7 +138,7 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
     logfile = log_path(out_dir)
     cmd = [sys.executable, str(WORKER), *[a for f in fixes for a in ("--fix", f)], "--",
            "-i", str(src), "-o", str(out_dir), "-p", "int4", "-e", "cpu", "-c", str(cache),
-           "--target_options", overrides_json(int8_nodes, symmetric=symmetric)]
+           "--target_options", overrides_json(int8_nodes, symmetric=symmetric, method=method)]
     if LM_HEAD in int8_nodes:   # genai 0.18 shares a tied matrix only at one width: it referenced a missing
         cmd += ["--extra_options", "shared_embeddings=false"]   # lm_head int8 initializer (invalid graph)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
@@ -156,6 +158,7 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
     gcfg = json.loads(cfg_path.read_text())
     gcfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = board_threads
     cfg_path.write_text(json.dumps(gcfg, indent=4))
-    graph = (f"onnxruntime-genai model builder -p int4 -e cpu (MatMulNBits block 32, "
+    graph = (f"onnxruntime-genai model builder -p int4 -e cpu (MatMulNBits block 32, {method}, "
              f"{'symmetric' if symmetric else 'asymmetric'}; {len(int8_nodes)} MatMuls int8 by sensitivity)")
-    return {"format": "onnx-genai", "graph": graph, "int8_nodes": list(int8_nodes), "weights_symmetric": symmetric}
+    return {"format": "onnx-genai", "graph": graph, "int8_nodes": list(int8_nodes), "weights_symmetric": symmetric,
+            "weights_method": method}

@@ -52,3 +52,31 @@ def test_overrides_json_names_each_int8_node_and_quantizes_the_embedding():
     assert d["op_types"] == ["MatMul", "Gather"]
     assert d["overrides"] == [{"match": {"name": LM_HEAD}, "type": "int8"}, {"match": {"name": "/d0"}, "type": "int8"}]
     assert d["symmetric"] is True and json.loads(overrides_json([], symmetric=False))["quant_config"]["weights"]["symmetric"] is False
+
+
+def test_units_from_sensitivity_merge_qkv_into_one_packed_node():
+    torch = pytest.importorskip("torch")
+    from host.build.mixed import units_from_sensitivity
+
+    def layer():
+        attn = torch.nn.Module()
+        for n, o in (("q_proj", 8), ("k_proj", 4), ("v_proj", 4), ("o_proj", 8)):
+            setattr(attn, n, torch.nn.Linear(8, o, bias=False))
+        mlp = torch.nn.Module()
+        mlp.down_proj = torch.nn.Linear(16, 8, bias=False)
+        blk = torch.nn.Module()
+        blk.self_attn, blk.mlp = attn, mlp
+        return blk
+
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer(), layer()])
+    model.lm_head = torch.nn.Linear(8, 32, bias=False)
+    groups = [{"group": g, "kld_increase": k} for g, k in (("down_proj@all", 0.3), ("lm_head", 0.2), ("v_proj@all", 0.1),
+                                                           ("q_proj@all", 0.05), ("k_proj@all", -0.01),
+                                                           ("o_proj@all", 0.0))]
+    units = {u.name: u for u in units_from_sensitivity(model, groups)}
+    qkv = units["v_proj@all+q_proj@all+k_proj@all"]
+    assert qkv.nodes == ("/model/layers.0/attn/qkv_proj/MatMul", "/model/layers.1/attn/qkv_proj/MatMul")
+    assert qkv.params == 2 * 8 * (8 + 4 + 4) and qkv.kld_int4 == pytest.approx(0.15)   # a negative increase counts 0
+    assert units["lm_head"].nodes == (LM_HEAD,) and units["down_proj@all"].params == 2 * 16 * 8
