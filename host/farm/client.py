@@ -34,6 +34,15 @@ TAG_KEY = re.compile(r"[a-z][a-z0-9_]+\Z")  # labgrid's TAG_KEY, anchored
 TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 
+def checked_place(name: object) -> str:
+    """A place name from the coordinator (anyone on it may add places): it names local files and log lines,
+    so only ``[A-Za-z0-9_.-]`` and not ``.``/``..`` are accepted."""
+    if not isinstance(name, str) or not TAG_VALUE.match(name) or name in (".", ".."):
+        raise FarmError(f"coordinator place {name!r}: a place name must be letters, digits, '_', '.' or '-' "
+                        "(rename it with labgrid-client; rkdeploy uses it in file names)")
+    return name
+
+
 def _quiet_labgrid(record) -> bool:
     """labgrid logs its connection trouble on the root logger; we say it once, as a ``FarmError``."""
     return "/labgrid/" not in record.pathname.replace("\\", "/")

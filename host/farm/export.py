@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from host.deploy.inventory import Board, Inventory
-from host.farm.client import TAG_VALUE, FarmClient, FarmError
+from host.farm.client import TAG_VALUE, FarmClient, FarmError, checked_place
 from host.fsutil import atomic_write_text
 
 RESOURCE = "NetworkService"
@@ -64,6 +64,7 @@ def register_places(client: FarmClient, inv: Inventory, exporter: str) -> list[t
 
 def board_from_place(place: str, resources: dict[str, dict], tags: dict[str, str], inv: Inventory | None) -> Board:
     """The ``Board`` record of an acquired place (same record as the inventory gives)."""
+    checked_place(place)
     ns = resources.get(RESOURCE)
     if ns is None:
         raise FarmError(f"place {place}: no {RESOURCE} resource matched (found: {', '.join(resources) or 'none'}); "

@@ -18,6 +18,7 @@ Ways out and what they leave behind:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.deploy.inventory import Board, Inventory
-from host.farm.client import FarmClient, FarmError, PlaceInfo, _tags
+from host.farm.client import FarmClient, FarmError, PlaceInfo, _tags, checked_place
 from host.farm.export import board_from_place
 from host.fsutil import atomic_write_text
 
@@ -78,7 +79,7 @@ def release_stale(client: FarmClient, say: Callable[[str], None]) -> list[str]:
     d = held_dir()
     if not d.is_dir():
         return freed
-    for rec in sorted(d.glob(f"{client.address.replace(':', '_')}--*.json")):
+    for rec in sorted(d.glob(f"{glob.escape(client.address.replace(':', '_'))}--*.json")):
         try:
             info = json.loads(rec.read_text())
             pid, place, user, token = int(info["pid"]), str(info["place"]), str(info["user"]), str(info["token"])
@@ -183,13 +184,13 @@ def _wait_allocated(client: FarmClient, tokens: list[str], tags: dict[str, str],
         task = progress.add_task(f"farm: reserving {len(tokens)} board(s) with {_tags(tags)}", total=len(tokens))
         while True:
             for token in tokens:
-                if token in done:
-                    continue
+                # Every reservation is polled each round, allocated ones too: labgrid's coordinator expires a
+                # waiting or allocated reservation 60 s after its last poll, and would hand its place to another.
                 res = client.poll(token)
                 if res.state in ("expired", "invalid"):
                     raise FarmError(f"farm: reservation {token} became {res.state} while waiting")
-                if res.places:
-                    done[token] = res.places[0]
+                if token not in done and res.places:
+                    done[token] = checked_place(res.places[0])
             progress.update(task, completed=len(done))
             if len(done) == len(tokens):
                 return [(t, done[t]) for t in tokens]
@@ -211,9 +212,10 @@ def _release_all(client: FarmClient, held: list[tuple[str, str]], tokens: list[s
                  say: Callable[[str], None]) -> None:
     """Release every place and cancel every reservation; one failure does not stop the others.
     A second Ctrl-C while this runs is ignored until it is done."""
-    old = None
+    old = old_term = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         for place, token in held:
             try:
@@ -229,3 +231,5 @@ def _release_all(client: FarmClient, held: list[tuple[str, str]], tokens: list[s
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)

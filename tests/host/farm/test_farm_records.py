@@ -71,3 +71,33 @@ def test_export_refuses_a_board_without_a_user(tmp_path):
     with pytest.raises(FarmError, match="b.yaml: host 'x' has no ansible_user"):
         write_exporter_config(inv, tmp_path / "e.yaml")
     assert not (tmp_path / "e.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/x", "a/b", "..", ".", "", "va\x1b[2J", "a b", None])
+def test_place_names_from_the_coordinator_are_untrusted(name):
+    """Anyone on a shared coordinator may add places; their names become file names and log lines here."""
+    ns = {"NetworkService": {"address": "10.0.0.5", "port": 22, "username": "rock"}}
+    with pytest.raises(FarmError, match="place name must be"):
+        board_from_place(name, ns, {"soc": "rk3588"}, None)
+
+
+def test_allocated_reservations_keep_being_polled(monkeypatch):
+    """labgrid's coordinator expires an allocated reservation 60 s after its last poll: while one board is
+    still busy, the reservations that already got theirs must be polled every round too."""
+    from host.farm import session
+    from host.farm.client import ReservationInfo
+
+    monkeypatch.setattr(session, "POLL_S", 0.0)
+    rounds = {"a": 0, "b": 0}
+
+    class Client:
+        def poll(self, token):
+            rounds[token] += 1
+            ready = token == "a" or rounds["b"] >= 4
+            return ReservationInfo(token, "me", "allocated" if ready else "waiting", {}, (f"p{token}",) if ready else ())
+
+        def places(self):
+            return []
+
+    got = session._wait_allocated(Client(), ["a", "b"], {"soc": "rk3588"}, None, lambda s: None, False)
+    assert got == [("a", "pa"), ("b", "pb")] and rounds == {"a": 4, "b": 4}
