@@ -34,10 +34,10 @@ setup-rkllm:      ## make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...
 	@test -n "$(WHEEL)" || { echo "usage: make setup-rkllm WHEEL=path/to/rkllm_toolkit-<ver>-cp3X-...whl"; exit 2; }
 	@scripts/setup_rkllm.sh "$(WHEEL)"
 
-llamacpp: setup   ## llama.cpp's tools (static, CPU, -march=native minus AMX) + rk-llama-run, cached per host ISA under ~/.cache/rkdeploy/llamacpp (~20 min once on 2 cores); make export/demo need it for the GGUF schemes
+llamacpp: setup setup-system   ## llama.cpp's tools (static, CPU, -march=native minus AMX) + rk-llama-run, cached per host ISA under ~/.cache/rkdeploy/llamacpp (~20 min once on 2 cores); make export/demo need it for the GGUF schemes
 	@$(VENV)/bin/python -m host.build.llamacpp_tools --host
 
-llamacpp-aarch64: setup   ## rk-llama-run for aarch64 boards: llama.cpp cross-compiled (libllama only, armv8.2-a+dotprod+fp16, static), cached; a push of a GGUF builds it when missing
+llamacpp-aarch64: setup setup-system   ## rk-llama-run for aarch64 boards: llama.cpp cross-compiled (libllama only, armv8.2-a+dotprod+fp16, static), cached; a push of a GGUF carries it once built (it never starts this build)
 	@$(VENV)/bin/python -m host.build.llamacpp_tools --aarch64
 
 models: setup     ## materialise the built-in models into the cache

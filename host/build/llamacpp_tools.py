@@ -340,7 +340,7 @@ def driver_aarch64(root: Path | None = None) -> Path:
     """``rk-llama-run`` for aarch64 boards: cross-compiled, fully static, against the cross build's libs."""
     root = root or aarch64_dir()
     if not aarch64_built(root):
-        raise LlamaCppError(f"llama.cpp is not built for aarch64 boards ({root.name}): run `make llamacpp` "
+        raise LlamaCppError(f"llama.cpp is not built for aarch64 boards ({root.name}): run `make llamacpp-aarch64` "
                             "(the cross build, ~15 min once)")
     return _link_driver(root, CROSS_CC, CROSS_CXX, ["-static", "-fopenmp", "-lpthread", "-lm"],
                         cflags=[f"-march={AARCH64_ARCH}"])

@@ -115,7 +115,7 @@ def test_aarch64_build_targets_rk3588_cores_only_libllama():
 def test_missing_aarch64_build_names_the_make_target(monkeypatch, tmp_path):
     monkeypatch.setenv("RKDEPLOY_CACHE", str(tmp_path))
     assert not llamacpp_tools.aarch64_built()
-    with pytest.raises(llamacpp_tools.LlamaCppError, match="make llamacpp"):
+    with pytest.raises(llamacpp_tools.LlamaCppError, match="make llamacpp-aarch64"):
         llamacpp_tools.driver_aarch64()
 
 
@@ -165,3 +165,16 @@ def test_push_carries_no_llamacpp_driver_without_a_gguf_artifact(tmp_path):
 
     arts = [artifact_dir(folder, tmp_path / "art")]
     assert board_tools(arts) == {} and not any(n.startswith("bin/") for n in runner_dir(artifacts=arts).files)
+
+
+def test_push_without_the_aarch64_build_carries_no_driver_and_says_why(tmp_path, monkeypatch, capsys):
+    """A push never starts the cross build, nor fails the runner and the other artifacts for want of it."""
+    from host.deploy.push import artifact_dir, board_tools
+    from host.testing.deploy import write_artifact
+
+    monkeypatch.setenv("RKDEPLOY_CACHE", str(tmp_path / "cache"))
+    folder = write_artifact(tmp_path / "art" / "m" / "any" / "gguf-q4_0", {"model.gguf": b"GGUF"}, format="gguf",
+                            artifact_kind="gguf")
+    assert board_tools([artifact_dir(folder, tmp_path / "art")]) == {}
+    err = capsys.readouterr().err
+    assert "without rk-llama-run" in err and "make llamacpp-aarch64" in err
