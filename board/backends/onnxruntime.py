@@ -328,6 +328,16 @@ class _OrtLLM:
         logits = self.sess.run([name], self._feeds(x, 0, self._empty_past()))[0][0]
         return log_softmax(np, logits)
 
+    @property
+    def _logits_at(self) -> int:
+        """Index of the ``logits`` output (by name, as ``logprobs`` reads it; else the first output)."""
+        return self.outputs.index("logits") if "logits" in self.outputs else 0
+
+    def _keep_present(self, outs: Sequence[Any], past: Dict[str, Any]) -> None:
+        for name, value in zip(self.outputs, outs):  # noqa: B905 (strict= is Python 3.10+; board runs on 3.8)
+            if name.startswith("present."):
+                past["past_key_values." + name[len("present."):]] = value
+
     def _logprobs_stepwise(self, x: Any) -> Any:
         """Log-probs of every position from a graph whose logits hold the LAST position only (genai's
         ``prune_lm_head``): one token per run with the KV cache (n runs; the host's quality evaluation
@@ -337,11 +347,8 @@ class _OrtLLM:
         rows = []
         for pos in range(x.shape[1]):
             outs = self.sess.run(self.outputs, self._feeds(x[:, pos:pos + 1], pos, past))
-            for k in range(1, len(outs)):
-                name = self.outputs[k]
-                if name.startswith("present."):
-                    past["past_key_values." + name[len("present."):]] = outs[k]
-            rows.append(outs[0][0, -1])
+            self._keep_present(outs, past)
+            rows.append(outs[self._logits_at][0, -1])
         return log_softmax(np, np.stack(rows))
 
     def generate(self, prompt_ids: Sequence[int], n_gen: int, on_token: Callable[[int], None]) -> None:
@@ -352,12 +359,9 @@ class _OrtLLM:
         for _ in range(n_gen):
             n = ids.shape[1]
             outs = self.sess.run(self.outputs, self._feeds(ids, pos, past))
-            tok = int(outs[0][0, -1].argmax())
+            tok = int(outs[self._logits_at][0, -1].argmax())
             on_token(tok)
-            for k in range(1, len(outs)):
-                name = self.outputs[k]
-                if name.startswith("present."):
-                    past["past_key_values." + name[len("present."):]] = outs[k]
+            self._keep_present(outs, past)
             pos += n
             ids = np.asarray([[tok]], dtype=np.int64)
 

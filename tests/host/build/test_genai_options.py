@@ -107,7 +107,8 @@ def test_full_logits_graph_undoes_the_pruned_lm_head(tmp_path):
     full = ort.InferenceSession(full_logits_graph(path), providers=["CPUExecutionProvider"]).run(None, {"hidden": x})[0]
     assert full.shape == (1, 5, 11)                       # every position, same weights (read from external data)
     np.testing.assert_allclose(full, (x * x) @ w, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(full[:, -1:], pruned)   # the last row is what the pruned graph gives
+    # the last row is what the pruned graph gives (M=5 vs M=1 MatMul: MLAS may round the last bit apart on another CPU)
+    np.testing.assert_allclose(full[:, -1:], pruned, rtol=1e-6, atol=1e-6)
 
 
 def test_full_logits_graph_leaves_an_unpruned_graph_alone(tmp_path):
