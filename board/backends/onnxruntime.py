@@ -124,6 +124,11 @@ def _session(path: str, threads: int, graph: Optional[bytes] = None, optimizatio
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if graph is not None:
+        # an in-memory graph may keep its weights in the artifact's external data file (a graph with its
+        # weights inlined cannot pass 2 GB: protobuf's limit); ORT resolves them against the file's folder
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    os.path.dirname(os.path.abspath(path)))
     try:
         return ort.InferenceSession(path if graph is None else graph, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a bad graph

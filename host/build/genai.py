@@ -113,7 +113,6 @@ def full_logits_graph(path: Path) -> bytes | None:
     when the graph is not pruned. The quality evaluation needs every position's log-probs; generation
     only the last one (the pruned graph saves the prompt's lm_head rows in prefill)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
     proto = onnx.load(str(path), load_external_data=False)
     nodes = {n.name: n for n in proto.graph.node}
@@ -145,5 +144,6 @@ def full_logits_graph(path: Path) -> bytes | None:
         if out.name == "logits" and len(dims) == 3:
             dims[1].Clear()
             dims[1].dim_param = "sequence_length"
-    load_external_data_for_model(proto, str(Path(path).parent))
+    # the weights stay in the artifact's external data file (a model over 2 GB cannot be one protobuf message):
+    # the board backend's session resolves them against the artifact folder (``board.backends.onnxruntime._session``)
     return proto.SerializeToString()

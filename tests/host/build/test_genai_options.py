@@ -104,7 +104,14 @@ def test_full_logits_graph_undoes_the_pruned_lm_head(tmp_path):
     x = np.random.default_rng(1).standard_normal((1, 5, 8)).astype(np.float32)
     pruned = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"hidden": x})[0]
     assert pruned.shape == (1, 1, 11)
-    full = ort.InferenceSession(full_logits_graph(path), providers=["CPUExecutionProvider"]).run(None, {"hidden": x})[0]
+    graph = full_logits_graph(path)
+    import onnx
+
+    inits = onnx.load_from_string(graph).graph.initializer  # the weights stay in the artifact's data file
+    assert any(t.name == "lm_head.weight" and t.data_location == onnx.TensorProto.EXTERNAL for t in inits)
+    from board.backends.onnxruntime import _session
+
+    full = _session(str(path), 1, graph).run(None, {"hidden": x})[0]
     assert full.shape == (1, 5, 11)                       # every position, same weights (read from external data)
     np.testing.assert_allclose(full, (x * x) @ w, rtol=1e-5, atol=1e-5)
     # the last row is what the pruned graph gives (M=5 vs M=1 MatMul: MLAS may round the last bit apart on another CPU)
