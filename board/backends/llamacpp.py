@@ -70,6 +70,16 @@ def bundled_driver() -> Tuple[Optional[str], str]:
     return path, ""
 
 
+def _driver_version(driver: str) -> Optional[str]:
+    """The llama.cpp a pushed driver was built from (its ``.json`` sidecar's ``llamacpp``), else None."""
+    try:
+        with open(driver + ".json") as f:
+            v = json.load(f).get("llamacpp")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, str) and v.isprintable() and len(v) < 80 else None
+
+
 #: aarch64 AT_HWCAP bits (linux/arch/arm64/include/uapi/asm/hwcap.h) under their /proc/cpuinfo names
 HWCAP_BITS = {"fp": 0, "asimd": 1, "aes": 3, "pmull": 4, "crc32": 7, "atomics": 8, "fphp": 9, "asimdhp": 10,
               "asimdrdm": 12, "lrcpc": 15, "asimddp": 20, "sve": 22}
@@ -144,10 +154,12 @@ class LlamaCppBackend(Backend):
         fields = dict(kv.split("=", 1) for kv in info.split(" desc=", 1)[0].split()[1:] if "=" in kv)
         self.n_vocab = int(fields.get("n_vocab", 0))
         self.vocab_size = self.n_vocab       # the runner's prompt ids: same vocabulary -> same ids as other backends
-        self._info = {"name": self.name, "runtime": "llama.cpp", "driver": os.path.basename(driver),
+        version = _driver_version(driver) or (manifest.get("toolkit") or {}).get("version")
+        self._info = {"name": self.name, "runtime": "llama.cpp (%s)" % version if version else "llama.cpp",
+                      "driver": os.path.basename(driver),
                       "threads": threads, "n_ctx": self.n_ctx, "n_vocab": self.n_vocab,
                       "model_desc": info.split(" desc=", 1)[1] if " desc=" in info else "",
-                      "version": (manifest.get("toolkit") or {}).get("version"),
+                      "version": version,
                       "memory": "the model lives in the driver process: runtime_perf.driver_vmhwm_mb"}
 
     def _send(self, line: str) -> None:

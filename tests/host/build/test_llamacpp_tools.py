@@ -178,3 +178,17 @@ def test_push_without_the_aarch64_build_carries_no_driver_and_says_why(tmp_path,
     assert board_tools([artifact_dir(folder, tmp_path / "art")]) == {}
     err = capsys.readouterr().err
     assert "without rk-llama-run" in err and "make llamacpp-aarch64" in err
+
+
+def test_row_runtime_names_the_llamacpp_the_driver_was_built_from(tmp_path):
+    """Rows say which llama.cpp ran (the pushed driver's sidecar, else the artifact's toolkit); a sidecar is
+    untrusted board data: a non-printable or oversized version is dropped."""
+    from board.backends.llamacpp import _driver_version
+
+    exe = tmp_path / "rk-llama-run"
+    assert _driver_version(str(exe)) is None
+    (tmp_path / "rk-llama-run.json").write_text(json.dumps({"llamacpp": "llama-cpp-python 0.3.36 sdist"}))
+    assert _driver_version(str(exe)) == "llama-cpp-python 0.3.36 sdist"
+    for bad in ("x\x1b[2J", "v" * 200, 7):
+        (tmp_path / "rk-llama-run.json").write_text(json.dumps({"llamacpp": bad}))
+        assert _driver_version(str(exe)) is None
