@@ -245,7 +245,7 @@ def build_calibration(recipe: Recipe, *, model: str | None = None, out: Path | N
     inputs = [text.apply_chat_template(messages + [{"role": "user", "content": p}]) if text.chat_template else p
               for p in prompts]
     sha = model_sha256(folder)
-    keys = [item_key(sha, inp, new, dtype) for inp in inputs]
+    keys = [item_key(sha, inp, new, dtype, batch or DEFAULT_BATCH) for inp in inputs]
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

@@ -30,8 +30,11 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
-def item_key(model_sha: str, inp: str, max_new_tokens: int, dtype: str) -> str:
-    return inputs_hash({"model": model_sha, "input": inp, "new": max_new_tokens, "dtype": dtype})
+def item_key(model_sha: str, inp: str, max_new_tokens: int, dtype: str, batch: int = 1) -> str:
+    """An answer's identity: a batched answer depends on its batch's padding (left pad, float rounding),
+    so the batch size is part of it (batches themselves are fixed: ``generate_answers``)."""
+    return inputs_hash({"model": model_sha, "input": inp, "new": max_new_tokens, "dtype": dtype,
+                        **({"batch": batch} if batch > 1 else {})})
 
 
 def read_partial(path: Path) -> dict[str, str]:
@@ -134,14 +137,17 @@ def generate_answers(lm, encode: Callable[[str], list[int]], decode: Callable[[l
     done = read_partial(partial)
     answers: dict[int, str] = {i: done[k] for i, k in enumerate(keys) if k in done}
     progress.resumed(len(answers))
-    todo = sorted((i for i in range(len(inputs)) if i not in answers), key=lambda i: len(encode(inputs[i])))
-    eos = torch.tensor(sorted(set(eos_ids)) or [pad_id])
+    # Batches are fixed over ALL inputs (sorted by length, then by position), whatever the resume point:
+    # an answer always comes from the same batch, so a resumed build writes what an uninterrupted one would.
     step = max(1, batch)
-    progress.plan(-(-len(todo) // step) * max_new_tokens)
+    order = sorted(range(len(inputs)), key=lambda i: (len(encode(inputs[i])), i))
+    batches = [order[b:b + step] for b in range(0, len(order), step)]
+    todo = [bt for bt in batches if any(i not in answers for i in bt)]
+    eos = torch.tensor(sorted(set(eos_ids)) or [pad_id])
+    progress.plan(len(todo) * max_new_tokens)
     with torch.inference_mode():
-        for b in range(0, len(todo), step):
-            idx = todo[b:b + step]
-            base = b // step * max_new_tokens
+        for n, idx in enumerate(todo):
+            base = n * max_new_tokens
             seqs = [encode(inputs[i]) for i in idx]
             width = max(len(s) for s in seqs)
             ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
@@ -151,6 +157,8 @@ def generate_answers(lm, encode: Callable[[str], list[int]], decode: Callable[[l
                               stopping_criteria=_ticker(progress, base, width))
             progress.tick(base + max_new_tokens)
             for row, i in zip(gen[:, width:].tolist(), idx, strict=True):
+                if i in answers:  # kept from the partial file (its batch was cut short by a kill)
+                    continue
                 cut = next((k for k, t in enumerate(row) if t in set(eos.tolist())), len(row))
                 answers[i] = decode(row[:cut]).strip() or "(no answer)"
                 append_line(partial, {"key": keys[i], "target": answers[i]})

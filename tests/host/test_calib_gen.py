@@ -60,10 +60,27 @@ def test_a_rerun_resumes_from_the_partial_file(tmp_path):
     part.write_text(json.dumps({"key": "k1", "target": "kept"}) + "\n" + '{"key": "k0", "tar')   # torn last line
     lm, lines = FakeLm(), []
     assert run(tmp_path, lm, inputs, batch=8, lines=lines) == ["2 3", "kept", "4 5"]
-    assert [c[0].tolist() for c in lm.calls] == [[[1], [3]]]   # only the missing two were generated
+    # the batch is the one an uninterrupted run had (all three): the kept answer stays, the two missing are added
+    assert [c[0].tolist() for c in lm.calls] == [[[1], [2], [3]]]
     assert "resuming, 1/3 answers kept" in lines[0] and lines[-1].startswith("t: 3/3 answers")
     again = FakeLm()
     assert run(tmp_path, again, inputs, batch=8) == ["2 3", "kept", "4 5"] and again.calls == []
+
+
+def test_resumed_batches_are_the_uninterrupted_ones(tmp_path):
+    """Batched answers depend on their batch's padding: wherever a build was killed, every answer comes from
+    the batch it would have had (fixed over all inputs), and finished batches are not run again."""
+    inputs = ["1 2 3", "5", "2 6", "7 1 1 3", "4"]
+    whole = FakeLm()
+    first = run(tmp_path, whole, inputs, batch=2)
+    part = tmp_path / "p.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text("\n".join(lines[:3]) + "\n")           # killed after 3 of 5 answers (mid-batch)
+    resumed = FakeLm()
+    assert run(tmp_path, resumed, inputs, batch=2) == first
+    batches = [c[0].tolist() for c in whole.calls]
+    assert [c[0].tolist() for c in resumed.calls] == batches[1:]   # the cut batch and the last one, as before
+    assert calib_gen.item_key("m", "x", 4, "float32", 8) != calib_gen.item_key("m", "x", 4, "float32", 1)
 
 
 def test_progress_lines_carry_elapsed_and_eta_without_a_terminal():
