@@ -265,7 +265,7 @@ def test_quality_rows_are_stored_and_shown_with_the_onnx_rows(built):
     assert set(sim) == set(SCHEMES)
     for s, r in sim.items():
         art = load_artifact(built.root / ENC / "rk3576" / s)
-        assert r["artifact_sha256"] == art.sha256 and r["model_size"] == art.size
+        assert r["artifact_sha256"] == art.sha256 and r["model_size"] == art.weights_size  # .rknn, not tokenizer
         assert r["backend"] == "rknn-simulator" and r["runtime"] == "rknn-toolkit2 2.5.0 simulator"
         assert r["cos_mean"] == art.manifest.accuracy["cos_mean"] and r["test"] == "embedding"
     shown = vendor_rows(load_recipe(built.recipe), "rk3576", root=built.root, store=built.store)

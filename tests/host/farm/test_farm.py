@@ -226,7 +226,10 @@ def test_wait_timeout_gives_up_and_cancels(lab):
     _idle(lab)
 
 
-HOLD = ("import sys, time; from host.farm import farm_boards\n"
+# A background job of a non-interactive shell (how CI may start `make test`) inherits SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler: the holder restores it, as an interactive terminal would have it.
+HOLD = ("import signal, sys, time; from host.farm import farm_boards\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"with farm_boards({{'board': '{A}'}}, 1, address=sys.argv[1], show_progress=False,\n"
         "                 say=lambda m: print(m, flush=True)) as held:\n"
         "    print('HOLDING', flush=True); time.sleep(600)\n")
