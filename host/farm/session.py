@@ -31,7 +31,7 @@ from pathlib import Path
 from host.deploy.inventory import Board, Inventory
 from host.farm.client import FarmClient, FarmError, PlaceInfo, _tags, checked_place
 from host.farm.export import board_from_place
-from host.fsutil import atomic_write_text
+from host.fsutil import atomic_write_text, pid_alive
 
 POLL_S = 1.0
 
@@ -63,16 +63,6 @@ def _record_path(address: str, place: str) -> Path:
     return held_dir() / f"{address.replace(':', '_')}--{place}.json"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def release_stale(client: FarmClient, say: Callable[[str], None]) -> list[str]:
     """Release places this host's farm commands acquired and never released (their process is gone)."""
     freed = []
@@ -86,7 +76,7 @@ def release_stale(client: FarmClient, say: Callable[[str], None]) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             rec.unlink(missing_ok=True)
             continue
-        if _pid_alive(pid) and info.get("boot") == _boot_id():
+        if pid_alive(pid) and info.get("boot") == _boot_id():
             continue
         with contextlib.suppress(FarmError):
             client.release(place, only_from=user)  # only if still ours: labgrid's release-from

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from host.fsutil import pid_alive
 from host.vboard.config import BINFMT, CROSS_LIBC_HEADER, HOST_TOOLS, VBoardError
 
 # --- host checks -------------------------------------------------------------------------------
@@ -111,17 +112,7 @@ def safe_rmtree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    st = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return st.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
+_alive = pid_alive
 
 
 def board_pids(root: Path, pid: int | None = None) -> list[int]:
