@@ -103,7 +103,8 @@ def recipe_artifacts(recipe_path: Path, root: Path, target: str | None) -> list[
             if not tdir.is_dir():
                 continue
             for art in sorted(p for p in tdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if (art / "manifest.json").is_file():
+                # an export rebuilding this artifact right now holds its lock: leave it (and its failure record)
+                if (art / "manifest.json").is_file() and _lock_is_free(tdir / f".lock-{art.name}"):
                     out.append(CleanItem("artifact", art, _size(art)))
                     rec = failure_record(art)
                     if rec.is_file():
@@ -124,7 +125,8 @@ def plan_clean(*, root: Path, references: bool = True, temps: bool = True, recip
 
 
 def remove(items: list[CleanItem]) -> int:
-    """Delete ``items``; the bytes freed (a path already gone counts 0)."""
+    """Delete ``items``; the bytes freed (a path already gone counts 0, one that could not be removed whole
+    counts what left)."""
     freed = 0
     for it in items:
         p = it.path
@@ -134,5 +136,5 @@ def remove(items: list[CleanItem]) -> int:
             p.unlink(missing_ok=True)
         else:
             continue
-        freed += it.size
+        freed += it.size - (_size(p) if p.exists() else 0)
     return freed

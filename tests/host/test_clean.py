@@ -63,6 +63,12 @@ def test_clean_a_recipes_artifacts(tmp_path, caches, rk):
     (t / ".failed-w8a8.json").write_text("{}")
     (t / "w8a8").mkdir()
     (t / "w8a8" / "manifest.json").write_text("{}")
+    with open(t / ".lock-fp32", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)                     # an export rebuilding fp32 right now: it stays
+        res = rk("clean", "--keep-references", "-r", DEFAULT_RECIPE, "-t", "rk3588", "--artifacts",
+                 tmp_path / "artifacts", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert (t / "fp32" / "manifest.json").is_file()
     res = rk("clean", "--keep-references", "-r", DEFAULT_RECIPE, "-t", "rk3588", "--artifacts", tmp_path / "artifacts",
              "--yes")
     assert res.returncode == 0, res.stderr
