@@ -47,6 +47,22 @@ def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, boa
                 options: dict | None = None) -> dict:
     """Build ``scheme`` (``int8`` | ``int4``) into ``out_dir``; ``options`` are the builder's ``--extra_options``
     (``key=value``, e.g. ``accuracy_level``, ``block_size``, ``prune_lm_head``), recorded in the manifest."""
+    options = dict(options or {})
+    shown = [f"{k}={_option_text(v)}" for k, v in sorted(options.items())]
+    fixes = run_builder(src, out_dir, scheme, log, threads=threads, board_threads=board_threads,
+                        extra_args=["--extra_options", *shown] if shown else [], what=" ".join(shown))
+    block = options.get("block_size", 32)
+    graph = f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block {block})"
+    return {"format": "onnx-genai", "graph": graph, "builder_options": options,
+            **({"builder_fixes": fixes} if fixes else {})}
+
+
+def run_builder(src: Path, out_dir: Path, scheme: str, log, *, threads: int, board_threads: int,
+                extra_args=(), what: str = "") -> list[str]:
+    """Run the model builder (``-p scheme`` plus ``extra_args``) into ``out_dir`` through the worker with the
+    family's config fixes, its output in the kept-on-failure log; a failure is one ``BuildError`` line (tool
+    version, family, the builder's error, a known workaround). Sets the board's intra-op threads in
+    genai_config.json. Returns the fixes applied."""
     from host.families import family_label, genai_fixes, known_issue
     from host.models import read_config
 
@@ -57,15 +73,11 @@ def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, boa
     cache = out_dir.with_name(f"{out_dir.name}.genai-cache")
     logfile = log_path(out_dir)
     cmd = [sys.executable, str(WORKER), *[a for f in fixes for a in ("--fix", f)], "--",
-           "-i", str(src), "-o", str(out_dir), "-p", scheme, "-e", "cpu", "-c", str(cache)]
-    options = dict(options or {})
-    if options:
-        cmd += ["--extra_options", *(f"{k}={_option_text(v)}" for k, v in sorted(options.items()))]
+           "-i", str(src), "-o", str(out_dir), "-p", scheme, "-e", "cpu", "-c", str(cache), *extra_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
-    shown = " ".join(f"{k}={_option_text(v)}" for k, v in sorted(options.items()))
-    log(f"onnxruntime-genai builder -p {scheme}{' ' + shown if shown else ''} ({threads} threads" + (f"; fixes: {', '.join(fixes)}" if fixes else "")
-        + ")")
+    log(f"onnxruntime-genai builder -p {scheme}{' ' + what if what else ''} ({threads} threads"
+        + (f"; fixes: {', '.join(fixes)}" if fixes else "") + ")")
     try:
         with open(logfile, "w") as lf:
             rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
@@ -83,10 +95,7 @@ def build_genai(src: Path, out_dir: Path, scheme: str, log, *, threads: int, boa
     gcfg = json.loads(cfg_path.read_text())
     gcfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = board_threads
     cfg_path.write_text(json.dumps(gcfg, indent=4))
-    block = options.get("block_size", 32)
-    graph = f"onnxruntime-genai model builder -p {scheme} -e cpu (MatMulNBits, block {block})"
-    return {"format": "onnx-genai", "graph": graph, "builder_options": options,
-            **({"builder_fixes": fixes} if fixes else {})}
+    return fixes
 
 
 def _option_text(value) -> str:

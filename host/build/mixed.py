@@ -12,11 +12,7 @@ labelled so), and ``build_genai_mixed`` builds the chosen mix with onnxruntime-g
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,36 +124,13 @@ def overrides_json(int8_nodes, *, symmetric: bool = True, method: str = "default
 def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int, board_threads: int,
                       symmetric: bool = True, method: str = "default") -> dict:
     """onnxruntime-genai builder ``-p int4`` with ``int8_nodes`` as int8 MatMulNBits (block 32)."""
-    from host.build.genai import WORKER, _genai_version, failure_message, last_error_line, log_path
-    from host.families import family_label, genai_fixes
-    from host.models import read_config
+    from host.build.genai import run_builder
 
-    cfg = read_config(src)
-    fixes = genai_fixes(cfg)
-    cache = out_dir.with_name(f"{out_dir.name}.genai-cache")
-    logfile = log_path(out_dir)
-    cmd = [sys.executable, str(WORKER), *[a for f in fixes for a in ("--fix", f)], "--",
-           "-i", str(src), "-o", str(out_dir), "-p", "int4", "-e", "cpu", "-c", str(cache),
-           "--target_options", overrides_json(int8_nodes, symmetric=symmetric, method=method)]
+    args = ["--target_options", overrides_json(int8_nodes, symmetric=symmetric, method=method)]
     if LM_HEAD in int8_nodes:   # genai 0.18 shares a tied matrix only at one width: it referenced a missing
-        cmd += ["--extra_options", "shared_embeddings=false"]   # lm_head int8 initializer (invalid graph)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    log(f"onnxruntime-genai builder -p int4, {len(int8_nodes)} MatMuls int8 ({threads} threads)")
-    try:
-        with open(logfile, "w") as lf:
-            rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    if rc != 0:
-        text = logfile.read_text(errors="replace")
-        raise BuildError(failure_message(version=_genai_version(), label=family_label(cfg), rc=rc,
-                                         tail=last_error_line(text), logfile=logfile))
-    logfile.unlink(missing_ok=True)
-    cfg_path = out_dir / "genai_config.json"
-    gcfg = json.loads(cfg_path.read_text())
-    gcfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = board_threads
-    cfg_path.write_text(json.dumps(gcfg, indent=4))
+        args += ["--extra_options", "shared_embeddings=false"]   # lm_head int8 initializer (invalid graph)
+    run_builder(src, out_dir, "int4", log, threads=threads, board_threads=board_threads, extra_args=args,
+                what=f"{len(int8_nodes)} MatMuls int8")
     graph = (f"onnxruntime-genai model builder -p int4 -e cpu (MatMulNBits block 32, {method}, "
              f"{'symmetric' if symmetric else 'asymmetric'}; {len(int8_nodes)} MatMuls int8 by sensitivity)")
     return {"format": "onnx-genai", "graph": graph, "int8_nodes": list(int8_nodes), "weights_symmetric": symmetric,
