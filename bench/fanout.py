@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from host.deploy.push import LocalFile, PushDir, push_boards  # noqa: E402
 from host.deploy.ssh import SshTransport  # noqa: E402
-from host.testing.deploy import board_for  # noqa: E402
+from host.testing.deploy import board_for, random_file  # noqa: E402
 from host.testing.sshd import TestSshd  # noqa: E402
 
 MB = 1_000_000
@@ -40,18 +39,6 @@ MB = 1_000_000
 
 def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
-
-
-def make_file(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            b = os.urandom(min(8 << 20, left))
-            h.update(b)
-            f.write(b)
-            left -= len(b)
-    return h.hexdigest()
 
 
 def read_bytes() -> int:
@@ -111,7 +98,7 @@ def main() -> int:
         src = tmp / "artifact.bin"
         print(f"writing {a.size_mb} MB of random bytes; {a.boards} boards behind {a.rate_mbit:g} Mbit/s links ...",
               flush=True)
-        sha = make_file(src, a.size_mb * MB)
+        sha = random_file(src, a.size_mb * MB)
         item = PushDir(f"artifacts/fanout/{sha[:12]}", {"artifact.bin": LocalFile(src, sha, src.stat().st_size)})
 
         def run(n: int) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -27,24 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from host.deploy.push import LocalFile, PushDir, push_board  # noqa: E402
 from host.deploy.ssh import SshTransport  # noqa: E402
+from host.testing.deploy import random_file  # noqa: E402
 
 MB = 1_000_000
 
 
 class _Cut(Exception):
     pass
-
-
-def make_file(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            b = os.urandom(min(8 << 20, left))
-            h.update(b)
-            f.write(b)
-            left -= len(b)
-    return h.hexdigest()
 
 
 def main() -> int:
@@ -65,7 +52,7 @@ def main() -> int:
         known = sshd.write_known_hosts(tmp / "known_hosts")
         src = tmp / "payload.bin"
         print(f"writing {a.size_mb} MB of random bytes to {src} ...", flush=True)
-        sha = make_file(src, a.size_mb * MB)
+        sha = random_file(src, a.size_mb * MB)
         size = src.stat().st_size
         item = [PushDir("bench/resume", {"payload.bin": LocalFile(src, sha, size)})]
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import os
 import shlex
 import subprocess
 import sys
@@ -31,21 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from host.deploy.push import LocalFile, PushDir, push_board  # noqa: E402
 from host.deploy.ssh import SshTransport  # noqa: E402
+from host.testing.deploy import random_file  # noqa: E402
 
 MiB = 1 << 20
-
-
-def make_file(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    block = 8 * MiB
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            b = os.urandom(min(block, left))
-            h.update(b)
-            f.write(b)
-            left -= len(b)
-    return h.hexdigest()
 
 
 def timed(argv: list[str]) -> float:
@@ -83,7 +69,7 @@ def main() -> int:
 
         src = tmp / "payload.bin"
         print(f"writing {a.size_mib} MiB of random bytes to {src} ...", flush=True)
-        sha = make_file(src, a.size_mib * MiB)
+        sha = random_file(src, a.size_mib * MiB)
         size = src.stat().st_size
         kh, key = transport.pinned_known_hosts()
         stack.callback(kh.unlink)

@@ -107,3 +107,18 @@ if __name__ == "__main__":
         print(_push_main.__doc__, file=sys.stderr)
         raise SystemExit(2)
     raise SystemExit(_push_main(sys.argv[2:]))
+
+
+def random_file(path: Path, size: int) -> str:
+    """``size`` random bytes at ``path`` (written in 8 MiB blocks, no second read); their sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            b = os.urandom(min(8 << 20, left))
+            h.update(b)
+            f.write(b)
+            left -= len(b)
+    return h.hexdigest()
