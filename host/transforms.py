@@ -22,6 +22,12 @@ where ``a`` is searched per layer group (the linears sharing one input) on ``[0,
 by the output error ``|Q(W diag(s)) Q_a(x/s) - W x|^2`` on calibration activations (the
 calibration JSON's prompt + answer tokens run through the float model). Nothing looks at any
 weight grid the checkpoint may already be rounded to: the same code runs on any Llama/Qwen/Gemma-style model.
+
+A third method searches nothing: ``rotate`` (QuaRot / SpinQuant weight-only part, ``host.rotation``)
+folds the RMSNorms into their readers and rotates the residual stream and each attention head's
+value space by orthogonal matrices (randomized Hadamard, or seeded random orthogonal). It
+composes with one search, always applied first: ``{rotate: {}, awq: {scheme: w4a16-g64}}``
+(label ``rotate+awq(w4a16-g64)``) rotates, then searches AWQ scales on the rotated model.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from host.errors import ConfigError
 #: Bump when the transform changes (invalidates cached transformed checkpoints).
 TRANSFORM_VERSION = 1
 METHODS = ("awq", "smoothquant")
+ROTATE = "rotate"             # the method that searches nothing (host.rotation); composes with one of METHODS
 GRID = tuple(i / 10 for i in range(11))
 SAMPLE_ROWS = 1024           # activation rows kept per layer input for the search
 CALIB_MAX_TOKENS = 512       # per calibration item (prompt + answer)
@@ -58,18 +65,98 @@ class Transform:
         return f"{self.method}({self.scheme})"
 
 
-def parse_transform(value, where: str = "transform") -> Transform | None:
-    """``{awq: {scheme: w4a16-g64}}`` / ``{smoothquant: {scheme: w8a8}}`` / ``{awq: w4a16-g64}`` / None."""
-    from host.fakequant import spec
+@dataclass(frozen=True)
+class Rotation:
+    """``rotate``: orthogonal rotations folded in (``host.rotation``); searches nothing, so no scheme."""
 
+    kind: str = "hadamard"
+    seed: int = 0
+    method = ROTATE
+    scheme = None               # serves every quantized scheme (host.build.source)
+
+    def to_dict(self) -> dict:
+        return {ROTATE: {"kind": self.kind, "seed": self.seed}}
+
+    def label(self) -> str:
+        return ROTATE if (self.kind, self.seed) == ("hadamard", 0) else f"{ROTATE}({self.kind}, seed {self.seed})"
+
+    def steps(self) -> tuple:
+        return (self,)
+
+
+@dataclass(frozen=True)
+class RotatedTransform:
+    """``rotate`` then one searched transform (``rotate+awq(w4a16-g64)``): serves what ``search`` serves."""
+
+    rotation: Rotation
+    search: Transform
+
+    @property
+    def method(self) -> str:
+        return f"{ROTATE}-{self.search.method}"
+
+    @property
+    def scheme(self) -> str:
+        return self.search.scheme
+
+    def to_dict(self) -> dict:
+        return {**self.rotation.to_dict(), **self.search.to_dict()}
+
+    def label(self) -> str:
+        return f"{self.rotation.label()}+{self.search.label()}"
+
+    def steps(self) -> tuple:
+        return (self.rotation, self.search)
+
+
+EXPECTED = ("{awq: {scheme: SCHEME}}, {smoothquant: {scheme: SCHEME}}, {rotate: {kind: hadamard|random, seed: N}} "
+            "or rotate plus one of them in one mapping ({rotate: {}, awq: {scheme: w4a16-g64}})")
+
+
+def parse_transform(value, where: str = "transform"):
+    """``{awq: {scheme: w4a16-g64}}`` / ``{smoothquant: {scheme: w8a8}}`` / ``{awq: w4a16-g64}`` /
+    ``rotate`` / ``{rotate: {kind: random, seed: 1}}`` / ``{rotate: {}, awq: ...}`` (rotate first,
+    whatever the written order) / None. Returns ``Transform``, ``Rotation``, ``RotatedTransform`` or None."""
     if value is None:
         return None
-    if not isinstance(value, dict) or len(value) != 1:
-        raise ConfigError(f"{where}: expected one of {{awq: {{scheme: SCHEME}}}}, {{smoothquant: {{scheme: SCHEME}}}}; "
-                          f"got {value!r}")
-    (method, body), = value.items()
-    if method not in METHODS:
-        raise ConfigError(f"{where}: unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    if value == ROTATE:
+        value = {ROTATE: {}}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: expected one of {EXPECTED}; got {value!r}")
+    unknown = [m for m in value if m not in (*METHODS, ROTATE)]
+    if unknown:
+        raise ConfigError(f"{where}: unknown method {unknown[0]!r} (allowed: {', '.join((*METHODS, ROTATE))})")
+    search = [m for m in value if m in METHODS]
+    if len(search) > 1:
+        raise ConfigError(f"{where}: one searched method per transform, got {' and '.join(search)} "
+                          "(list them as separate transforms, one per kind of scheme)")
+    rot = _parse_rotation(value[ROTATE], f"{where}.{ROTATE}") if ROTATE in value else None
+    t = _parse_search(search[0], value[search[0]], where) if search else None
+    if rot and t:
+        return RotatedTransform(rot, t)
+    return rot or t
+
+
+def _parse_rotation(body, where: str) -> Rotation:
+    from host.rotation import KINDS
+
+    if body is None:
+        body = {}
+    if isinstance(body, str):
+        body = {"kind": body}
+    if not isinstance(body, dict) or set(body) - {"kind", "seed"}:
+        raise ConfigError(f"{where}: allowed keys are kind, seed; got {body!r}")
+    kind, seed = body.get("kind", "hadamard"), body.get("seed", 0)
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} (allowed: {', '.join(KINDS)})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"{where}.seed: a whole number in 0..2^32-1; got {seed!r}")
+    return Rotation(kind, seed)
+
+
+def _parse_search(method: str, body, where: str) -> Transform:
+    from host.fakequant import spec
+
     if isinstance(body, str):
         body = {"scheme": body}
     if not isinstance(body, dict) or set(body) - {"scheme", "grid"}:
@@ -294,7 +381,7 @@ def apply_transform(model, token_rows, t: Transform, *, log=None) -> dict:
 
 # ---------------------------------------------------------------- cached checkpoint
 
-def transform_key(model_sha: str, calib_sha: str, t: Transform) -> str:
+def transform_key(model_sha: str, calib_sha: str | None, t) -> str:
     from host.manifest import inputs_hash
 
     return inputs_hash({"v": TRANSFORM_VERSION, "model": model_sha, "calib": calib_sha, "t": t.to_dict()})
@@ -306,27 +393,37 @@ def cache_dir() -> Path:
     return cache_root().parent / "transformed"
 
 
-def transformed_checkpoint(model_dir: Path, calib: Path, t: Transform, *, cache: Path | None = None,
+def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Path | None = None,
                            log=None) -> tuple[Path, dict]:
-    """The float checkpoint of ``model_dir`` with ``t`` folded in, as a normal HF folder (cached by
-    model sha256 + calibration sha256 + transform); ``(folder, record)``."""
+    """The float checkpoint of ``model_dir`` with ``t`` (a ``parse_transform`` result) folded in, as a
+    normal HF folder (cached by model sha256 + calibration sha256 + transform; a lone ``rotate``
+    reads no calibration and its key has none); ``(folder, record)``."""
     from host.fsutil import atomic_dir, atomic_write_text, sha256_file
     from host.models import model_sha256
     from host.quality.reference import load_torch_llm
+    from host.rotation import rotate_model
 
-    model_dir, calib = Path(model_dir), Path(calib)
-    if not calib.is_file():
+    steps = t.steps() if hasattr(t, "steps") else (t,)
+    searches = any(isinstance(s, Transform) for s in steps)
+    model_dir = Path(model_dir)
+    if searches and (calib is None or not Path(calib).is_file()):
         raise ConfigError(f"transform {t.label()}: calibration file {calib} does not exist")
-    key = transform_key(model_sha256(model_dir), sha256_file(calib), t)
+    calib = Path(calib) if searches else None
+    key = transform_key(model_sha256(model_dir), sha256_file(calib) if calib else None, t)
     root = Path(cache) if cache else cache_dir()
     final = root / f"{model_dir.name}-{t.method}-{key[:16]}"
     record_path = final / "rkdeploy-transform.json"
     if record_path.is_file():
         return final, json.loads(record_path.read_text())
     t0 = time.monotonic()
-    rows = calib_token_rows(model_dir, calib)
+    rows = calib_token_rows(model_dir, calib) if calib else []
     model = load_torch_llm(model_dir)
-    summary = apply_transform(model, rows, t, log=log)
+    summary: dict = {}
+    for step in steps:
+        if isinstance(step, Rotation):
+            summary["rotation"] = rotate_model(model, kind=step.kind, seed=step.seed, log=log)
+        else:
+            summary.update(apply_transform(model, rows, step, log=log))
     root.mkdir(parents=True, exist_ok=True)
     with atomic_dir(final) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -335,7 +432,7 @@ def transformed_checkpoint(model_dir: Path, calib: Path, t: Transform, *, cache:
                                             f.name):
                 shutil.copy2(f, tmp / f.name)
         record = {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "key": key, "source": str(model_dir),
-                  "calibration": str(calib), "calibration_items": len(rows),
+                  "calibration": str(calib) if calib else None, "calibration_items": len(rows),
                   "seconds": round(time.monotonic() - t0, 1), **summary}
         atomic_write_text(tmp / "rkdeploy-transform.json", json.dumps(record, indent=1))
     return final, record
