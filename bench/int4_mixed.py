@@ -14,6 +14,14 @@ Steps (each shows progress on stderr):
 4. the ONNX artifact built by onnxruntime-genai's builder (int4 body, chosen MatMuls int8, embedding int4),
    measured like every ONNX row (the board's onnxruntime backend, all held-out tokens, KLD vs the ORIGINAL
    float model). ``--simulated`` adds torch fake-quant rows of the original and the transformed model.
+5. ``--gptq``: a copy of that artifact with every int4 MatMulNBits node re-rounded by GPTQ (``host.gptq``:
+   Hessians from the calibration JSON through the checkpoint the artifact was built from, the builder's
+   own grid), measured the same way beside the round-to-nearest row.
+
+``--plain`` skips 2-3: int4 everywhere except lm_head at int8 (the 0.22x fp32 baseline); ``--int8 lm_head,down_proj``
+names the int8 linears by hand instead (AWQ + that mix: 0.245x fp32).
+
+    python bench/int4_mixed.py --plain --no-transform --gptq      # RTN vs GPTQ, plain int4, no AWQ
 
 Prints one JSON line per row (``--jsonl`` appends them to a file too).
 """
@@ -45,6 +53,12 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=0, help="evaluate on the first N windows only (0: all)")
     ap.add_argument("--jsonl", default="")
     ap.add_argument("--sensitivity", default="", help="a saved sensitivity JSON (w4a16-g32) to plan from instead")
+    ap.add_argument("--plain", action="store_true", help="no sensitivity plan: int4 body, lm_head int8 (= --int8 lm_head)")
+    ap.add_argument("--int8", default="", help="no sensitivity plan: these linears int8 (comma list of name parts, "
+                    "e.g. lm_head,down_proj), the rest int4")
+    ap.add_argument("--gptq", action="store_true", help="also measure the artifact with GPTQ rounding (host.gptq)")
+    ap.add_argument("--act-order", action="store_true", help="GPTQ in decreasing Hessian-diagonal order")
+    ap.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean diagonal)")
     a = ap.parse_args()
 
     from host.config import load_recipe
@@ -54,6 +68,8 @@ def main() -> None:
 
     if not 0 < a.budget <= 1:
         sys.exit(f"--budget {a.budget}: a fraction of the fp32 size in (0, 1]")
+    if not 0 < a.damp < 1:
+        sys.exit(f"--damp {a.damp}: a fraction of the Hessian's mean diagonal in (0, 1)")
     t = None
     if not a.no_transform:
         if ":" not in a.transform:
@@ -113,6 +129,17 @@ def main() -> None:
                 with TorchFakeQuant(model, s) as rt:
                     emit({"row": f"simulated {s}", "method": "simulated", "transform": which, **measure(rt.logprobs)})
 
+    if a.plain or a.int8:
+        from host.build.mixed import onnx_node
+        from host.fakequant import linear_layers
+
+        parts = [x for x in (a.int8 or "lm_head").split(",") if x]
+        names = list(linear_layers(load_torch_llm(src)))
+        int8 = tuple(sorted({onnx_node(n) for n in names if any(x in n for x in parts)}))
+        if not int8:
+            sys.exit(f"--int8 {a.int8}: matches none of the model's linears")
+        return build_and_measure(a, m, src, label, int8, "+".join(parts), out, emit, measure, log)
+
     # 2. sensitivity of the (transformed) model under the int4 scheme
     sens_path = out / f"sensitivity-{label.replace('(', '-').replace(')', '')}.json"
     if a.sensitivity:
@@ -147,25 +174,64 @@ def main() -> None:
     emit({"row": "plan", "budget": a.budget, "transform": label, "int8_nodes": list(plan.int8_nodes),
           "predicted_ratio": round(plan.bytes / fp32, 4), "frontier": plan.frontier})
 
-    # 4. build + measure
+    build_and_measure(a, m, src, label, plan.int8_nodes, a.budget, out, emit, measure, log)
+
+
+def build_and_measure(a, m, src: Path, label: str, int8_nodes, budget, out: Path, emit, measure, log) -> None:
+    """4. build the mix (round-to-nearest, the builder's) and measure it; 5. with ``--gptq``, a GPTQ copy too."""
+    import shutil
+
     from host.build.mixed import build_genai_mixed
-    from host.fsutil import atomic_dir
+    from host.fsutil import atomic_dir, atomic_write_text
+    from host.quality.reference import load_torch_llm
     from host.quality.runtimes import OrtCausalLm
 
-    art = out / f"int4-mixed-{label.replace('(', '-').replace(')', '')}-{a.budget}"
+    model = load_torch_llm(src)
+    fp32 = 4.0 * sum(p.numel() for p in model.parameters())
+    del model
+    art = out / f"int4-mixed-{label.replace('(', '-').replace(')', '')}-{budget}"
     if not (art / "genai_config.json").is_file():
         t0 = time.monotonic()
         with atomic_dir(art) as tmp:
-            build_genai_mixed(src, tmp, plan.int8_nodes, log, threads=2, board_threads=2)
+            build_genai_mixed(src, tmp, int8_nodes, log, threads=2, board_threads=2)
         log(f"built {art} in {time.monotonic() - t0:.0f} s")
-    size = sum(f.stat().st_size for f in art.iterdir() if f.name.startswith("model.onnx"))
-    lm = OrtCausalLm(art, {"format": "onnx-genai", "entry": "model.onnx", "scheme": "int4"})
-    try:
-        emit({"row": "onnx int4 mixed", "method": "measured", "backend": "onnxruntime", "transform": label,
-              "budget": a.budget, "size_mb": round(size / 1e6, 1), "size_ratio_fp32": round(size / fp32, 4),
-              "int8_nodes": len(plan.int8_nodes), **measure(lm.logprobs)})
-    finally:
-        lm.close()
+    arts = [(art, "rtn", {})]
+    if a.gptq:
+        from host.gptq import gptq_artifact
+        from host.ui import progress
+
+        g_art = art.with_name(f"{art.name}-gptq{'-act' if a.act_order else ''}-d{a.damp}")
+        rec_path = g_art / "rkdeploy-gptq.json"
+        if not rec_path.is_file():
+            with atomic_dir(g_art) as tmp, progress() as bar:
+                tasks: dict = {}
+
+                def step(what, done, total):
+                    if what not in tasks:
+                        tasks[what] = bar.add_task(what, total=total)
+                    bar.update(tasks[what], completed=done)
+
+                for f in art.iterdir():
+                    shutil.copy2(f, tmp / f.name)
+                rec = gptq_artifact(tmp, src, m.calibration, damp=a.damp, act_order=a.act_order, log=log,
+                                    progress=step)
+                atomic_write_text(tmp / "rkdeploy-gptq.json", json.dumps(rec, indent=1))
+            log(f"GPTQ {g_art}: {rec['nodes']} nodes in {rec['seconds']} s (weighted error GPTQ/RTN median "
+                f"{rec['weighted_error_ratio_median']}, max {rec['weighted_error_ratio_max']})")
+        rec = json.loads(rec_path.read_text())
+        arts.append((g_art, "gptq" + ("+act-order" if a.act_order else ""),
+                     {"gptq_seconds": rec["seconds"], "gptq_nodes": rec["nodes"],
+                      "weighted_error_ratio_median": rec["weighted_error_ratio_median"]}))
+    for folder, rounding, extra in arts:
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("model.onnx"))
+        lm = OrtCausalLm(folder, {"format": "onnx-genai", "entry": "model.onnx", "scheme": "int4"})
+        try:
+            emit({"row": "onnx int4 mixed", "method": "measured", "backend": "onnxruntime", "transform": label,
+                  "rounding": rounding, "budget": budget, "size_mb": round(size / 1e6, 1),
+                  "size_ratio_fp32": round(size / fp32, 4), "int8_nodes": len(int8_nodes), **extra,
+                  **measure(lm.logprobs)})
+        finally:
+            lm.close()
 
 
 def sensitivity_of(recipe, m, folder: Path, log) -> dict:

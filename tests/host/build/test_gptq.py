@@ -1,0 +1,241 @@
+"""host.gptq: GPTQ rounding on the builder's grid and MatMulNBits packing.
+
+Fast tier: torch + numpy on random layers, onnxruntime's own blockwise quantizer on a tiny in-memory
+MatMul graph (the packing parity). ``slow``: a tiny random Llama checkpoint, a one-node MatMulNBits
+artifact with external data rewritten by ``gptq_artifact`` and run in onnxruntime (~6 s unloaded).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from host.errors import BuildError
+from host.gptq import (
+    Grid,
+    dequantize,
+    gptq,
+    hf_linears_of,
+    pack_b,
+    pack_zero_points,
+    rtn,
+    unpack_b,
+    unpack_zero_points,
+    weighted_error,
+)
+
+
+def _layer(n=48, k=128, rows=1024, seed=0):
+    """A weight and the Hessian of correlated inputs with a few outlier channels (like an LLM's)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    mix = torch.randn(k, k, generator=g) / k ** 0.5 + torch.eye(k)
+    x = torch.randn(rows, k, generator=g) @ mix
+    x[:, :4] *= 8
+    return w, (x.T @ x / rows).double()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_beats_round_to_nearest_on_the_hessian_weighted_error(symmetric, act_order):
+    w, h = _layer()
+    grid = Grid(4, 32, symmetric)
+    q, s, z = gptq(w, h, grid, act_order=act_order)
+    assert q.min() >= 0 and q.max() <= 15
+    if symmetric:
+        assert torch.equal(z, torch.full_like(z, 8.0))
+    else:
+        assert torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 15
+    e_gptq = weighted_error(w, dequantize(q, s, z, grid), h)
+    e_rtn = weighted_error(w, dequantize(*rtn(w, grid), grid), h)
+    assert e_gptq < 0.8 * e_rtn, (e_gptq, e_rtn)
+
+
+def test_gptq_with_an_identity_hessian_is_round_to_nearest():
+    """No correlation between inputs: nothing to compensate, GPTQ must give RTN's codes."""
+    w, _h = _layer(n=16, k=64)
+    grid = Grid(4, 32, True)
+    q, s, z = gptq(w, torch.eye(64, dtype=torch.float64), grid)
+    q0, s0, z0 = rtn(w, grid)
+    assert torch.equal(q, q0) and torch.allclose(s, s0)
+
+
+def _ort_quantized(w_nk: np.ndarray, symmetric: bool, bits: int = 4, block: int = 32) -> dict:
+    """onnxruntime's MatMulNBitsQuantizer on a one-MatMul graph with weight ``w_nk.T`` ([K, N], ONNX MatMul's B)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    n, k = w_nk.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(np.ascontiguousarray(w_nk.T), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quant = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric)
+    quant.process()
+    out = quant.model.model
+    node = next(nd for nd in out.graph.node if nd.op_type == "MatMulNBits")
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    ins = list(node.input)
+    onnx.checker.check_model(out)
+    return {"B": inits[ins[1]], "scales": inits[ins[2]],
+            "zp": inits[ins[3]] if len(ins) > 3 and ins[3] else None, "model": out}
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_packing_matches_onnxruntimes_own_quantizer(symmetric):
+    """K = 80: a padded last block; 3 blocks: an odd count of 4-bit zero points per row."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(24, 80, generator=g) * 0.1
+    w[0, :32] = 0.0                                 # an all-zero block (scale 0)
+    grid = Grid(4, 32, symmetric)
+    ort = _ort_quantized(w.numpy(), symmetric)
+    q, s, z = rtn(w, grid)
+    assert ort["B"].shape == (24, 3, 16)
+    ours = pack_b(q.numpy(), grid)
+    # the same codes, bit for bit, except where a value sits on a rounding tie (float reciprocal vs division)
+    codes_ort = unpack_b(ort["B"], 80, grid).astype(np.int64)
+    assert (codes_ort == q.numpy()).mean() > 0.999
+    assert np.abs(codes_ort - q.numpy()).max() <= 1
+    if (codes_ort == q.numpy()).all():
+        assert np.array_equal(ours, ort["B"])
+    np.testing.assert_allclose(ort["scales"].reshape(24, 3), s.numpy(), rtol=1e-6)
+    if symmetric:
+        assert ort["zp"] is None
+    else:
+        assert ort["zp"].size == 24 * 2
+        assert np.array_equal(unpack_zero_points(ort["zp"], 24, 3, grid), z.numpy().astype(np.uint8))
+        assert np.array_equal(pack_zero_points(z.numpy(), grid).reshape(-1), ort["zp"].reshape(-1))
+    # round trips of our own packing
+    assert np.array_equal(unpack_b(ours, 80, grid), q.numpy())
+    # onnxruntime runs the graph on what it packed; our dequantization of its tensors gives the same product
+    import onnxruntime as ortrt
+
+    sess = ortrt.InferenceSession(ort["model"].SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 80)).astype(np.float32)
+    zt = (torch.from_numpy(unpack_zero_points(ort["zp"], 24, 3, grid).astype(np.float32)) if not symmetric
+          else torch.full((24, 3), 8.0))
+    wq = dequantize(torch.from_numpy(codes_ort), torch.from_numpy(ort["scales"].reshape(24, 3).copy()), zt, grid)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ wq.numpy().T, rtol=1e-4, atol=1e-4)
+
+
+def test_eight_bit_packing_round_trips():
+    grid = Grid(8, 32, False)
+    q = np.random.default_rng(1).integers(0, 256, (5, 70))
+    b = pack_b(q, grid)
+    assert b.shape == (5, 3, 32) and np.array_equal(unpack_b(b, 70, grid), q)
+    z = np.random.default_rng(2).integers(0, 256, (5, 3))
+    assert np.array_equal(unpack_zero_points(pack_zero_points(z, grid), 5, 3, grid), z)
+
+
+def test_genai_nodes_map_to_transformers_linears_in_packing_order():
+    assert hf_linears_of("/model/layers.3/attn/qkv_proj/MatMul_Q4") == [
+        "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.k_proj", "model.layers.3.self_attn.v_proj"]
+    assert hf_linears_of("/model/layers.0/mlp/down_proj/MatMul_Q4") == ["model.layers.0.mlp.down_proj"]
+    assert hf_linears_of("/lm_head/MatMul_Q4") == ["lm_head"]
+    with pytest.raises(BuildError, match="not one of genai's decoder linears"):
+        hf_linears_of("/model/vision/MatMul_Q4")
+
+
+# ---------------------------------------------------------------- real: a one-node artifact rewritten
+
+@pytest.mark.slow
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_artifact_rewrites_the_node_and_onnxruntime_runs_what_torch_dequantizes(tmp_path, monkeypatch, symmetric):
+    import shutil
+
+    import onnx
+    import onnxruntime as ortrt
+    import transformers
+    from onnx import numpy_helper
+
+    from host.gptq import gptq_artifact
+    from tests.host.quality.test_transforms import TINY, _tiny, _tokenizer
+
+    model = _tiny("llama")
+    src = tmp_path / "src"
+    model.save_pretrained(str(src))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=_tokenizer()).save_pretrained(str(src))
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps([{"input": " ".join("abcdefghijklmnopqrstuvwxyz"[i:] * 3), "target": "x y"}
+                                 for i in range(8)]))
+    w = model.model.layers[1].mlp.down_proj.weight.detach()          # [N=64, K=128]
+    art = tmp_path / "art"
+    art.mkdir()
+    m = _ort_quantized(w.numpy(), symmetric)["model"]
+    node = next(nd for nd in m.graph.node if nd.op_type == "MatMulNBits")
+    node.name = "/model/layers.1/mlp/down_proj/MatMul_Q4"
+    onnx.save_model(m, str(art / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    shutil.copytree(art, tmp_path / "art2")
+    monkeypatch.setenv("RKDEPLOY_CACHE", str(tmp_path / "cache"))
+    before = (art / "model.onnx.data").read_bytes()
+    rec = gptq_artifact(art, src, calib, log=lambda *_a: None)
+    assert rec["nodes"] == 1 and rec["skipped"] == [] and rec["weighted_error_ratio_max"] < 1.0
+    after = (art / "model.onnx.data").read_bytes()
+    assert len(after) == len(before) and after != before
+    assert not list(art.glob(".*tmp"))
+    assert len(list((tmp_path / "cache" / "gptq-hessians").glob("*.pt"))) == 1
+    lines = []                                                       # the same artifact again: cached Hessians,
+    gptq_artifact(tmp_path / "art2", src, calib, log=lines.append)   # the same bytes
+    assert any("Hessians from" in ln for ln in lines)
+    assert (tmp_path / "art2" / "model.onnx.data").read_bytes() == after
+
+    out = onnx.load(str(art / "model.onnx"))       # with its external data
+    nd = next(x for x in out.graph.node if x.op_type == "MatMulNBits")
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    grid = Grid(4, 32, symmetric)
+    codes = torch.from_numpy(unpack_b(inits[nd.input[1]], 128, grid).astype(np.int64))
+    scales = torch.from_numpy(inits[nd.input[2]].reshape(64, 4).astype(np.float32))
+    zps = (torch.from_numpy(unpack_zero_points(inits[nd.input[3]], 64, 4, grid).astype(np.float32))
+           if not symmetric else torch.full((64, 4), 8.0))
+    wq = dequantize(codes, scales, zps, grid)
+    q0, s0, z0 = rtn(w, grid)
+    assert not torch.equal(codes, q0)                                # GPTQ moved codes off round-to-nearest
+    assert (wq - w).abs().max() < 4 * s0.abs().max()                 # ... by a few steps at most
+    sess = ortrt.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 128)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ wq.numpy().T, rtol=1e-4, atol=1e-4)
+    assert TINY["hidden_size"] == 64
+    with pytest.raises(BuildError, match="not .* rounded to its grid"):   # an artifact it rewrote already
+        gptq_artifact(art, src, calib, log=lambda *_a: None)
+
+
+def test_gptq_artifact_refuses_a_missing_calibration_before_any_work(tmp_path):
+    from host.errors import ConfigError
+    from host.gptq import gptq_artifact
+
+    with pytest.raises(ConfigError, match="calibration file .*nope.json does not exist"):
+        gptq_artifact(tmp_path, tmp_path, tmp_path / "nope.json")
+    with pytest.raises(ConfigError, match="damp 2"):
+        gptq_artifact(tmp_path, tmp_path, tmp_path / "nope.json", damp=2)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("gptqq", "rounding: expected rtn, gptq or"),
+    ({"gptq": {"damp": 0}}, r"rounding.gptq.damp: a fraction .* got 0"),
+    ({"gptq": {"damp": True}}, r"rounding.gptq.damp"),
+    ({"gptq": {"act_order": "yes"}}, r"rounding.gptq.act_order: true or false; got 'yes'"),
+    ({"gptq": {"blocks": 4}}, r"rounding.gptq: allowed keys are damp, act_order; got 'blocks'"),
+    ({"gptq": 1, "rtn": 2}, "rounding: expected"),
+])
+def test_bad_rounding_is_one_line_naming_the_field(value, fragment):
+    from host.errors import ConfigError
+    from host.gptq import parse_rounding
+
+    with pytest.raises(ConfigError, match=fragment):
+        parse_rounding(value)
+
+
+def test_rounding_forms_and_their_cache_key_entry():
+    from host.gptq import GPTQ_VERSION, parse_rounding
+
+    assert parse_rounding(None) is None and parse_rounding("rtn") is None
+    r = parse_rounding({"gptq": {"damp": 0.05, "act_order": True}})
+    assert r.to_dict() == {"method": "gptq", "damp": 0.05, "act_order": True, "version": GPTQ_VERSION}
+    assert parse_rounding("gptq").to_dict()["damp"] == 0.01 and parse_rounding({"gptq": None}).act_order is False
