@@ -103,6 +103,12 @@ class Manifest:
     scheme_definition: Optional[str] = _m(str)
     #: simulator metrics a builder measured (rows are made from them by host.export, never by a builder)
     accuracy: Optional[Dict[str, Any]] = _m(dict)
+    #: optional since rkdeploy 0.x (manifest version 1 still: absent in older manifests, which load unchanged).
+    #: ``transform``: the equivalent transform folded into the float checkpoint the builder read
+    #: (``{"label": "awq(w4a16-g64)", "<method>": {...}, "version": N, "key": ...}``; host.build.source);
+    #: ``mix``: the budgeted int4/int8 mix (``{"budget", "int8_node_count", ...}``; host.build.mixed)
+    transform: Optional[Dict[str, Any]] = _m(dict)
+    mix: Optional[Dict[str, Any]] = _m(dict)
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
     _nulls: Tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
@@ -124,6 +130,11 @@ class Manifest:
     def sha256(self) -> str:
         """THE artifact identity in every row: see ``files_sha256``."""
         return files_sha256(self.files)
+
+    @property
+    def transform_label(self) -> Optional[str]:
+        """``awq(w4a16-g64)`` when a transform was folded in, else None (rows' ``transform``)."""
+        return (self.transform or {}).get("label")
 
     @property
     def toolkit_version(self) -> str:
@@ -231,12 +242,30 @@ def validate(manifest: Any, path: str = MANIFEST) -> Dict[str, Any]:
     for key in ("vocab_size", "npu_cores"):
         if manifest.get(key) is not None and manifest[key] < 1:
             raise ManifestError("%s: field %r must be >= 1, got %d" % (path, key, manifest[key]))
+    _check_transform_mix(manifest, path)
     inputs = manifest.get("inputs") or {}
     for key in ("batch", "seq_len"):
         v = inputs.get(key)
         if v is not None and (not _is_int(v) or not 1 <= v <= 1 << 20):
             raise ManifestError("%s: inputs.%s must be a whole number >= 1, got %s %r" % (path, key, _type_name(v), v))
     return manifest
+
+
+def _check_transform_mix(manifest: Dict[str, Any], path: str) -> None:
+    """``transform.label`` (shown in rows and tables) and ``mix``'s numbers, checked as untrusted input."""
+    label = (manifest.get("transform") or {}).get("label")
+    if manifest.get("transform") is not None and (
+            not isinstance(label, str) or not 0 < len(label) <= 120 or any(ord(c) < 32 or ord(c) == 127 for c in label)):
+        raise ManifestError("%s: transform.label must be a printable string of 1-120 characters, e.g. "
+                            "'awq(w4a16-g64)', got %s" % (path, _type_name(label)))
+    mix = manifest.get("mix")
+    if mix is None:
+        return
+    budget, count = mix.get("budget"), mix.get("int8_node_count")
+    if budget is not None and not (_ok(budget, float) and 0 < budget <= 1):
+        raise ManifestError("%s: mix.budget must be a number in (0, 1], got %s %r" % (path, _type_name(budget), budget))
+    if count is not None and not (_is_int(count) and count >= 0):
+        raise ManifestError("%s: mix.int8_node_count must be a whole number >= 0, got %s" % (path, _type_name(count)))
 
 
 def files_sha256(files: Any) -> str:

@@ -48,6 +48,10 @@ class ResultRow:
     target: Optional[str] = _f(display="target", formats=_ALL, index=True)
     scheme: Optional[str] = _f(display="scheme", formats=_ALL, index=True)
     backend: Optional[str] = _f(display="backend", formats=_ALL, index=True)
+    # how the weights were prepared (the artifact manifest's transform / mix; null when none)
+    transform: Optional[str] = _f(display="transform", formats=_ALL)        # e.g. awq(w4a16-g64)
+    budget: Optional[float] = _f(display="size budget", unit="x fp32", formats=_ALL, digits=3)
+    int8_nodes: Optional[int] = _f(display="int8 MatMuls", formats=_ALL)
     runtime: Optional[str] = _f(display="runtime", formats=_ALL, kind="bench")  # what ran, with its version
     model_type: Optional[str] = _f(display="model type")
     model_size: Optional[int] = _f(display="model size", unit="B")

@@ -131,6 +131,10 @@ def run_bench(cfg: BenchConfig) -> ResultRow:
     row.scheme = manifest.scheme
     row.model_size = manifest.weights_size or None
     row.artifact_sha256 = manifest.sha256
+    row.transform = manifest.transform_label
+    mix = manifest.mix or {}
+    row.budget = mix.get("budget")
+    row.int8_nodes = mix.get("int8_node_count")
     row.model_type = manifest.model_type or " ".join(
         str(x) for x in (manifest.model_kind, manifest.format, manifest.scheme) if x)
     encoder = manifest.model_kind == "encoder"

@@ -65,11 +65,14 @@ def check_cmd(
     scheme: Optional[str] = typer.Option(None, "--scheme", "-s", help="only this scheme"),
 ) -> None:
     """Validate everything knowable before loading weights; one line per problem."""
+    from host.build.source import check_lines
     from host.config import load_recipe
     from host.targets import check
 
     r = load_recipe(recipe)
     check(r, target, scheme)
+    for line in check_lines(r, target.lower(), scheme):   # what will be transformed / mixed
+        console.print(line, highlight=False)
     console.print(f"ok: {r.name} on {target}" + (f" ({scheme})" if scheme else ""))
 
 

@@ -131,6 +131,23 @@ class RknnOptions(Strict):
     auto_hybrid_cos: float = Field(0.98, gt=0.0, le=1.0, description="rknn config auto_hybrid_cos_thresh")
 
 
+#: ONNX schemes whose weights are quantized in blocks (onnxruntime-genai MatMulNBits, block 32).
+BLOCK_WEIGHT_SCHEMES = ("int4", "int4-mixed", "int8")
+
+
+def transform_family(scheme: str) -> str:
+    """The kind of scheme a transform searched under ``scheme`` serves: weight bits, grouped or per-channel
+    weights, and activation kind (``w4a16-g64`` → ``4-bit grouped weights only``, which ONNX int4's block 32
+    is too; ``w8a8`` → ``8-bit per-channel weights + activations``). Grouping counts: AWQ searched for g64
+    made per-channel w4a16 worse on SmolLM2 (simulated PPL ratio 3.09 -> 3.57, README issue 16)."""
+    from host.schemes import activation_bits, group_size, weight_bits
+
+    grouped = group_size(scheme) is not None or scheme in BLOCK_WEIGHT_SCHEMES
+    quant_act = activation_bits(scheme) <= 8
+    return (f"{weight_bits(scheme)}-bit {'grouped' if grouped else 'per-channel'} weights"
+            + (" + activations" if quant_act else " only"))
+
+
 #: ``sensitive_layers`` when a recipe's model omits it: LLM down_proj, BERT-like encoder FFN output dense.
 DEFAULT_SENSITIVE = {"llm": ("down_proj",), "encoder": ("layer.*.output.dense",)}
 
@@ -147,14 +164,17 @@ class ModelSpec(Strict):
     onnx: list[str] = Field([], description="ONNX CPU schemes built for every target")
     gguf: list[str] = Field([], description="GGUF (llama.cpp CPU) schemes built for every target (llm): "
                             "gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m (needs 'calibration')")
-    sensitive_layers: list[str] | None = Field(
-        None,
+    sensitive_layers: list[str] | Literal["auto"] | None = Field(
+        None, validate_default=True,
         description="linear layers the ONNX int8 schemes keep in float (LLM: int8-dyn; encoder: int8-dyn and "
         "int8-qdq). A pattern matches the END of a layer name, component by component; '*' matches within one "
         "component, never across a dot: 'down_proj' = every model.layers.N.mlp.down_proj; 'layer.*.output.dense' "
         "= BERT's FFN output encoder.layer.N.output.dense but not encoder.layer.N.attention.output.dense. "
         "Default when omitted: llm [down_proj]; encoder [layer.*.output.dense], applied only where it matches "
-        "(a pattern the recipe names must match a layer). [] = nothing kept float",
+        "(a pattern the recipe names must match a layer). [] = nothing kept float. "
+        "'auto' (LLM, needs 'budget'): the ONNX int4-mixed artifact takes its int8 MatMuls from the measured "
+        "per-layer sensitivity (the most damaging first, within the budget; the rkllm w4a16/w4a8 builds get the "
+        "same share as hybrid_rate); int8-dyn then keeps the kind's default [down_proj] in float",
     )
     seq_len: int = Field(128, ge=1, le=8192, description="fixed input length (encoders, rknn)")
     batch: int = Field(1, ge=1, le=256)
@@ -163,6 +183,21 @@ class ModelSpec(Strict):
     )
     rkllm: RkllmOptions = RkllmOptions()
     rknn: RknnOptions = RknnOptions()
+    transform: list[dict[str, object]] | dict[str, object] | str | None = Field(
+        None, description="equivalent pre-quantization transform(s) folded into the float checkpoint (LLM; "
+        "host.transforms; cached under ~/.cache/rkdeploy/transformed), fed to every builder of a scheme it "
+        "serves: one mapping or a list of them, e.g. {awq: {scheme: w4a16-g64}} or "
+        "[{awq: {scheme: w4a16-g64}}, {smoothquant: {scheme: w8a8}}]. The transform's search runs under its "
+        "fake-quant 'scheme' and serves the schemes of the same weight bits, the same weight grouping (grouped "
+        "or per-channel) and the same activation kind: awq(w4a16-gN) the grouped 4-bit weight-only ones "
+        "(w4a16-gN, ONNX int4 and int4-mixed: block 32), awq(w4a16) per-channel w4a16, smoothquant(w8a8) "
+        "w8a8 and ONNX int8-dyn (per-channel 8-bit weights + activations). Two transforms serving one scheme "
+        "is an error. Optional keys besides 'scheme': 'grid' (exponents in [0, 1] searched, "
+        "default 0.0..1.0 by 0.1) and 'samples' (activation rows per layer input, default 1024): smaller = faster, "
+        "coarser. fp32, GGUF and rknn artifacts never get a transform")
+    budget: float | None = Field(
+        None, validate_default=True, description="with sensitive_layers: auto (LLM): the ONNX int4-mixed artifact's "
+        "weights stay within this fraction of the fp32 model's bytes, in (0, 1] (e.g. 0.25)")
 
     @model_validator(mode="after")
     def _default_sensitive(self):
@@ -177,12 +212,79 @@ class ModelSpec(Strict):
 
     @field_validator("sensitive_layers")
     @classmethod
-    def _sensitive(cls, v: list[str] | None) -> list[str] | None:
+    def _sensitive(cls, v, info: ValidationInfo):
+        onnx = info.data.get("onnx") or []
+        if v == "auto" and info.data.get("kind") == "encoder":
+            raise ValueError("'auto' is for LLMs (the ONNX int4-mixed plan); an encoder lists layer patterns")
+        if "int4-mixed" in onnx and v != "auto":
+            raise ValueError("onnx scheme int4-mixed needs sensitive_layers: auto (and budget: a fraction of "
+                             "the fp32 size in (0, 1])")
+        if v == "auto":
+            return v
         for p in v or []:
             if not p or any(not part.strip() for part in p.split(".")):
                 raise ValueError(f"sensitive_layers entry {p!r}: dot-separated non-empty name components "
                                  "(e.g. 'down_proj', 'layer.*.output.dense')")
         return v
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v, info: ValidationInfo):
+        auto = info.data.get("sensitive_layers") == "auto"
+        if v is None:
+            if auto:
+                raise ValueError("required with sensitive_layers: auto: the int4-mixed artifact's size as a "
+                                 "fraction of the fp32 model, in (0, 1] (e.g. 0.25)")
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"must be a fraction of the fp32 size in (0, 1] (e.g. 0.25), got {v!r}")
+        if not auto and "sensitive_layers" in info.data:
+            raise ValueError("is read only with sensitive_layers: auto (the int4-mixed plan); set that or drop budget")
+        return float(v)
+
+    @field_validator("transform", mode="before")
+    @classmethod
+    def _transform(cls, v, info: ValidationInfo):
+        from host.transforms import parse_transform
+
+        if v is None:
+            return v
+        if info.data.get("kind") == "encoder":
+            raise ValueError("transforms are for LLMs (Llama/Qwen/Gemma-style decoders)")
+        if "calibration" in info.data and info.data["calibration"] is None:
+            raise ValueError("needs the model's 'calibration' JSON (the transform's search runs on its activations)")
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            raise ValueError("an empty list; drop the field or name a transform, e.g. {awq: {scheme: w4a16-g64}}")
+        parsed = []
+        for i, item in enumerate(items):
+            where = f"transform.{i}" if isinstance(v, list) else "transform"
+            try:
+                parsed.append(parse_transform(item, where))
+            except ConfigError as e:
+                msg = str(e).removeprefix(f"{where}: ").removeprefix(f"{where}.")
+                raise ValueError(f"{i}: {msg}" if isinstance(v, list) else msg) from None
+        if len(parsed) > 1 and any(getattr(t, "scheme", None) is None for t in parsed):
+            raise ValueError("a transform with no scheme serves every quantized scheme: it cannot share the list "
+                             "(combine it with one search in one mapping, e.g. {rotate: {}, awq: {scheme: w4a16-g64}})")
+        fams = [transform_family(t.scheme) for t in parsed if getattr(t, "scheme", None)]
+        dup = sorted({f for f in fams if fams.count(f) > 1})
+        if dup:
+            raise ValueError(f"two transforms serve the same schemes ({', '.join(dup)}); keep one per kind of scheme")
+        return [t.to_dict() for t in parsed] if isinstance(v, list) else parsed[0].to_dict()
+
+    def transforms(self) -> list:
+        """The parsed ``transform`` entries (``host.transforms.Transform``)."""
+        from host.transforms import parse_transform
+
+        v = self.transform
+        return [parse_transform(x) for x in (v if isinstance(v, list) else [v] if v else [])]
+
+    @property
+    def float_layers(self) -> list[str]:
+        """The patterns the ONNX int8 schemes keep in float (the kind's default under ``sensitive_layers: auto``)."""
+        sl = self.sensitive_layers
+        return list(DEFAULT_SENSITIVE[self.kind]) if sl == "auto" else list(sl or [])
 
     @field_validator("name")
     @classmethod

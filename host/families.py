@@ -193,7 +193,7 @@ def known_issue(config: dict, tool: str, log_text: str) -> BuilderIssue | None:
 
 # --- check: unsupported combinations, before any build ---------------------------------------------
 
-GENAI_SCHEMES = ("int8", "int4")   # the ONNX schemes onnxruntime-genai's model builder makes
+GENAI_SCHEMES = ("int8", "int4", "int4-mixed")   # the ONNX schemes onnxruntime-genai's model builder makes
 
 
 def family_problems(model, folder: Path, schemes: list[str]) -> list[str]:

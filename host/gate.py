@@ -47,6 +47,8 @@ BANDS: dict[tuple[str, str], Band] = {
     ("ppl", "w8a8"): Band(ppl_ratio=1.10, kld_mean=0.20, top1_agree=0.75, why="vendor W8A8: 1.035 measured"),
     ("ppl", "w8a8-g"): Band(ppl_ratio=1.10, kld_mean=0.20, top1_agree=0.75, why="grouped W8A8: at least as good"),
     ("ppl", "int4"): Band(ppl_ratio=1.60, kld_mean=0.80, top1_agree=0.45, why="4-bit weights, block 32: 1.33"),
+    ("ppl", "int4-mixed"): Band(ppl_ratio=1.60, kld_mean=0.80, top1_agree=0.45,
+                                why="int4 with its most sensitive MatMuls int8: at least as good as int4"),
     ("ppl", "w4a16-g"): Band(ppl_ratio=2.50, kld_mean=1.20, top1_agree=0.35, why="grouped 4-bit: 1.75 (g64)"),
     ("ppl", "w4a16"): Band(ppl_ratio=4.00, kld_mean=1.80, top1_agree=0.25,
                            why="per-channel 4-bit on a small model: 3.09 measured"),

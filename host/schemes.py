@@ -21,6 +21,8 @@ ONNX_SCHEMES = {
     "fp32": "float32 reference graph",
     "int8": "onnxruntime-genai builder, weight-only int8 (MatMulNBits, 8 bits)",
     "int4": "onnxruntime-genai builder, weight-only int4 (MatMulNBits, block 32)",
+    "int4-mixed": "onnxruntime-genai builder, weight-only int4 (MatMulNBits, block 32) with the most sensitive "
+                  "MatMuls int8, chosen from the measured per-layer sensitivity within the recipe's budget",
     "int8-dyn": "quantize_dynamic MatMul QInt8 weights + dynamic uint8 activations, sensitive layers kept float",
     "int8-qdq": "quantize_static QDQ, per-channel int8 weights, calibrated uint8 activations, sensitive layers kept float",
 }
@@ -76,7 +78,7 @@ def weight_bits(name: str) -> int:
         return int(m.group("base")[1])
     if name in GGUF_SCHEMES:
         return {"F16": 16, "Q8_0": 8}.get(GGUF_SCHEMES[name][0], 4)
-    return {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int8-dyn": 8, "int8-qdq": 8}[name]
+    return {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4, "int4-mixed": 4, "int8-dyn": 8, "int8-qdq": 8}[name]
 
 
 def activation_bits(name: str) -> int:
@@ -85,7 +87,7 @@ def activation_bits(name: str) -> int:
         return int(m.group("base").split("a")[1])
     if name in GGUF_SCHEMES:
         return 32 if name == "gguf-f16" else 8
-    return {"fp32": 32, "fp16": 16, "int8": 32, "int4": 32, "int8-dyn": 8, "int8-qdq": 8}[name]
+    return {"fp32": 32, "fp16": 16, "int8": 32, "int4": 32, "int4-mixed": 32, "int8-dyn": 8, "int8-qdq": 8}[name]
 
 
 # --- toolkit spellings (the only place) -------------------------------------------------------

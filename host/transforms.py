@@ -57,9 +57,13 @@ class Transform:
     method: str
     scheme: str
     grid: tuple[float, ...] = GRID
+    samples: int = SAMPLE_ROWS     # activation rows per layer input in the search (recipe key ``samples``)
 
     def to_dict(self) -> dict:
-        return {self.method: {"scheme": self.scheme, "grid": list(self.grid)}}
+        body = {"scheme": self.scheme, "grid": list(self.grid)}
+        if self.samples != SAMPLE_ROWS:    # the default stays out: keys of checkpoints cached before the knob hold
+            body["samples"] = self.samples
+        return {self.method: body}
 
     def label(self) -> str:
         return f"{self.method}({self.scheme})"
@@ -159,8 +163,8 @@ def _parse_search(method: str, body, where: str) -> Transform:
 
     if isinstance(body, str):
         body = {"scheme": body}
-    if not isinstance(body, dict) or set(body) - {"scheme", "grid"}:
-        raise ConfigError(f"{where}.{method}: allowed keys are scheme, grid; got {body!r}")
+    if not isinstance(body, dict) or set(body) - {"scheme", "grid", "samples"}:
+        raise ConfigError(f"{where}.{method}: allowed keys are scheme, grid, samples; got {body!r}")
     scheme = body.get("scheme") or ("w8a8" if method == "smoothquant" else "w4a16-g64")
     try:
         s = spec(scheme)
@@ -173,7 +177,11 @@ def _parse_search(method: str, body, where: str) -> Transform:
     if (not isinstance(grid, list) or not grid
             or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in grid)):
         raise ConfigError(f"{where}.{method}.grid: a non-empty list of exponents in [0, 1]; got {grid!r}")
-    return Transform(method, scheme, tuple(float(a) for a in grid))
+    samples = body.get("samples", SAMPLE_ROWS)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 16 <= samples <= 65536:
+        raise ConfigError(f"{where}.{method}.samples: activation rows per layer input, a whole number in "
+                          f"16..65536 (default {SAMPLE_ROWS}); got {samples!r}")
+    return Transform(method, scheme, tuple(float(a) for a in grid), samples)
 
 
 # ---------------------------------------------------------------- model structure
@@ -365,7 +373,7 @@ def apply_transform(model, token_rows, t: Transform, *, log=None) -> dict:
     """Search and fold ``t`` into ``model`` (in place). Returns a summary: exponent chosen per group."""
     gs = groups(model)
     names = sorted({n for g in gs for n, _l in g.linears[:1]})
-    stats = collect_inputs(model, token_rows, names, log=log)
+    stats = collect_inputs(model, token_rows, names, sample=t.samples, log=log)
     chosen = {}
     for i, g in enumerate(gs):
         if log:

@@ -135,3 +135,156 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
              f"{'symmetric' if symmetric else 'asymmetric'}; {len(int8_nodes)} MatMuls int8 by sensitivity)")
     return {"format": "onnx-genai", "graph": graph, "int8_nodes": list(int8_nodes), "weights_symmetric": symmetric,
             "weights_method": method}
+
+
+# --- the recipe's ``sensitive_layers: auto`` + ``budget``: sensitivity → plan → build ------------------
+
+#: Bump when the sensitivity measurement or the plan for a recipe changes (rebuilds int4-mixed artifacts).
+MIXED_VERSION = 1
+#: The fake-quant scheme the sensitivity runs under: what MatMulNBits block 32 does to the weights.
+SENSITIVITY_SCHEME = "w4a16-g32"
+SENSITIVITY_BUCKETS = 3
+
+
+def mix_inputs(model) -> dict:
+    """What ``sensitive_layers: auto`` adds to an artifact's inputs (its sensitivity and plan settings)."""
+    from host.quality.reference import SENSITIVITY_TOKENS
+
+    return {"budget": model.budget, "sensitive_layers": "auto", "version": MIXED_VERSION,
+            "sensitivity": {"scheme": SENSITIVITY_SCHEME, "tokens": SENSITIVITY_TOKENS,
+                            "buckets": SENSITIVITY_BUCKETS}}
+
+
+def sensitivity_of(recipe, model, folder: Path, *, log=None) -> dict:
+    """Per layer type × depth bucket: KLD(original float ‖ ``folder``'s model with only that group under
+    ``SENSITIVITY_SCHEME``) minus ``folder``'s own float KLD, most damaging first (the same measurement as
+    ``rkdeploy quality --sensitivity``, on the checkpoint the builder reads: the transformed one when the
+    recipe has a transform). Cached as JSON under the quality cache, keyed by the evaluation, the
+    checkpoint (its transform key) and the settings."""
+    from host.fakequant import FAKEQUANT_VERSION, layer_groups, linear_layers
+    from host.fsutil import atomic_write_text
+    from host.manifest import inputs_hash
+    from host.quality.metrics import TokenStats
+    from host.quality.reference import (
+        SENSITIVITY_TOKENS,
+        eval_windows,
+        float_reference,
+        llm_eval,
+        load_torch_llm,
+        quality_cache,
+    )
+    from host.quality.runtimes import TorchFakeQuant
+
+    ev = llm_eval(recipe, model, eval_tokens=min(SENSITIVITY_TOKENS, recipe.quality.eval_tokens))
+    rec = Path(folder) / "rkdeploy-transform.json"
+    ckpt = json.loads(rec.read_text())["key"] if rec.is_file() else "float"
+    key = inputs_hash({"eval": ev.key, "checkpoint": ckpt, "scheme": SENSITIVITY_SCHEME,
+                       "buckets": SENSITIVITY_BUCKETS, "fq": FAKEQUANT_VERSION, "v": MIXED_VERSION})
+    cache = quality_cache() / "sensitivity" / f"{model.name}-mix-{key[:24]}.json"
+    try:
+        return {**json.loads(cache.read_text()), "cache": str(cache)}
+    except (OSError, ValueError):
+        pass
+    windows = eval_windows(recipe, ev)
+    ref = float_reference(recipe, ev, windows, log=log)
+    torch_model = load_torch_llm(folder)
+
+    def kld(select) -> float:
+        stats = TokenStats.empty()
+        with TorchFakeQuant(torch_model, SENSITIVITY_SCHEME, select) as rt:
+            for i, w in enumerate(windows):
+                stats.add(ref[i], rt.logprobs(w), w)
+        return stats.metrics()["kld_mean"]
+
+    groups = layer_groups(list(linear_layers(torch_model)), SENSITIVITY_BUCKETS)
+    base = kld(lambda _n: False)
+    out = []
+    for gi, (name, members) in enumerate(groups.items()):
+        if log:
+            log(f"sensitivity {gi + 1}/{len(groups)} {name}")
+        sel = set(members)
+        out.append({"group": name, "layers": len(members), "kld_increase": kld(sel.__contains__) - base})
+    out.sort(key=lambda r: -r["kld_increase"])
+    res = {"model": model.name, "scheme": SENSITIVITY_SCHEME, "n_tokens": ev.n_tokens, "checkpoint": ckpt,
+           "kld_float": base, "groups": out}
+    atomic_write_text(cache, json.dumps(res, indent=1))
+    return {**res, "cache": str(cache)}
+
+
+def plan_for_checkpoint(folder: Path, groups: list[dict], budget: float) -> Plan:
+    """``plan_mixed`` for the checkpoint in ``folder`` from a sensitivity ``groups`` list: every distinct
+    weight counted once (a tied lm_head is the embedding's matrix), the embedding int4 (GatherBlockQuantized)
+    in every mix, norms fp32."""
+    from host.quality.reference import load_torch_llm
+
+    model = load_torch_llm(folder)
+    return plan_for_model(model, groups, budget)
+
+
+def plan_for_model(model, groups: list[dict], budget: float) -> Plan:
+    from host.fakequant import linear_layers
+
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    lin_params = sum(mod.weight.numel() for mod in linear_layers(model).values() if mod.weight is not emb)
+    other = emb.numel() * INT4_BYTES + 4.0 * (total - lin_params - emb.numel())
+    return plan_mixed(units_from_sensitivity(model, groups), fp32_bytes=4.0 * total, budget=budget, other_bytes=other)
+
+
+def frontier_lines(plan: Plan) -> list[str]:
+    """The size-vs-predicted-KLD frontier the greedy walk chose from, one line per step."""
+    out = ["size-vs-predicted-KLD frontier (predicted KLD = sum of the per-group int4 increases left: an "
+           "estimate; the artifact's measured KLD is its quality row):"]
+    for p in plan.frontier:
+        out.append(f"  {p['ratio']:.3f}x fp32  predicted KLD {p['predicted_kld']:.4f}  "
+                   f"+ {p['units'][-1] if p['units'] else '(all int4)'}")
+    return out
+
+
+def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, board_threads: int) -> dict:
+    """``int4-mixed`` for ``job``: sensitivity of ``src`` (cached), the plan within ``job.model.budget``
+    (its frontier printed to ``log``), the genai build; returns the manifest fields incl. ``mix``."""
+    budget = job.model.budget
+    sens = sensitivity_of(job.recipe, job.model, src, log=log)
+    log(f"sensitivity under {sens['scheme']} on {sens['n_tokens']} held-out tokens: {sens['cache']}")
+    plan = plan_for_checkpoint(src, sens["groups"], budget)
+    for line in frontier_lines(plan):
+        log(line)
+    log(f"chosen: {len(plan.int8_nodes)} MatMuls int8, predicted {plan.bytes / plan.fp32_bytes:.3f}x fp32 "
+        f"(budget {budget})")
+    extra = build_genai_mixed(src, out_dir, plan.int8_nodes, log, threads=threads, board_threads=board_threads)
+    extra["mix"] = {"budget": budget, "int8_node_count": len(plan.int8_nodes), "int8_nodes": list(plan.int8_nodes),
+                    "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
+                    "predicted_kld": round(plan.predicted_kld, 5), "frontier": plan.frontier,
+                    "sensitivity": {"scheme": sens["scheme"], "n_tokens": sens["n_tokens"], "cache": sens["cache"]},
+                    "version": MIXED_VERSION}
+    return extra
+
+
+def plan_share(job, model_dir: Path, log) -> tuple[float, dict]:
+    """The budgeted plan for ``job``'s model read from ``model_dir`` (sensitivity cached, frontier logged):
+    ``(share of the linear weights at int8, the manifest's mix record)`` — what an rkllm build's
+    ``hybrid_rate`` expresses (``host.build.rkllm.mix_hybrid``)."""
+    from host.quality.reference import load_torch_llm
+
+    sens = sensitivity_of(job.recipe, job.model, model_dir, log=log)
+    model = load_torch_llm(model_dir)
+    plan = plan_for_model(model, sens["groups"], job.model.budget)
+    share = int8_share(plan, model)
+    for line in frontier_lines(plan):
+        log(line)
+    return share, {"budget": job.model.budget, "int8_node_count": len(plan.int8_nodes), "int8_share": round(share, 4),
+                   "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
+                   "sensitivity": {"scheme": sens["scheme"], "n_tokens": sens["n_tokens"], "cache": sens["cache"]},
+                   "version": MIXED_VERSION}
+
+
+def int8_share(plan: Plan, model) -> float:
+    """Share of the linear weights (tied lm_head counted once) the plan moved to int8."""
+    from host.fakequant import linear_layers
+
+    emb = model.get_input_embeddings().weight
+    chosen = set(plan.int8_nodes)
+    sizes = [(onnx_node(n) in chosen, m.weight.numel()) for n, m in linear_layers(model).items() if m.weight is not emb]
+    total = sum(n for _c, n in sizes)
+    return sum(n for c, n in sizes if c) / total if total else 0.0

@@ -22,7 +22,7 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
     problems = []
     for m in recipe.models:
         uses = [s for s in SENSITIVE_SCHEMES[m.kind] if s in m.onnx and (schemes is None or s in schemes)]
-        if not uses or not m.sensitive_layers or not m.sensitive_layers_required:
+        if not uses or not m.float_layers or not m.sensitive_layers_required:
             continue
         if is_gguf_source(m) and not gguf_source_ready(m):
             continue  # host.targets.check dequantizes it once the rest of the model is right (or says why not)
@@ -33,7 +33,7 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
         if check_model_folder(folder):
             continue
         layers = linear_shapes(folder)
-        for pat in m.sensitive_layers:
+        for pat in m.float_layers:
             if not sensitive_matches(layers, [pat]):
                 kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in layers})
                 problems.append(f"{m.name}: sensitive_layers entry {pat!r} matches no linear layer of the model "

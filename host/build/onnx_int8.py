@@ -99,7 +99,7 @@ BOARD_THREADS = 4
 TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai")
 #: What onnxruntime-genai reads beside the tokenizer (``host.models.TOKENIZER_FILES``).
 GENAI_MODEL_FILES = ("generation_config.json", "config.json")
-LLM_SCHEMES = ("fp32", "int8", "int4", "int8-dyn")
+LLM_SCHEMES = ("fp32", "int8", "int4", "int4-mixed", "int8-dyn")
 ENCODER_SCHEMES = ("fp32", "int8-dyn", "int8-qdq")
 QDQ_CALIB_SENTENCES = 64
 #: The schemes that keep the recipe's ``sensitive_layers`` in float, per model kind.
@@ -144,7 +144,16 @@ def inputs(job) -> dict:
     if (m.kind, job.scheme) in SCHEME_REVISION:
         data["scheme_revision"] = SCHEME_REVISION[(m.kind, job.scheme)]
     if job.scheme in SENSITIVE_SCHEMES[m.kind]:
-        data["sensitive_layers"] = list(m.sensitive_layers)
+        data["sensitive_layers"] = m.float_layers
+    if m.kind == "llm":
+        from host.build.mixed import mix_inputs
+        from host.build.source import transform_inputs
+
+        tr = transform_inputs(m, job.scheme)   # only the schemes the recipe's transform serves
+        if tr is not None:
+            data["transform"] = tr
+        if job.scheme == "int4-mixed":
+            data["mix"] = mix_inputs(m)
     if m.kind == "encoder":
         data["shape"] = {"batch": m.batch, "seq_len": m.seq_len}
     if job.scheme == "int8-qdq":
@@ -200,8 +209,22 @@ def _copy_tokenizer(src: Path, out_dir: Path) -> None:
 # --- LLM ------------------------------------------------------------------------------------------
 
 def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
+    from host.build.source import source_for
+
+    src, transform = source_for(job, log)    # the transformed checkpoint when the recipe's transform serves the scheme
+    extra = _build_llm_from(job, src, out_dir, log)
+    if transform is not None:
+        extra["transform"] = transform
+    return extra
+
+
+def _build_llm_from(job, src: Path, out_dir: Path, log) -> dict:
     if job.scheme in ("int8", "int4"):
         return _genai_builder(src, out_dir, job.scheme, log)
+    if job.scheme == "int4-mixed":
+        from host.build.mixed import build_mixed_for_job
+
+        return build_mixed_for_job(job, src, out_dir, log, threads=build_threads(), board_threads=BOARD_THREADS)
     if job.scheme == "fp32":
         export_llm(src, out_dir / "model.onnx", log=log)
         tied = tie_lm_head(out_dir / "model.onnx", log=log)
@@ -215,11 +238,11 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
     tmp.mkdir()
     export_llm(src, tmp / "model.onnx", log=log)
     excluded = quantize_dynamic_matmuls(tmp / "model.onnx", out_dir / "model.onnx",
-                                        sensitive_nodes(tmp / "model.onnx", job.model.sensitive_layers), log=log)
+                                        sensitive_nodes(tmp / "model.onnx", job.model.float_layers), log=log)
     shutil.rmtree(tmp)
     write_genai_config(src, out_dir)
     return {"format": "onnx-genai", "graph": "torch.onnx.export + quantize_dynamic(MatMul, QInt8 per-channel)",
-            "exclusions": exclusions(job.model.sensitive_layers, excluded, LLM_EXCLUSION_WHY)}
+            "exclusions": exclusions(job.model.float_layers, excluded, LLM_EXCLUSION_WHY)}
 
 
 def _genai_builder(src: Path, out_dir: Path, scheme: str, log) -> dict:

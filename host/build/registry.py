@@ -21,6 +21,9 @@ from typing import Any, Protocol
 
 #: Recipe model fields that only list what to build (never change an artifact).
 LIST_FIELDS = frozenset({"targets"})
+#: Recipe model fields that change only the schemes they serve: each builder's ``inputs(job)`` records what
+#: applies to its scheme (``host.build.source``), so a new transform or budget rebuilds only those artifacts.
+PER_SCHEME_FIELDS = frozenset({"transform", "budget"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Kind:
         """Recipe model fields left out of this kind's ``inputs_hash``."""
         others = {k.recipe_field for k in kinds() if k is not self}
         own = set() if self.per_target else {self.recipe_field}   # a scheme list is what to build, not how
-        return set(LIST_FIELDS) | others | own | set(self.irrelevant)
+        return set(LIST_FIELDS) | set(PER_SCHEME_FIELDS) | others | own | set(self.irrelevant)
 
     # --- the builder -------------------------------------------------------------------------------
     def builder(self) -> Builder:

@@ -130,7 +130,33 @@ def inputs(job: BuildJob) -> dict:
            if k != "model"}, "build": build, "calibration_sha256": _calibration_sha256(job)}
     if info.get("test_double"):  # a double's artifact is never "up to date" for the vendor toolkit of the same version
         out["toolkit_test_double"] = True
+    from host.build.source import transform_inputs
+
+    tr = transform_inputs(job.model, job.scheme)     # only the schemes the recipe's transform serves
+    if tr is not None:
+        out["transform"] = tr
+    if mix_hybrid(job):
+        from host.build.mixed import mix_inputs
+
+        out["mix"] = mix_inputs(job.model)
     return out
+
+
+def mix_hybrid(job: BuildJob) -> bool:
+    """Does ``sensitive_layers: auto`` set this build's ``hybrid_rate``? For an ungrouped 4-bit scheme
+    (w4a16, w4a8) whose recipe leaves ``rkllm.hybrid_rate`` at 0: the toolkit's hybrid_rate mixes that share
+    of grouped (more accurate) layers into a plain 4-bit model (ROCKCHIP.md §2; for a grouped dtype it
+    mixes in ungrouped layers, for speed, so it is left alone there). The toolkit has no per-layer choice:
+    the share is what transfers from the ONNX plan, not which layers."""
+    from host.schemes import group_size, weight_bits
+
+    return (job.model.sensitive_layers == "auto" and job.model.rkllm.hybrid_rate == 0.0
+            and weight_bits(job.scheme) == 4 and group_size(job.scheme) is None)
+
+
+def hybrid_rate_from_plan(share: float) -> float:
+    """rkllm ``hybrid_rate`` (in [0, 1)) for the share of linear weights the budgeted plan moved to 8 bits."""
+    return min(0.99, max(0.0, round(share, 3)))
 
 
 def artifact_name(job: BuildJob) -> str:
@@ -184,7 +210,20 @@ def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
     """Build ``job``'s ``.rkllm`` into ``out_dir``; return the extra manifest fields."""
     require_toolkit(TOOLKIT)  # ToolkitMissingError before any work
     info = toolkit_info(TOOLKIT) or {}
-    args = toolkit_args(job)
+    from host.build.source import source_for
+
+    model_dir, transform = source_for(job, log)   # the transformed checkpoint when the recipe's transform serves it
+    args = toolkit_args(job, model_dir=model_dir)
+    mix = None
+    if mix_hybrid(job):
+        from host.build.mixed import plan_share
+
+        share, mix = plan_share(job, model_dir, log)
+        rate = hybrid_rate_from_plan(share)
+        args["build"]["hybrid_rate"] = rate
+        log(f"hybrid_rate {rate}: the share of linear weights the ONNX plan (budget {job.model.budget}) keeps at "
+            "8 bits; the toolkit chooses which layers")
+        mix = {**mix, "hybrid_rate": rate}
     calib = Path(args["build"]["dataset"])
     if not calib.is_file():
         raise BuildError(f"{job.model.name}: calibration file {calib} not found; run `rkdeploy calib build`")
@@ -241,15 +280,20 @@ def build(job: BuildJob, out_dir: Path, *, log: Callable[[str], None]) -> dict:
             "extra": dict(job.model.rkllm.extra), "load_args": args["load"], "build_args": b,
         },
         "build_log": str(log_path),
+        **({"transform": transform} if transform else {}),
+        **({"mix": mix} if mix else {}),
     }
 
 
 # --- measured quality: host-side logits of the quantized model ----------------------------------
 
 def _args_from(job_or_artifact: BuildJob | Path | str) -> tuple[dict, str]:
-    if isinstance(job_or_artifact, BuildJob):
+    if isinstance(job_or_artifact, BuildJob):   # a built artifact's manifest replays exactly (hybrid_rate included)
+        from host.build.source import source_for
+
         require_toolkit(TOOLKIT)
-        return toolkit_args(job_or_artifact), job_or_artifact.label
+        model_dir, _transform = source_for(job_or_artifact, lambda _line: None)
+        return toolkit_args(job_or_artifact, model_dir=model_dir), job_or_artifact.label
     from host.manifest import read_manifest
 
     folder = Path(job_or_artifact)

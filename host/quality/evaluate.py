@@ -108,12 +108,15 @@ def vendor_rows(recipe: Recipe, target: str, *, root=None, schemes=None, store=N
 def pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, schemes) -> list[Pending]:
     """What to measure. Keys name the computation only (not the target: an ONNX artifact copied to
     another target, or a scheme simulated for two chips, is computed once)."""
+    from host.build.source import transform_for, transform_inputs
     from host.fakequant import FAKEQUANT_VERSION
 
     todo = [Pending(m, a.manifest.scheme, "measured", inputs_hash({"v": EVAL_VERSION, "a": a.sha256, "ref": ref_key}), a)
             for a in arts]
-    if simulated:
-        todo += [Pending(m, s, "simulated", inputs_hash({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key}))
+    if simulated:   # a vendor scheme the recipe's transform serves is simulated on the transformed float model
+        todo += [Pending(m, s, "simulated", inputs_hash({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key,
+                                                         **({"t": tr} if (tr := transform_inputs(m, s)) else {})}),
+                         transform=transform_for(m, s))
                  for s in _simulated_schemes(m, target, schemes)]
     return todo
 
@@ -138,8 +141,9 @@ def _runtime(p: Pending, windows, ev, log, torch_model):
         lm = OrtCausalLm(p.artifact.path, p.artifact.manifest)
         return lm, lm.name, lm.close
     if log:
-        log(f"{ev.model.name}/{p.scheme}: simulated (torch fake-quant) on {ev.n_tokens} held-out tokens")
-    lm = TorchFakeQuant(torch_model(), p.scheme)
+        on = f" of the {p.transform.label()} checkpoint" if p.transform is not None else ""
+        log(f"{ev.model.name}/{p.scheme}: simulated (torch fake-quant{on}) on {ev.n_tokens} held-out tokens")
+    lm = TorchFakeQuant(torch_model(p.transform), p.scheme)
     lm.__enter__()
     return lm, lm.name, lambda: lm.__exit__(None, None, None)
 
@@ -151,12 +155,20 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
     if missing:
         windows = eval_windows(recipe, ev)
         ref = float_reference(recipe, ev, windows, log=log)
-        model = []
+        models: dict = {}
 
-        def torch_model():
-            if not model:
-                model.append(load_torch_llm(ev.model_dir))
-            return model[0]
+        def torch_model(transform=None):
+            """The float model (one at a time in memory): the original, or ``transform`` folded in (cached)."""
+            key = transform.label() if transform is not None else None
+            if key not in models:
+                models.clear()
+                folder = ev.model_dir
+                if transform is not None:
+                    from host.transforms import transformed_checkpoint
+
+                    folder, _rec = transformed_checkpoint(ev.model_dir, m.calibration, transform, log=log)
+                models[key] = load_torch_llm(folder)
+            return models[key]
 
         for p in missing:
             t0 = time.monotonic()
@@ -181,7 +193,8 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
             env = row_env(p, target, {"ppl_float": metrics["ppl_float"], "window": ev.window, "n_windows": ev.n_windows,
                                       "text": str(recipe.text.heldout), "seconds": round(time.monotonic() - t0, 1),
                                       **arith})
-            row = quality_row(m, target, p.scheme, p.method, backend, metrics, artifact=p.artifact, env=env)
+            row = quality_row(m, target, p.scheme, p.method, backend, metrics, artifact=p.artifact, env=env,
+                              transform=p.transform.label() if p.transform is not None else None)
             cache.put(p.key, row)
             done[p.key] = for_target(row, p, target)
     return [done[p.key] for p in todo if p.key in done]

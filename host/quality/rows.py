@@ -27,10 +27,11 @@ class Pending:
     method: str
     key: str
     artifact: object = None   # host.manifest.Artifact for measured rows
+    transform: object = None  # host.transforms.Transform a simulated row's float model has folded in
 
 
 def quality_row(model: ModelSpec, target: str, scheme: str, method: str, backend: str, metrics: dict, *,
-                artifact=None, env: dict) -> dict:
+                artifact=None, env: dict, transform: str | None = None) -> dict:
     """A ``ResultRow`` of kind ``quality`` as a dict holding the fields set (metrics with full digits)."""
     given = {"kind": "quality", "test": "ppl" if model.kind == "llm" else "embedding", "model": model.name,
              "target": target, "scheme": scheme, "backend": backend, "method": method, "status": "ok",
@@ -39,6 +40,13 @@ def quality_row(model: ModelSpec, target: str, scheme: str, method: str, backend
     if artifact is not None:
         given["artifact_sha256"] = artifact.sha256
         given["model_size"] = artifact.weights_size
+        transform = artifact.manifest.transform_label
+        mix = artifact.manifest.mix or {}
+        if mix:
+            given["budget"] = mix.get("budget")
+            given["int8_nodes"] = mix.get("int8_node_count")
+    if transform:
+        given["transform"] = transform
     row = ResultRow(**given).to_dict()
     return gate.apply({k: row[k] for k in given})
 
@@ -118,6 +126,7 @@ def row_env(p: Pending, target: str, extra: dict) -> dict:
 
 
 def error_row(m: ModelSpec, target: str, p: Pending, error: str, backend: str = "torch-fakequant") -> dict:
-    row = quality_row(m, target, p.scheme, p.method, backend, {}, artifact=p.artifact, env=row_env(p, target, {}))
+    row = quality_row(m, target, p.scheme, p.method, backend, {}, artifact=p.artifact, env=row_env(p, target, {}),
+                      transform=p.transform.label() if p.transform is not None else None)
     row.update(status="error", error=error)
     return for_target(row, p, target)

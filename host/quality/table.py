@@ -30,6 +30,9 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
         cols = LLM_TABLE if any(r.get("test") == "ppl" or r.get("ppl") is not None for r in mine) else ENCODER_TABLE
         t = Table(title=f"{title}: {model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
         t.add_column("scheme", no_wrap=True)
+        prep = any(r.get("transform") or r.get("budget") is not None for r in mine)
+        if prep:
+            t.add_column("transform / mix", overflow="fold")
         t.add_column("method", overflow="fold")
         for head, _f, _d in cols:
             t.add_column(head, justify="right", no_wrap=True)
@@ -42,9 +45,19 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
             method = r["method"]
             if method == "measured" and r.get("backend") not in (None, "onnxruntime"):
                 method = f"measured ({r['backend']})"
-            t.add_row(r["scheme"], method, *(_fmt(r.get(f), d) for _h, f, d in cols), note)
+            t.add_row(r["scheme"], *([prep_cell(r)] if prep else []), method, *(_fmt(r.get(f), d) for _h, f, d in cols),
+                      note)
         tables.append(t)
     return Group(*tables, Text(_caption(rows)))
+
+
+def prep_cell(r: dict) -> str:
+    """``awq(w4a16-g64); budget 0.25x fp32, 14 MatMuls int8``: how the row's weights were prepared."""
+    parts = [r["transform"]] if r.get("transform") else []
+    if r.get("budget") is not None:
+        parts.append(f"budget {r['budget']:g}x fp32" + (f", {r['int8_nodes']} MatMuls int8"
+                                                        if r.get("int8_nodes") is not None else ""))
+    return "; ".join(parts)
 
 
 def _short_note(note: str) -> str:

@@ -22,7 +22,7 @@ from host.errors import RkdeployError
 
 NPU_BACKENDS = ("rkllm", "rknnlite")
 #: Weight bits per scheme family (the leading w<bits> of rkllm/rknn names; ONNX names by their dtype).
-_ONNX_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8-dyn": 8, "int8-qdq": 8, "int4": 4}
+_ONNX_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8-dyn": 8, "int8-qdq": 8, "int4": 4, "int4-mixed": 4}
 HEADERS = {
     "roofline_weight_gbs": "weights GB/s (decode × weight bytes)",
     "roofline_ddr_pct": "% DDR peak (weight bytes/token)",

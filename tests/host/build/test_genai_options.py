@@ -16,7 +16,7 @@ import pytest
 
 def _job(scheme: str, kind: str = "llm"):
     return SimpleNamespace(scheme=scheme, model=SimpleNamespace(kind=kind, sensitive_layers=["down_proj"], batch=1,
-                                                                seq_len=8))
+                                                                seq_len=8, float_layers=["down_proj"]))
 
 
 def test_genai_options_are_inputs_of_int8_and_int4_only(monkeypatch):

@@ -12,12 +12,14 @@ from tests.host.build import toykind
 
 #: What host/export.py hashed before the registry (inputs_hash must not change: built artifacts stay up to date).
 #: The ``gguf`` kind's recipe field is new (default []): leaving it out keeps every older hash as it was.
+#: transform / budget (issue 16) are per scheme: each builder's inputs() records what serves its scheme.
+_PER_SCHEME = {"transform", "budget"}
 OLD_IRRELEVANT_FIELDS = {
-    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers", "gguf"},
-    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch", "gguf"},
-    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers", "gguf"},
+    "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers", "gguf"} | _PER_SCHEME,
+    "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch", "gguf"} | _PER_SCHEME,
+    "rknn": {"targets", "onnx", "rkllm", "calibration", "max_context", "sensitive_layers", "gguf"} | _PER_SCHEME,
     "gguf": {"targets", "onnx", "rkllm", "rknn", "gguf", "calibration", "max_context", "sensitive_layers",
-             "seq_len", "batch"},
+             "seq_len", "batch"} | _PER_SCHEME,
 }
 #: Kinds the default recipe does not build (stated in the README); GGUF is in it since issue 15 (`make export`
 #: builds llama.cpp first, ~20 min once).
@@ -72,7 +74,7 @@ def test_schemes_carry_each_toolkit_spelling():
     assert spell["rkllm"]["w4a16-g128"] == "w4a16_g128" and "fp16" not in spell["rkllm"]
     assert spell["rknn"]["fp16"] == {"quantized_dtype": None, "do_quantization": False}
     assert spell["rknn"]["w8a8"]["quantized_method"] == "channel"
-    assert set(spell["onnx"]) == {"fp32", "int8", "int4", "int8-dyn", "int8-qdq"}
+    assert set(spell["onnx"]) == {"fp32", "int8", "int4", "int4-mixed", "int8-dyn", "int8-qdq"}
     assert spell["gguf"] == {"gguf-f16": "F16", "gguf-q8_0": "Q8_0", "gguf-q4_0": "Q4_0", "gguf-q4_k_m": "Q4_K_M"}
 
 
