@@ -251,8 +251,6 @@ class ModelSpec(Strict):
             return v
         if info.data.get("kind") == "encoder":
             raise ValueError("transforms are for LLMs (Llama/Qwen/Gemma-style decoders)")
-        if "calibration" in info.data and info.data["calibration"] is None:
-            raise ValueError("needs the model's 'calibration' JSON (the transform's search runs on its activations)")
         items = v if isinstance(v, list) else [v]
         if not items:
             raise ValueError("an empty list; drop the field or name a transform, e.g. {awq: {scheme: w4a16-g64}}")
@@ -264,6 +262,10 @@ class ModelSpec(Strict):
             except ConfigError as e:
                 msg = str(e).removeprefix(f"{where}: ").removeprefix(f"{where}.")
                 raise ValueError(f"{i}: {msg}" if isinstance(v, list) else msg) from None
+        searched = [t.label() for t in parsed if getattr(t, "scheme", None)]   # a lone rotate searches nothing
+        if searched and "calibration" in info.data and info.data["calibration"] is None:
+            raise ValueError(f"{', '.join(searched)} needs the model's 'calibration' JSON (the search runs on its "
+                             "activations)")
         if len(parsed) > 1 and any(getattr(t, "scheme", None) is None for t in parsed):
             raise ValueError("a transform with no scheme serves every quantized scheme: it cannot share the list "
                              "(combine it with one search in one mapping, e.g. {rotate: {}, awq: {scheme: w4a16-g64}})")

@@ -50,6 +50,8 @@ def transform_inputs(model, scheme: str) -> dict | None:
     t = transform_for(model, scheme)
     if t is None:
         return None
+    if getattr(t, "scheme", None) is None:     # a lone rotate reads no calibration
+        return {"transform": t.to_dict(), "version": TRANSFORM_VERSION}
     calib = model.calibration
     if calib is None or not Path(calib).is_file():
         raise ConfigError(f"{model.name}: transform {t.label()} searches on the calibration JSON, and "

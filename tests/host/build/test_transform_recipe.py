@@ -57,7 +57,7 @@ BAD = [
     ("two transforms for one kind of scheme", _llm(transform=[AWQ, {"awq": "w4a16-g32"}]), "models.0.transform",
      "two transforms serve the same schemes (4-bit grouped weights only)"),
     ("empty list", _llm(transform=[]), "models.0.transform", "empty list"),
-    ("no calibration", _drop_calibration, "models.0.transform", "needs the model's 'calibration'"),
+    ("no calibration", _drop_calibration, "models.0.transform", "awq(w4a16-g64) needs the model's 'calibration'"),
 ]
 
 
@@ -69,6 +69,20 @@ def test_bad_new_field_is_one_line_naming_the_field(make_recipe, case, edit, fie
     assert len(msg.splitlines()) == 1, msg
     assert f"{field}: " in msg and text in msg, msg
     assert "line " in msg                     # the YAML line of the field
+
+
+def test_a_lone_rotate_needs_no_calibration_and_serves_every_quantized_scheme(make_recipe):
+    from host.build.source import transform_for, transform_inputs
+
+    def edit(d):
+        d["models"][0].pop("calibration")
+        d["models"][0]["transform"] = "rotate"
+    m = load_recipe(make_recipe(edit)).models[0]
+    assert {s: transform_for(m, s) is not None for s in ("int4", "w8a8", "w4a16", "fp32", "gguf-q4_0")} == \
+        {"int4": True, "w8a8": True, "w4a16": True, "fp32": False, "gguf-q4_0": False}
+    assert "calibration_sha256" not in transform_inputs(m, "int4")
+    with pytest.raises(ConfigError, match="models.0.transform: a transform with no scheme serves every"):
+        load_recipe(make_recipe(_llm(transform=["rotate", AWQ])))
 
 
 def test_good_fields_load_and_normalize(make_recipe):
