@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--sensitivity", default="", help="a saved sensitivity JSON (w4a16-g32) to plan from instead")
     ap.add_argument("--plain", action="store_true", help="no sensitivity plan: int4 body, lm_head int8 (= --int8 lm_head)")
     ap.add_argument("--int8", default="", help="no sensitivity plan: these linears int8 (comma list of name parts, "
-                    "e.g. lm_head,down_proj), the rest int4")
+                    "e.g. lm_head,down_proj; none: all int4, lm_head tied to the embedding), the rest int4")
     ap.add_argument("--gptq", action="store_true", help="also measure the artifact with GPTQ rounding (host.gptq)")
     ap.add_argument("--act-order", action="store_true", help="GPTQ in decreasing Hessian-diagonal order")
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean diagonal)")
@@ -133,11 +133,12 @@ def main() -> None:
         from host.build.mixed import onnx_node
         from host.fakequant import linear_layers
 
-        parts = [x for x in (a.int8 or "lm_head").split(",") if x]
+        parts = [x for x in (a.int8 or "lm_head").split(",") if x and x != "none"]
         names = list(linear_layers(load_torch_llm(src)))
         int8 = tuple(sorted({onnx_node(n) for n in names if any(x in n for x in parts)}))
-        if not int8:
+        if parts and not int8:
             sys.exit(f"--int8 {a.int8}: matches none of the model's linears")
+        parts = parts or ["none"]
         return build_and_measure(a, m, src, label, int8, "+".join(parts), out, emit, measure, log)
 
     # 2. sensitivity of the (transformed) model under the int4 scheme

@@ -182,28 +182,35 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except RuntimeError as e:   # torch's LinAlgError is a RuntimeError
         raise BuildError(f"GPTQ: the Hessian is not positive definite even with damp {damp} ({e}); raise damp") from None
-    q = torch.zeros(n, k, dtype=torch.float64)
+    hinv = hinv.float()       # the column loop in fp32 (as the reference implementation), the inverse in fp64
+    w = w.float()
+    scales, zps = scales.float(), zps.float()
+    inv = torch.zeros(n)
+    q = torch.zeros(n, k)
     for i1 in range(0, k, LAZY):
         i2 = min(i1 + LAZY, k)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
+        diag = hinv1.diagonal().tolist()
+        cols = perm[i1:i2].tolist()
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
-            b = col // bs
+            b = cols[i] // bs
             if not act_order and (i1 + i) % bs == 0:   # the block starts here: its grid from its current weights
                 scales[:, b], zps[:, b] = block_params(w1[:, i:i + bs], grid)
+            if act_order or (i1 + i) % bs == 0:
+                sc, zp = scales[:, b], zps[:, b]
+                inv = torch.where(sc != 0, 1 / torch.where(sc != 0, sc, 1), 0)   # scale 0: every code is the zero point
             wc = w1[:, i]
-            qc = quantize_col(wc, scales[:, b], zps[:, b], grid)
+            qc = (wc * inv).round_().add_(zp).clamp_(0, grid.qmax)
             q[:, i1 + i] = qc
-            deq = (qc - zps[:, b]) * scales[:, b]
-            e = (wc - deq) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            e = (wc - (qc - zp) * sc) / diag[i]
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     out = torch.empty_like(q)
     out[:, perm] = q
-    return out.to(torch.int64), scales.float(), zps.float()
+    return out.to(torch.int64), scales, zps
 
 
 def weighted_error(w, wq, h) -> float:
@@ -364,7 +371,8 @@ def hessian_cache() -> Path:
 
 def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, log, progress) -> dict:
     """``collect_hessians``, cached (fp32, torch.save) under ~/.cache/rkdeploy/gptq-hessians/<key>.pt; key = the
-    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + the linears + GPTQ_VERSION."""
+    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + GPTQ_VERSION; a file without
+    every wanted input is collected again (replaced)."""
     import json
 
     import torch
@@ -375,11 +383,13 @@ def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, lo
 
     rec = Path(src) / "rkdeploy-transform.json"
     ckpt = json.loads(rec.read_text())["key"] if rec.is_file() else model_sha256(Path(src))
-    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "names": names, "v": GPTQ_VERSION})
+    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "v": GPTQ_VERSION})
     path = hessian_cache() / f"{Path(src).name}-{key[:24]}.pt"
     if path.is_file():
-        log(f"GPTQ: Hessians from {path}")
-        return {k: v.double() for k, v in torch.load(path, weights_only=True).items()}
+        cached = torch.load(path, weights_only=True)
+        if set(names) <= set(cached):      # a file holds the inputs some earlier artifact wanted: use it if it has ours
+            log(f"GPTQ: Hessians from {path}")
+            return {k: cached[k].double() for k in names}
     t0 = time.monotonic()
     hess = collect_hessians(model, rows, names, log=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +429,6 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
     """Rewrite every MatMulNBits node of ``bits`` in ``art`` (built by genai from checkpoint ``src``) with GPTQ
     rounding on Hessians from ``calib``. ``progress(description, done, total)`` reports the long steps.
     Returns a record for the manifest (nodes rewritten, skipped, weighted-error ratio GPTQ/RTN, seconds)."""
-    import numpy as np
     import onnx
     import torch
 
@@ -437,10 +446,12 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
         raise BuildError(f"GPTQ: {model_path} does not exist")
     t0 = time.monotonic()
     proto = onnx.load(str(model_path), load_external_data=False)
-    every = [n for n in nbits_nodes(proto) if not n.shared]
     nodes = [n for n in nbits_nodes(proto) if n.grid.bits in bits]
     skipped = [n.name for n in nodes if n.shared]
     nodes = [n for n in nodes if not n.shared]
+    # Hessians for every decoder node of any width (one cached set serves every int4/int8 mix); lm_head's only
+    # when it is rounded here (its input costs the full logits in the calibration forward)
+    every = [n for n in nbits_nodes(proto) if not n.shared and (n in nodes or not n.name.startswith("/lm_head/"))]
     for name in skipped:
         log(f"GPTQ: {name} shares its weights with the int4 embedding table: left at round-to-nearest")
     if not nodes:
@@ -450,7 +461,7 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
     paths = _module_names(model)
     mods = dict(model.named_modules())
     plan, inputs = [], []
-    for n in every:     # the inputs of every node (any width): one cached set serves every int4/int8 mix
+    for n in every:
         lins = hf_linears_of(n.name)
         missing = [x for x in lins if x not in paths]
         if missing:
@@ -466,10 +477,40 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
     hess = cached_hessians(model, src, calib, rows, want, log=log,
                            progress=lambda i, tot: say("GPTQ calibration forward", i, tot))
     hess.update({p: hess[g] for p, g in same_input.items()})
-    data_name = None
-    patches: list[tuple[int, bytes]] = []
+    patches: list[tuple[str, int, bytes]] = []
     inline: dict[str, bytes] = {}
     ratios = []
+    # one intra-op thread: the column loop is thousands of small ops, and on a busy 2-core host two OpenMP threads
+    # made one qkv node 6x slower (28.7 s vs 4.6 s at load ~20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _round_nodes(plan, mods, hess, proto, art, src, damp, act_order, say, ratios, patches, inline)
+    finally:
+        torch.set_num_threads(threads)
+    if patches:
+        _patch_file(art / patches[0][0], [(off, blob) for _f, off, blob in patches])
+    if inline:
+        for t in proto.graph.initializer:
+            if t.name in inline:
+                t.raw_data = inline[t.name]
+        atomic_write_bytes(model_path, proto.SerializeToString())
+    ratios.sort()
+    return {"rounding": "gptq", "version": GPTQ_VERSION, "damp": damp, "act_order": act_order,
+            "bits": list(bits), "nodes": len(plan), "skipped": skipped, "calibration": str(calib),
+            "calibration_items": len(rows), "calibration_tokens": sum(len(r) for r in rows),
+            "weighted_error_ratio_median": round(ratios[len(ratios) // 2], 4),
+            "weighted_error_ratio_max": round(ratios[-1], 4),
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act_order: bool, say, ratios: list,
+                 patches: list, inline: dict) -> None:
+    """GPTQ per node; fills ``ratios`` (weighted error GPTQ/RTN), ``patches`` ((data file, offset, bytes)) and
+    ``inline`` (initializer name -> bytes) for the caller to write."""
+    import numpy as np
+    import torch
+
     for idx, (n, ps) in enumerate(plan):
         say("GPTQ nodes", idx + 1, len(plan))
         w = torch.cat([mods[p].weight.detach().float() for p in ps])
@@ -518,24 +559,9 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
             if ext is None:
                 inline[name] = blob
             else:
-                if data_name not in (None, ext[0]):
+                if patches and patches[0][0] != ext[0]:
                     raise BuildError(f"GPTQ: {art} keeps its weights in more than one external file")
-                data_name = ext[0]
-                patches.append((ext[1], blob))
-    if patches:
-        _patch_file(art / data_name, patches)
-    if inline:
-        for t in proto.graph.initializer:
-            if t.name in inline:
-                t.raw_data = inline[t.name]
-        atomic_write_bytes(model_path, proto.SerializeToString())
-    ratios.sort()
-    return {"rounding": "gptq", "version": GPTQ_VERSION, "damp": damp, "act_order": act_order,
-            "bits": list(bits), "nodes": len(plan), "skipped": skipped, "calibration": str(calib),
-            "calibration_items": len(rows), "calibration_tokens": sum(len(r) for r in rows),
-            "weighted_error_ratio_median": round(ratios[len(ratios) // 2], 4),
-            "weighted_error_ratio_max": round(ratios[-1], 4),
-            "seconds": round(time.monotonic() - t0, 1)}
+                patches.append((ext[0], ext[1], blob))
 
 
 def _patch_file(path: Path, patches: list[tuple[int, bytes]]) -> None:
