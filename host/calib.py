@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -213,15 +214,30 @@ def heldin_prompts(recipe: Recipe, n: int, *, max_words: int = 160) -> list[str]
     return picks[:n]
 
 
+GENERATORS = ("torch", "onnx")
+
+
+def provenance_path(out: Path) -> Path:
+    """``<name>.provenance.json`` beside calibration JSON ``<name>.json``: how its answers were generated (the
+    calibration JSON itself stays the rkllm format, a bare list of ``{input, target}``)."""
+    out = Path(out)
+    stem = out.name[:-len(".json")] if out.name.endswith(".json") else out.name
+    return out.with_name(f"{stem}.provenance.json")
+
+
 def build_calibration(recipe: Recipe, *, model: str | None = None, out: Path | None = None,
                       n_prompts: int | None = None, max_new_tokens: int | None = None, cache=None,
-                      batch: int | None = None, dtype: str = "float32", warn=None) -> Path:
-    """Generate the calibration JSON with the float model (greedy) and write it atomically.
+                      batch: int | None = None, dtype: str = "float32", generator: str = "torch",
+                      generator_model: Path | None = None, warn=None) -> Path:
+    """Generate the calibration JSON with the model (greedy) and write it atomically, with its provenance
+    (``provenance_path``) beside it.
 
-    Answers come from ``host.calib_gen.generate_answers``: batched (``batch`` prompts at a time, left
-    padding, KV cache), resumable from ``<out>.partial.jsonl`` (removed once the JSON is written) and
-    reporting progress with an ETA on stderr. ``dtype`` ``bfloat16`` is faster on CPUs with bf16
-    units (AMX, AVX512-BF16) but its answers differ from float32 ones."""
+    Answers come from ``host.calib_gen.generate_answers``: batched (``batch`` prompts at a time, KV cache),
+    resumable from ``<out>.partial.jsonl`` (removed once the JSON is written) and reporting progress with an
+    ETA on stderr. ``generator`` ``torch`` (the reference: the float HF model, left padding) in ``dtype``
+    ``float32`` (the vendor method) or ``bfloat16`` (faster on AMX / AVX512-BF16 CPUs, different answers);
+    ``onnx``: onnxruntime-genai on the model's int8 artifact (``generator_model``, else built once into the
+    cache: ``host.calib_gen.onnx_generator``), right padding: int8 answers, which may differ from float ones."""
     import sys
 
     from host.calib_gen import DEFAULT_BATCH, Progress, generate_answers, item_key, partial_path
@@ -231,8 +247,20 @@ def build_calibration(recipe: Recipe, *, model: str | None = None, out: Path | N
     out = Path(out or spec.calibration or Path("calib_data") / f"{spec.name}.calib.json")
     n = n_prompts or recipe.calib.n_prompts
     new = max_new_tokens or recipe.calib.max_new_tokens
+    bsz = batch or DEFAULT_BATCH
+    if generator not in GENERATORS:
+        raise ConfigError(f"calib build: generator {generator!r} is not supported (allowed: {', '.join(GENERATORS)})")
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"calib build: dtype {dtype!r} is not supported (allowed: float32, bfloat16)")
+    if generator == "onnx" and dtype != "float32":
+        raise ConfigError(f"calib build: --dtype {dtype} is for the torch generator (the onnx generator runs the int8 artifact)")
+    if generator_model is not None:
+        generator_model = Path(generator_model)
+        if generator != "onnx":
+            raise ConfigError("calib build: --generator-model names an ONNX artifact folder: use it with --generator onnx")
+        if not (generator_model / "genai_config.json").is_file():
+            raise ConfigError(f"calib build: --generator-model {generator_model}: no genai_config.json there "
+                              "(an onnxruntime-genai artifact folder, e.g. artifacts/<model>/<target>/int8)")
     from host.models import model_sha256, resolve_model
 
     folder = resolve_model(spec, cache, fetch=True)
@@ -245,25 +273,65 @@ def build_calibration(recipe: Recipe, *, model: str | None = None, out: Path | N
     inputs = [text.apply_chat_template(messages + [{"role": "user", "content": p}]) if text.chat_template else p
               for p in prompts]
     sha = model_sha256(folder)
-    keys = [item_key(sha, inp, new, dtype, batch or DEFAULT_BATCH) for inp in inputs]
+    from host.models import read_config
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
-    eos_cfg = lm.generation_config.eos_token_id
+    gen_cfg = {}
+    try:
+        gen_cfg = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    eos_cfg = gen_cfg.get("eos_token_id", read_config(folder).get("eos_token_id"))
     eos_ids = [e for e in (eos_cfg if isinstance(eos_cfg, list) else [eos_cfg]) if isinstance(e, int)]
     pad = text.tokenizer.token_to_id(text._special("eos_token") or "") or 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "torch" not in sys.modules:
+        # libgomp's threads spin-wait at every parallel region's barrier: on a CPU shared with other jobs one
+        # descheduled thread stalls the other (measured at load ~25 on 2 cores: an 8x576x1536 matmul 27-37 ms
+        # spinning vs 1.6-1.9 ms passive; 2 threads passive as fast as 1). Set before torch loads libgomp.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    t0 = time.monotonic()
+    if generator == "onnx":
+        from host.build.genai import _genai_version
+        from host.calib_gen import GenaiLM, artifact_digest, onnx_generator
+
+        path = generator_model or onnx_generator(folder, sha, lambda s: print(s, file=sys.stderr, flush=True))
+        digest = artifact_digest(path)
+        # right padding: the pad id must never occur in a prompt (genai derives the attention mask from it)
+        used = {t for inp in inputs for t in text.encode(inp)} | set(eos_ids)
+        gpad = next(i for i in range(len(used) + 1) if i not in used)
+        lm = GenaiLM(path, pad_id=gpad, eos_ids=eos_ids or [pad])
+        kind = f"onnx-int8:{digest}"
+        label = f"onnx int8, batch {bsz}"
+        prov = {"generator": "onnx", "runtime": f"onnxruntime-genai {_genai_version()}", "artifact": str(path),
+                "artifact_sha256": digest, "scheme": "int8 (MatMulNBits, onnxruntime-genai model builder)"}
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+        kind = dtype
+        label = f"torch {dtype}, batch {bsz}"
+        import transformers
+
+        prov = {"generator": "torch", "runtime": f"torch {torch.__version__}, transformers {transformers.__version__}",
+                "dtype": dtype}
+    keys = [item_key(sha, inp, new, kind, bsz) for inp in inputs]
     partial = partial_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     answers = generate_answers(
         lm, text.encode, lambda ids: text.tokenizer.decode(ids, skip_special_tokens=True), inputs, keys,
-        max_new_tokens=new, pad_id=pad, eos_ids=eos_ids, batch=batch or DEFAULT_BATCH, partial=partial,
-        progress=Progress(f"calib build ({spec.name}, {dtype}, batch {batch or DEFAULT_BATCH})", len(inputs)))
+        max_new_tokens=new, pad_id=pad, eos_ids=eos_ids, batch=bsz, partial=partial,
+        progress=Progress(f"calib build ({spec.name}, {label})", len(inputs)))
     items = [{"input": inp, "target": ans} for inp, ans in zip(inputs, answers, strict=True)]
     validate_data(items, str(out), recipe, spec.name, cache=cache)
-    atomic_write_text(out, json.dumps(items, ensure_ascii=False, indent=1) + "\n")
+    body = json.dumps(items, ensure_ascii=False, indent=1) + "\n"
+    atomic_write_text(out, body)
+    import hashlib
+
+    atomic_write_text(provenance_path(out), json.dumps({
+        "calibration": out.name, "calibration_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        "model": spec.name, "model_sha256": sha, **prov, "batch": bsz, "n_prompts": n, "max_new_tokens": new,
+        "greedy": True, "minutes_this_run": round((time.monotonic() - t0) / 60, 2)}, indent=1) + "\n")
     partial.unlink(missing_ok=True)
     return out

@@ -116,4 +116,37 @@ def test_calib_build_vendor_method(tmp_path, llm_dir):
     assert all(it["input"].endswith("<|im_start|>assistant\n") for it in items)
     assert all(it["target"] and it["target"] != "(no answer)" for it in items)
     assert validate_file(out, recipe).n_items == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]   # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.provenance.json"]   # no temp files left
+    prov = json.loads((tmp_path / "c.provenance.json").read_text())
+    assert prov["generator"] == "torch" and prov["dtype"] == "float32" and prov["max_new_tokens"] == 8
+    import hashlib
+
+    assert prov["calibration_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"generator": "tensorrt"}, "generator 'tensorrt' is not supported (allowed: torch, onnx)"),
+    ({"generator": "onnx", "dtype": "bfloat16"}, "--dtype bfloat16 is for the torch generator"),
+    ({"generator_model": "."}, "--generator-model names an ONNX artifact folder: use it with --generator onnx"),
+    ({"generator": "onnx", "generator_model": "/nonexistent"}, "--generator-model /nonexistent: no genai_config.json"),
+])
+def test_calib_build_bad_generator_is_one_line_before_any_work(tmp_path, kw, msg, monkeypatch):
+    from host import calib
+    from host.errors import ConfigError
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was resolved before the options were checked")
+
+    monkeypatch.setattr("host.models.resolve_model", no_model)
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        calib.build_calibration(load_recipe(DEFAULT_RECIPE), out=tmp_path / "c.json", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_provenance_sits_beside_the_calibration_json():
+    from pathlib import Path
+
+    from host.calib import provenance_path
+
+    assert provenance_path(Path("d/m.calib.json")) == Path("d/m.calib.provenance.json")
+    assert provenance_path(Path("d/answers")) == Path("d/answers.provenance.json")
