@@ -1,12 +1,25 @@
 """Layer sensitivity: KLD(float ‖ model with only one layer group fake-quantized) minus the float
-baseline, per group, most sensitive first; a hint for the recipe's ``sensitive_layers``."""
+baseline, per group, most sensitive first; a hint for the recipe's ``sensitive_layers``. A finished
+result is cached in the quality cache (``sensitivity/``; ``--outliers`` checks its prediction against it)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from host.config import ModelSpec, Recipe
 from host.errors import ConfigError
+from host.fsutil import atomic_write_text
+from host.manifest import inputs_hash
 from host.quality.metrics import TokenStats
-from host.quality.reference import SENSITIVITY_TOKENS, eval_windows, float_reference, llm_eval, load_torch_llm
+from host.quality.reference import (
+                                    SENSITIVITY_TOKENS,
+                                    eval_windows,
+                                    float_reference,
+                                    llm_eval,
+                                    load_torch_llm,
+                                    quality_cache,
+)
 from host.quality.runtimes import TorchFakeQuant
 
 
@@ -35,6 +48,11 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
         raise ConfigError(f"--scheme {scheme}: no simulation for it (use w8a8, w8a8-gN, w4a16, w4a16-gN, w8a16, "
                           "fp16 or int8-dyn)") from None
     ev = llm_eval(recipe, m, eval_tokens=min(tokens, recipe.quality.eval_tokens))
+    cache = sensitivity_cache(ev, scheme, buckets)
+    try:
+        return {**json.loads(cache.read_text()), "cached": True}
+    except (OSError, ValueError):
+        pass
     windows = eval_windows(recipe, ev)
     ref = float_reference(recipe, ev, windows, log=log)
     model = load_torch_llm(ev.model_dir)
@@ -56,7 +74,18 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
         sel = set(members)
         out.append({"group": name, "layers": len(members), "kld_increase": kld(sel.__contains__) - base})
     out.sort(key=lambda r: -r["kld_increase"])
-    return {"model": m.name, "scheme": scheme, "n_tokens": ev.n_tokens, "kld_full": full - base, "groups": out}
+    res = {"model": m.name, "scheme": scheme, "n_tokens": ev.n_tokens, "kld_full": full - base, "groups": out}
+    atomic_write_text(cache, json.dumps(res, indent=1))
+    return res
+
+
+def sensitivity_cache(ev, scheme: str, buckets: int) -> Path:
+    """Where a finished sensitivity result is kept: keyed by the float reference's key (model sha256,
+    held-out text, windows), the scheme, the bucket count and the fake-quant version."""
+    from host.fakequant import FAKEQUANT_VERSION
+
+    key = inputs_hash({"eval": ev.key, "scheme": scheme, "buckets": buckets, "fq": FAKEQUANT_VERSION})
+    return quality_cache() / "sensitivity" / f"{ev.model.name}-{scheme}-{key[:24]}.json"
 
 
 def sensitivity_report(recipe: Recipe, target: str, *, scheme: str | None = None, top: int = 10, **kw):
