@@ -198,6 +198,11 @@ class ModelSpec(Strict):
     budget: float | None = Field(
         None, validate_default=True, description="with sensitive_layers: auto (LLM): the ONNX int4-mixed artifact's "
         "weights stay within this fraction of the fp32 model's bytes, in (0, 1] (e.g. 0.25)")
+    rounding: str | dict[str, object] | None = Field(
+        None, description="how the ONNX int4 / int4-mixed builds round their int4 MatMulNBits weights (LLM): "
+        "'rtn' (default: onnxruntime-genai's round-to-nearest) or 'gptq' / {gptq: {damp: 0.01, act_order: false}} "
+        "(host.gptq: GPTQ error-compensating rounding on the builder's own grid, Hessians from the 'calibration' "
+        "JSON through the checkpoint the artifact is built from, cached under ~/.cache/rkdeploy/gptq-hessians)")
 
     @model_validator(mode="after")
     def _default_sensitive(self):
@@ -274,6 +279,25 @@ class ModelSpec(Strict):
         if dup:
             raise ValueError(f"two transforms serve the same schemes ({', '.join(dup)}); keep one per kind of scheme")
         return [t.to_dict() for t in parsed] if isinstance(v, list) else parsed[0].to_dict()
+
+    @field_validator("rounding", mode="before")
+    @classmethod
+    def _rounding(cls, v, info: ValidationInfo):
+        from host.gptq import ROUNDED_SCHEMES, parse_rounding
+
+        try:
+            r = parse_rounding(v, "rounding")
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("rounding: ").removeprefix("rounding.")) from None
+        if r is None:
+            return None
+        if info.data.get("kind") == "encoder":
+            raise ValueError("GPTQ rounding is for LLMs (the ONNX int4 / int4-mixed builds)")
+        if "calibration" in info.data and info.data["calibration"] is None:
+            raise ValueError("gptq needs the model's 'calibration' JSON (its Hessians come from those activations)")
+        if "onnx" in info.data and not set(info.data["onnx"] or []) & set(ROUNDED_SCHEMES):
+            raise ValueError(f"is read only by the onnx schemes {', '.join(ROUNDED_SCHEMES)}; add one or drop rounding")
+        return {"gptq": {"damp": r.damp, "act_order": r.act_order}}
 
     def transforms(self) -> list:
         """The parsed ``transform`` entries (``host.transforms.Transform``)."""

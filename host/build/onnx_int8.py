@@ -154,6 +154,11 @@ def inputs(job) -> dict:
             data["transform"] = tr
         if job.scheme == "int4-mixed":
             data["mix"] = mix_inputs(m)
+        from host.gptq import rounding_inputs
+
+        rounding = rounding_inputs(m, job.scheme)   # recipe rounding: gptq (int4 / int4-mixed only)
+        if rounding is not None:
+            data["rounding"] = rounding
     if m.kind == "encoder":
         data["shape"] = {"batch": m.batch, "seq_len": m.seq_len}
     if job.scheme == "int8-qdq":
@@ -215,6 +220,11 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
     extra = _build_llm_from(job, src, out_dir, log)
     if transform is not None:
         extra["transform"] = transform
+    from host.gptq import round_built_artifact
+
+    rounding = round_built_artifact(job, src, out_dir, log)   # recipe rounding: gptq rewrites the int4 nodes
+    if rounding is not None:
+        extra.setdefault("builder_options", {})["rounding"] = rounding
     return extra
 
 

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 #: Recipe model fields that only list what to build (never change an artifact).
 LIST_FIELDS = frozenset({"targets"})
 #: Recipe model fields that change only the schemes they serve: each builder's ``inputs(job)`` records what
-#: applies to its scheme (``host.build.source``), so a new transform or budget rebuilds only those artifacts.
-PER_SCHEME_FIELDS = frozenset({"transform", "budget"})
+#: applies to its scheme (``host.build.source``, ``host.gptq``), so a new transform, budget or rounding rebuilds only those artifacts.
+PER_SCHEME_FIELDS = frozenset({"transform", "budget", "rounding"})   # rounding: host.gptq.rounding_inputs
 
 
 @dataclass(frozen=True)

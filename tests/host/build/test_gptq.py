@@ -236,3 +236,46 @@ def test_rounding_forms_and_their_cache_key_entry():
     r = parse_rounding({"gptq": {"damp": 0.05, "act_order": True}})
     assert r.to_dict() == {"method": "gptq", "damp": 0.05, "act_order": True, "version": GPTQ_VERSION}
     assert parse_rounding("gptq").to_dict()["damp"] == 0.01 and parse_rounding({"gptq": None}).act_order is False
+
+
+def _rounding_recipe(make_recipe, value, **fields):
+    def edit(d):
+        d["models"][0].update({"rounding": value, **fields})
+    return make_recipe(edit)
+
+
+@pytest.mark.parametrize("value, fields, text", [
+    ("gptqq", {}, "models.0.rounding: expected rtn, gptq or"),
+    ({"gptq": {"damp": 1.5}}, {}, "models.0.rounding: gptq.damp: a fraction"),
+    ("gptq", {"onnx": ["fp32", "int8"]}, "models.0.rounding: is read only by the onnx schemes int4, int4-mixed"),
+])
+def test_recipe_rounding_is_validated_at_load_in_one_line(make_recipe, value, fields, text):
+    from host.config import load_recipe
+    from host.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_recipe(_rounding_recipe(make_recipe, value, **fields))
+    assert len(str(e.value).splitlines()) == 1 and text in str(e.value), str(e.value)
+
+
+def test_recipe_rounding_changes_only_the_int4_artifacts_cache_key(make_recipe):
+    """rounding: gptq is in int4's inputs (method, damp, act_order, version, calibration sha256), not int8's or fp32's."""
+    from host.build import registry
+    from host.config import load_recipe
+    from host.export import job_inputs
+    from host.manifest import inputs_hash
+    from tests.host.build.test_transform_recipe import _job
+
+    def hashes(value):
+        r = load_recipe(_rounding_recipe(make_recipe, value, onnx=["fp32", "int8", "int4"]))
+        b = registry.get("onnx").builder()
+        return {s: inputs_hash(job_inputs(_job(r, s), b, "sha")) for s in ("fp32", "int8", "int4")}, r
+
+    (rtn, _r), (g, r), (g_act, _r2) = hashes("rtn"), hashes("gptq"), hashes({"gptq": {"act_order": True}})
+    assert rtn["int4"] != g["int4"] != g_act["int4"] != rtn["int4"]
+    assert {s: g[s] for s in ("fp32", "int8")} == {s: rtn[s] for s in ("fp32", "int8")}
+    from host.build import onnx_int8
+
+    rec = onnx_int8.inputs(_job(r, "int4"))["rounding"]
+    assert rec["method"] == "gptq" and rec["damp"] == 0.01 and len(rec["calibration_sha256"]) == 64
+    assert "rounding" not in onnx_int8.inputs(_job(r, "int8"))
