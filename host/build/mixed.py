@@ -140,10 +140,12 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
 # --- the recipe's ``sensitive_layers: auto`` + ``budget``: sensitivity → plan → build ------------------
 
 #: Bump when the sensitivity measurement or the plan for a recipe changes (rebuilds int4-mixed artifacts).
-MIXED_VERSION = 1
+MIXED_VERSION = 2   # 2: every linear counted in the predicted size (a partial sensitivity undercounted)
 #: The fake-quant scheme the sensitivity runs under: what MatMulNBits block 32 does to the weights.
 SENSITIVITY_SCHEME = "w4a16-g32"
 SENSITIVITY_BUCKETS = 3
+#: Bump when the sensitivity measurement changes (its cached JSON is keyed by it; the plan by MIXED_VERSION).
+SENSITIVITY_VERSION = 1
 
 
 def mix_inputs(model) -> dict:
@@ -179,7 +181,7 @@ def sensitivity_of(recipe, model, folder: Path, *, log=None) -> dict:
     rec = Path(folder) / "rkdeploy-transform.json"
     ckpt = json.loads(rec.read_text())["key"] if rec.is_file() else "float"
     key = inputs_hash({"eval": ev.key, "checkpoint": ckpt, "scheme": SENSITIVITY_SCHEME,
-                       "buckets": SENSITIVITY_BUCKETS, "fq": FAKEQUANT_VERSION, "v": MIXED_VERSION})
+                       "buckets": SENSITIVITY_BUCKETS, "fq": FAKEQUANT_VERSION, "v": SENSITIVITY_VERSION})
     cache = quality_cache() / "sensitivity" / f"{model.name}-mix-{key[:24]}.json"
     try:
         return {**json.loads(cache.read_text()), "cache": str(cache)}
@@ -222,13 +224,25 @@ def plan_for_checkpoint(folder: Path, groups: list[dict], budget: float) -> Plan
 
 
 def plan_for_model(model, groups: list[dict], budget: float) -> Plan:
+    """``plan_mixed`` for ``model``: a unit weighs every weight of its ONNX nodes (a packed qkv MatMul whole,
+    even when the sensitivity names only q_proj), and the linears no sensitivity group names count as int4."""
+    from dataclasses import replace
+
     from host.fakequant import linear_layers
 
     total = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight
-    lin_params = sum(mod.weight.numel() for mod in linear_layers(model).values() if mod.weight is not emb)
-    other = emb.numel() * INT4_BYTES + 4.0 * (total - lin_params - emb.numel())
-    return plan_mixed(units_from_sensitivity(model, groups), fp32_bytes=4.0 * total, budget=budget, other_bytes=other)
+    node_params: dict[str, int] = {}
+    for name, mod in linear_layers(model).items():
+        if mod.weight is not emb:            # a tied lm_head is the embedding's matrix (counted below)
+            node = onnx_node(name)
+            node_params[node] = node_params.get(node, 0) + mod.weight.numel()
+    units = [u if u.nodes == (LM_HEAD,) else replace(u, params=sum(node_params.get(n, 0) for n in u.nodes))
+             for u in units_from_sensitivity(model, groups)]
+    covered = {n for u in units for n in u.nodes}
+    uncovered = sum(v for n, v in node_params.items() if n not in covered)
+    other = (emb.numel() + uncovered) * INT4_BYTES + 4.0 * (total - sum(node_params.values()) - emb.numel())
+    return plan_mixed(units, fp32_bytes=4.0 * total, budget=budget, other_bytes=other)
 
 
 def frontier_lines(plan: Plan) -> list[str]:

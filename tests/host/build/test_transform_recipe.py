@@ -274,7 +274,7 @@ def _tiny_model():
 
 
 def test_plan_from_a_saved_sensitivity_json_and_the_rkllm_hybrid_rate(tmp_path):
-    from host.build.mixed import LM_HEAD, frontier_lines, int8_share, plan_for_model
+    from host.build.mixed import INT4_BYTES, INT8_BYTES, LM_HEAD, frontier_lines, int8_share, plan_for_model
     from host.build.rkllm import hybrid_rate_from_plan
 
     saved = tmp_path / "sensitivity.json"
@@ -282,7 +282,7 @@ def test_plan_from_a_saved_sensitivity_json_and_the_rkllm_hybrid_rate(tmp_path):
     groups = json.loads(saved.read_text())["groups"]
     model = _tiny_model()
     loose = plan_for_model(model, groups, 1.0)
-    tight = plan_for_model(model, groups, loose.frontier[1]["ratio"])     # room for the first step only
+    tight = plan_for_model(model, groups, loose.frontier[1]["ratio"] + 5e-5)   # room for the first step only (ratios: 4 digits)
     down0 = "/model/layers.0/mlp/down_proj/MatMul"
     assert tight.int8_nodes == (down0,)          # the most damaging per byte first (bucketed groups, @all ignored)
     assert set(loose.int8_nodes) >= {down0, LM_HEAD, "/model/layers.0/attn/qkv_proj/MatMul"}
@@ -297,3 +297,10 @@ def test_plan_from_a_saved_sensitivity_json_and_the_rkllm_hybrid_rate(tmp_path):
     assert hybrid_rate_from_plan(share) == round(share, 3) and hybrid_rate_from_plan(1.0) == 0.99
     with pytest.raises(Exception, match="raise the budget"):
         plan_for_model(model, groups, 0.01)
+    # a sensitivity naming fewer groups predicts the same all-int4 size: every linear is counted, a packed
+    # qkv node weighs q, k and v (an export with a partial saved JSON predicted 0.189x fp32 for a 0.269x artifact)
+    partial = plan_for_model(model, [{"group": "q_proj@all", "layers": 2, "kld_increase": 0.01}], 1.0)
+    assert partial.frontier[0]["ratio"] == loose.frontier[0]["ratio"]
+    step = (partial.frontier[1]["ratio"] - partial.frontier[0]["ratio"]) * partial.fp32_bytes   # ratios: 4 digits
+    assert step == pytest.approx(2 * 32 * 64 * (INT8_BYTES - INT4_BYTES), abs=1e-4 * partial.fp32_bytes)
+    # ... the whole qkv node (q 32 + k 16 + v 16 rows) of both layers
