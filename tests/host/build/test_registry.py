@@ -12,8 +12,9 @@ from tests.host.build import toykind
 
 #: What host/export.py hashed before the registry (inputs_hash must not change: built artifacts stay up to date).
 #: The ``gguf`` kind's recipe field is new (default []): leaving it out keeps every older hash as it was.
-#: transform / budget (issue 16) are per scheme: each builder's inputs() records what serves its scheme.
-_PER_SCHEME = {"transform", "budget"}
+#: transform / budget / rounding (issue 16) are per scheme: each builder's inputs() records what serves its scheme.
+_PER_SCHEME = set(registry.PER_SCHEME_FIELDS)
+assert {"transform", "budget"} <= _PER_SCHEME
 OLD_IRRELEVANT_FIELDS = {
     "onnx": {"targets", "onnx", "rkllm", "rknn", "calibration", "max_context", "sensitive_layers", "gguf"} | _PER_SCHEME,
     "rkllm": {"targets", "onnx", "rknn", "sensitive_layers", "seq_len", "batch", "gguf"} | _PER_SCHEME,
