@@ -239,6 +239,10 @@ class _GenaiLLM:
         self.og = og
         cfg = _read_genai_config(artifact_dir)
         self.vocab_size = int(cfg.get("model", {}).get("vocab_size") or 0)
+        # sliding-window GroupQueryAttention (Gemma 2/3) refuses a KV buffer (max_length, shared past/present)
+        # smaller than its window: "KV cache capacity (48) must be at least ..." for a 32+16-token bench
+        window = ((cfg.get("model", {}).get("decoder") or {}).get("sliding_window") or {}).get("window_size")
+        self.min_capacity = int(window) if isinstance(window, int) else 0
         try:
             config = og.Config(artifact_dir)
             # genai 0.18: Config.overlay merges JSON into genai_config (session_options of the decoder).
@@ -252,8 +256,8 @@ class _GenaiLLM:
         og = self.og
         params = og.GeneratorParams(self.model)
         total = len(prompt_ids) + n_gen
-        # min_length == max_length: EOS is suppressed, exactly n_gen tokens come out (greedy).
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        # min_length = prompt + n_gen: EOS is suppressed, the loop takes exactly n_gen tokens (greedy).
+        params.set_search_options(max_length=max(total, self.min_capacity), min_length=total, do_sample=False)
         gen = og.Generator(self.model, params)
         try:
             gen.append_tokens(list(prompt_ids))
