@@ -16,7 +16,11 @@ measured with onnxruntime. Every row: all held-out tokens, KLD vs the ORIGINAL f
 
 ``rotate:random:SEED`` is the off-grid model: an exactly equivalent float model whose weights lie
 on no 4-bit grid (the default SmolLM2's are Q4_1-rounded), to check that a method's gain is not
-a grid match. One JSON line per row on stdout (``--jsonl`` appends them to a file too).
+a grid match. It is itself a rotation, so it cannot be the baseline *for* ``rotate``: ``offgrid:SEED``
+(bench only, in memory, simulated rows only) is the other off-grid model, every AWQ-style layer group
+scaled by a seeded random per-channel ``s = exp(U(-0.3, 0.3))`` folded as AWQ folds its scales (exactly
+equivalent, off the grid in every linear but ``lm_head``, channel structure kept): ``offgrid:7`` vs
+``offgrid:7+rotate`` measures the rotation on an off-grid model. One JSON line per row on stdout (``--jsonl`` appends them to a file too).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def log(s: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)
 
 
-def variant_transform(text: str):
+def variant_transform(text: str, search: dict | None = None):
     """``rotate+awq:w4a16-g64`` → ``host.transforms.parse_transform`` of ``{rotate: {}, awq: {scheme: …}}``."""
     from host.transforms import parse_transform
 
@@ -43,13 +47,34 @@ def variant_transform(text: str):
         return None
     value: dict = {}
     for part in text.split("+"):
+        if part.startswith("offgrid:"):
+            continue
         name, _, rest = part.partition(":")
         if name == "rotate":
             kind, _, seed = rest.partition(":")
             value["rotate"] = {"kind": kind or "hadamard", "seed": int(seed or 0)}
         else:
-            value[name] = {"scheme": rest} if rest else {}
-    return parse_transform(value, f"--variants {text}")
+            value[name] = {**({"scheme": rest} if rest else {}), **(search or {})}
+    return parse_transform(value, f"--variants {text}") if value else None
+
+
+def offgrid_seed(text: str) -> int | None:
+    first = text.split("+")[0]
+    return int(first.split(":")[1]) if first.startswith("offgrid:") else None
+
+
+def offgrid(model, seed: int) -> int:
+    """Fold seeded random per-channel scales ``exp(U(-0.3, 0.3))`` into every layer group (equivalent)."""
+    import torch
+
+    from host.transforms import fold, groups
+
+    gen = torch.Generator().manual_seed(seed)
+    gs = groups(model)
+    for g in gs:
+        n = g.linears[0][1].in_features // (g.repeat if g.repeat > 1 else 1)
+        fold(g, torch.exp((torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 0.6).float())
+    return len(gs)
 
 
 def main() -> None:
@@ -61,6 +86,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/rkdeploy-rotation")
     ap.add_argument("--windows", type=int, default=0, help="evaluate on the first N windows only (0: all)")
     ap.add_argument("--jsonl", default="")
+    ap.add_argument("--calibration", default="", help="calibration JSON for searched transforms (default: recipe's)")
+    ap.add_argument("--search", default="", help='JSON merged into every searched step, e.g. {"grid": [0, 0.5, 1], '
+                    '"samples": 256} (a reduced search)')
     ap.add_argument("--no-float", action="store_true", help="skip the float row of each variant (equivalence check)")
     a = ap.parse_args()
 
@@ -74,7 +102,8 @@ def main() -> None:
     names = [v for v in a.variants.split(",") if v]
     onnx = [v for v in a.onnx_int4.split(",") if v]
     try:
-        ts = {v: variant_transform(v) for v in dict.fromkeys(names + onnx)}
+        ts = {v: variant_transform(v, json.loads(a.search) if a.search else None)
+              for v in dict.fromkeys(names + onnx)}
     except (ConfigError, ValueError) as e:
         sys.exit(str(e))
     recipe = load_recipe(a.recipe)
@@ -104,16 +133,25 @@ def main() -> None:
 
     def source(v: str):
         t = ts[v]
+        if offgrid_seed(v) is not None:
+            return ev.model_dir, v, {}
         if t is None:
             return ev.model_dir, "none", {}
         t0 = time.monotonic()
-        folder, rec = transformed_checkpoint(ev.model_dir, m.calibration, t, log=log)
+        folder, rec = transformed_checkpoint(ev.model_dir, Path(a.calibration) if a.calibration else m.calibration,
+                                             t, log=log)
         log(f"{t.label()}: {folder} (built in {rec['seconds']} s; this call {time.monotonic() - t0:.1f} s)")
         return folder, t.label(), rec
 
     for v in names:
         folder, label, rec = source(v)
         model = load_torch_llm(folder)
+        if offgrid_seed(v) is not None:
+            from host.rotation import rotate_model
+
+            log(f"offgrid: random per-channel scales folded into {offgrid(model, offgrid_seed(v))} groups")
+            if ts[v] is not None:   # only rotate composes in memory here
+                rec = {"rotation": rotate_model(model, kind=ts[v].kind, seed=ts[v].seed)}
         params = sum(p.numel() for p in model.parameters())
         extra = {"params": params, "tied_lm_head": model.get_output_embeddings().weight is
                  model.get_input_embeddings().weight}
