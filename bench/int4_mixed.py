@@ -58,6 +58,7 @@ def main() -> None:
                     "e.g. lm_head,down_proj; none: all int4, lm_head tied to the embedding), the rest int4")
     ap.add_argument("--gptq", action="store_true", help="also measure the artifact with GPTQ rounding (host.gptq)")
     ap.add_argument("--act-order", action="store_true", help="GPTQ in decreasing Hessian-diagonal order")
+    ap.add_argument("--gptq-only", action="store_true", help="with --gptq: measure only the GPTQ artifact")
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean diagonal)")
     a = ap.parse_args()
 
@@ -223,7 +224,7 @@ def build_and_measure(a, m, src: Path, label: str, int8_nodes, budget, out: Path
         arts.append((g_art, "gptq" + ("+act-order" if a.act_order else ""),
                      {"gptq_seconds": rec["seconds"], "gptq_nodes": rec["nodes"],
                       "weighted_error_ratio_median": rec["weighted_error_ratio_median"]}))
-    for folder, rounding, extra in arts:
+    for folder, rounding, extra in arts[1:] if a.gptq and a.gptq_only else arts:
         size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("model.onnx"))
         lm = OrtCausalLm(folder, {"format": "onnx-genai", "entry": "model.onnx", "scheme": "int4"})
         try:

@@ -186,6 +186,8 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
     w = w.float()
     scales, zps = scales.float(), zps.float()
     inv = torch.zeros(n)
+    if act_order:   # static grids: every block's reciprocal scale once (scale 0: every code is the zero point)
+        inv_all = torch.where(scales != 0, 1 / torch.where(scales != 0, scales, 1), 0)
     q = torch.zeros(n, k)
     for i1 in range(0, k, LAZY):
         i2 = min(i1 + LAZY, k)
@@ -198,7 +200,9 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
             b = cols[i] // bs
             if not act_order and (i1 + i) % bs == 0:   # the block starts here: its grid from its current weights
                 scales[:, b], zps[:, b] = block_params(w1[:, i:i + bs], grid)
-            if act_order or (i1 + i) % bs == 0:
+            if act_order:
+                sc, zp, inv = scales[:, b], zps[:, b], inv_all[:, b]
+            elif (i1 + i) % bs == 0:
                 sc, zp = scales[:, b], zps[:, b]
                 inv = torch.where(sc != 0, 1 / torch.where(sc != 0, sc, 1), 0)   # scale 0: every code is the zero point
             wc = w1[:, i]
