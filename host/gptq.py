@@ -596,9 +596,14 @@ def rounding_inputs(model, scheme: str) -> dict | None:
     r = parse_rounding(getattr(model, "rounding", None), "rounding")
     if r is None or scheme not in ROUNDED_SCHEMES:
         return None
+    from host.errors import ConfigError
     from host.fsutil import sha256_file
 
-    return {**r.to_dict(), "calibration_sha256": sha256_file(model.calibration)}
+    calib = model.calibration
+    if calib is None or not Path(calib).is_file():
+        raise ConfigError(f"{model.name}: rounding: gptq measures its Hessians on the calibration JSON, and "
+                          f"{calib or 'none'} is not a file (recipe field 'calibration'; `rkdeploy calib build`)")
+    return {**r.to_dict(), "calibration_sha256": sha256_file(calib)}
 
 
 def round_built_artifact(job, src: Path, out_dir: Path, log) -> dict | None:

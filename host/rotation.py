@@ -154,6 +154,29 @@ def _fold_norm_into(norm, linears) -> None:
     _set_unit(norm)
 
 
+#: The modules a rotation folds into, per decoder layer (Llama/Qwen/Gemma layout).
+LAYOUT = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
+
+
+def _check_layout(model, layers) -> None:
+    """One line naming the first missing module, before any weight changes: a fused qkv/gate_up (Phi-3) or an
+    unknown decoder has nothing the rotation knows how to fold into."""
+    arch = type(model).__name__
+    if not layers:
+        raise ConfigError(f"rotate: {arch} has no decoder layers to rotate")
+    for i, layer in enumerate(layers):
+        for block, names in LAYOUT:
+            mod = getattr(layer, block, None)
+            missing = [n for n in names if getattr(mod, n, None) is None]
+            if mod is None or missing:
+                what = block if mod is None else f"{block}.{missing[0]}"
+                raise ConfigError(f"rotate: {arch} layer {i} has no {what} (the rotation folds into separate "
+                                  "q/k/v/o and gate/up/down projections; fused ones, as in Phi-3, are not supported)")
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            if getattr(layer, norm, None) is None:
+                raise ConfigError(f"rotate: {arch} layer {i} has no {norm}")
+
+
 def rotate_model(model, *, kind: str = "hadamard", seed: int = 0, log=None) -> dict:
     """Fold the rotations into ``model`` in place (float function unchanged). Returns a summary."""
     import torch
@@ -163,6 +186,7 @@ def rotate_model(model, *, kind: str = "hadamard", seed: int = 0, log=None) -> d
     cfg = getattr(model.config, "text_config", None) or model.config
     dec = _decoder(model)
     layers = list(dec.layers)
+    _check_layout(model, layers)
     sandwich = any(getattr(layer, "post_feedforward_layernorm", None) is not None for layer in layers)
     summary: dict = {"kind": kind, "seed": seed}
 

@@ -167,6 +167,8 @@ def _parse_search(method: str, body, where: str) -> Transform:
         raise ConfigError(f"{where}.{method}: allowed keys are scheme, grid, samples; got {body!r}")
     scheme = body.get("scheme") or ("w8a8" if method == "smoothquant" else "w4a16-g64")
     try:
+        if not isinstance(scheme, str):
+            raise ValueError(scheme)
         s = spec(scheme)
     except ValueError:
         raise ConfigError(f"{where}.{method}.scheme: {scheme!r} has no fake-quant (use w4a16, w4a16-gN, w8a8, "
@@ -406,10 +408,8 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Pat
     """The float checkpoint of ``model_dir`` with ``t`` (a ``parse_transform`` result) folded in, as a
     normal HF folder (cached by model sha256 + calibration sha256 + transform; a lone ``rotate``
     reads no calibration and its key has none); ``(folder, record)``."""
-    from host.fsutil import atomic_dir, atomic_write_text, sha256_file
+    from host.fsutil import sha256_file
     from host.models import model_sha256
-    from host.quality.reference import load_torch_llm
-    from host.rotation import rotate_model
 
     steps = t.steps() if hasattr(t, "steps") else (t,)
     searches = any(isinstance(s, Transform) for s in steps)
@@ -423,6 +423,25 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Pat
     record_path = final / "rkdeploy-transform.json"
     if record_path.is_file():
         return final, json.loads(record_path.read_text())
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    # one builder per key: a second export waits, then finds the record (never replaces a folder another
+    # process's builder is reading); the lock goes with the process, so a killed builder frees it
+    with open(root / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record_path.is_file():
+            return final, json.loads(record_path.read_text())
+        if log:
+            log(f"transform {t.label()}: building {final.name} (one process per key; others wait for it)")
+        return final, _build_transformed(model_dir, calib, t, steps, key, final, log=log)
+
+
+def _build_transformed(model_dir: Path, calib: Path | None, t, steps, key: str, final: Path, log=None) -> dict:
+    from host.fsutil import atomic_dir, atomic_write_text
+    from host.quality.reference import load_torch_llm
+    from host.rotation import rotate_model
+
     t0 = time.monotonic()
     rows = calib_token_rows(model_dir, calib) if calib else []
     model = load_torch_llm(model_dir)
@@ -432,7 +451,6 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Pat
             summary["rotation"] = rotate_model(model, kind=step.kind, seed=step.seed, log=log)
         else:
             summary.update(apply_transform(model, rows, step, log=log))
-    root.mkdir(parents=True, exist_ok=True)
     with atomic_dir(final) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for f in model_dir.iterdir():
@@ -443,4 +461,4 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Pat
                   "calibration": str(calib) if calib else None, "calibration_items": len(rows),
                   "seconds": round(time.monotonic() - t0, 1), **summary}
         atomic_write_text(tmp / "rkdeploy-transform.json", json.dumps(record, indent=1))
-    return final, record
+    return record

@@ -234,15 +234,27 @@ def _read_genai_config(artifact_dir: str) -> Dict[str, Any]:
         raise BackendError("%s unreadable: %s" % (path, e)) from None
 
 
+def _obj(d: Dict[str, Any], key: str) -> Dict[str, Any]:
+    """``d[key]`` when it is a JSON object, else ``{}`` (an absent or malformed optional section)."""
+    v = d.get(key) if isinstance(d, dict) else None
+    return v if isinstance(v, dict) else {}
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 31
+
+
 class _GenaiLLM:
     def __init__(self, og: Any, artifact_dir: str, threads: int) -> None:
         self.og = og
         cfg = _read_genai_config(artifact_dir)
-        self.vocab_size = int(cfg.get("model", {}).get("vocab_size") or 0)
+        model = _obj(cfg, "model")     # untrusted file: every level must be an object, every number a number
+        vocab = model.get("vocab_size")
+        self.vocab_size = vocab if _whole(vocab) else 0
         # sliding-window GroupQueryAttention (Gemma 2/3) refuses a KV buffer (max_length, shared past/present)
         # smaller than its window: "KV cache capacity (48) must be at least ..." for a 32+16-token bench
-        window = ((cfg.get("model", {}).get("decoder") or {}).get("sliding_window") or {}).get("window_size")
-        self.min_capacity = int(window) if isinstance(window, int) else 0
+        window = _obj(_obj(model, "decoder"), "sliding_window").get("window_size")
+        self.min_capacity = window if _whole(window) else 0
         try:
             config = og.Config(artifact_dir)
             # genai 0.18: Config.overlay merges JSON into genai_config (session_options of the decoder).

@@ -148,13 +148,19 @@ SENSITIVITY_BUCKETS = 3
 SENSITIVITY_VERSION = 1
 
 
-def mix_inputs(model) -> dict:
-    """What ``sensitive_layers: auto`` adds to an artifact's inputs (its sensitivity and plan settings)."""
-    from host.quality.reference import SENSITIVITY_TOKENS
+def mix_inputs(model, recipe) -> dict:
+    """What ``sensitive_layers: auto`` adds to an artifact's inputs: the budget, the plan version and everything
+    the sensitivity measurement depends on (``sensitivity_of``: the evaluation's key = model, held-out text,
+    window, token count, BOS; the fake-quant and measurement versions; scheme, buckets). The checkpoint's
+    transform is in the artifact's inputs already."""
+    from host.fakequant import FAKEQUANT_VERSION
+    from host.quality.reference import SENSITIVITY_TOKENS, llm_eval
 
+    ev = llm_eval(recipe, model, eval_tokens=min(SENSITIVITY_TOKENS, recipe.quality.eval_tokens))
     return {"budget": model.budget, "sensitive_layers": "auto", "version": MIXED_VERSION,
             "sensitivity": {"scheme": SENSITIVITY_SCHEME, "tokens": SENSITIVITY_TOKENS,
-                            "buckets": SENSITIVITY_BUCKETS}}
+                            "buckets": SENSITIVITY_BUCKETS, "eval": ev.key, "fakequant": FAKEQUANT_VERSION,
+                            "version": SENSITIVITY_VERSION}}
 
 
 def sensitivity_of(recipe, model, folder: Path, *, log=None) -> dict:

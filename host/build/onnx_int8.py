@@ -153,7 +153,7 @@ def inputs(job) -> dict:
         if tr is not None:
             data["transform"] = tr
         if job.scheme == "int4-mixed":
-            data["mix"] = mix_inputs(m)
+            data["mix"] = mix_inputs(m, job.recipe)
         from host.gptq import rounding_inputs
 
         rounding = rounding_inputs(m, job.scheme)   # recipe rounding: gptq (int4 / int4-mixed only)

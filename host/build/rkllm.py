@@ -138,7 +138,7 @@ def inputs(job: BuildJob) -> dict:
     if mix_hybrid(job):
         from host.build.mixed import mix_inputs
 
-        out["mix"] = mix_inputs(job.model)
+        out["mix"] = mix_inputs(job.model, job.recipe)
     return out
 
 

@@ -259,10 +259,24 @@ def outliers(recipe: Recipe, target: str, *, model_name: str | None = None, sche
 def outlier_jsonl(res: dict) -> str:
     """One JSON object per layer (rank order), then one ``summary`` object (the check, times)."""
     head = {"outliers_version": OUTLIERS_VERSION, "model": res["model"], "scheme": res["scheme"]}
-    lines = [json.dumps({**head, "record": "layer", "rank": i, **r}) for i, r in enumerate(res["layers"], 1)]
+
+    def line(obj) -> str:   # strict JSON: a nan (Spearman of a constant side, kurtosis of nothing) is null
+        return json.dumps(_no_nan(obj), allow_nan=False)
+
+    lines = [line({**head, "record": "layer", "rank": i, **r}) for i, r in enumerate(res["layers"], 1)]
     summary = {k: v for k, v in res.items() if k != "layers"}
-    lines.append(json.dumps({**head, "record": "summary", **summary}))
+    lines.append(line({**head, "record": "summary", **summary}))
     return "\n".join(lines) + "\n"
+
+
+def _no_nan(v):
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_no_nan(x) for x in v]
+    return v
 
 
 def render_outliers(res: dict, *, top: int = 15, jsonl_path: Path | None = None):

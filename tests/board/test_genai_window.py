@@ -59,3 +59,18 @@ def test_kv_capacity_covers_the_sliding_window(tmp_path, window, max_length):
     _GenaiLLM(og, str(tmp_path), 2).generate(list(range(32)), 16, got.append)
     assert og.search == {"max_length": max_length, "min_length": 48, "do_sample": False}
     assert got == list(range(33, 49))          # exactly n_gen tokens
+
+
+@pytest.mark.parametrize("model", [
+    {"vocab_size": 10, "decoder": {"sliding_window": 512}},           # a number where an object belongs
+    {"vocab_size": 10, "decoder": [1, 2]},
+    {"vocab_size": True, "decoder": {"sliding_window": {"window_size": True}}},
+    {"vocab_size": "10", "decoder": {"sliding_window": {"window_size": "512"}}},
+])
+def test_malformed_genai_config_sections_are_ignored_not_a_traceback(tmp_path, model):
+    """genai_config.json comes with the artifact (untrusted): odd shapes of the optional window section mean no
+    window, never an AttributeError in the runner."""
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": model}))
+    og = FakeOg()
+    _GenaiLLM(og, str(tmp_path), 2).generate(list(range(32)), 16, lambda t: None)
+    assert og.search["max_length"] == 48

@@ -151,6 +151,24 @@ def test_mix_inputs_are_in_int4_mixed_only(make_recipe):
     assert onnx_int8.inputs(_job(r2, "int4")) == onnx_int8.inputs(_job(r, "int4"))
 
 
+def test_int4_mixed_key_moves_with_what_the_sensitivity_measures(make_recipe):
+    """The plan comes from a sensitivity run on the recipe's held-out text and windows: changing them must rebuild
+    int4-mixed (review finding: the key held only the budget, so a changed window reused a stale plan)."""
+    from host.build import onnx_int8
+
+    def mixed(**quality):
+        def edit(d):
+            _llm(onnx=["int4", "int4-mixed"], sensitive_layers="auto", budget=0.25)(d)
+            d["quality"] = {**d["quality"], **quality}
+        r = load_recipe(make_recipe(edit))
+        return onnx_int8.inputs(_job(r, "int4-mixed")), onnx_int8.inputs(_job(r, "int4"))
+
+    (base, base4), (win, win4) = mixed(), mixed(window=128)
+    assert base != win and base["mix"]["sensitivity"]["eval"] != win["mix"]["sensitivity"]["eval"]
+    assert base4 == win4                                   # plain int4 does not depend on the evaluation
+    assert mixed(eval_tokens=512)[0] != base               # fewer tokens than the sensitivity's 1,024 changes it
+
+
 def test_transformed_checkpoint_key_names_the_transform():
     from host.transforms import parse_transform, transform_key
 

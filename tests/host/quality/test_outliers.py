@@ -72,6 +72,20 @@ def test_jsonl_has_one_line_per_layer_then_a_summary():
     assert all(x["outliers_version"] == 1 and x["scheme"] == "w8a8" for x in lines)
 
 
+def test_jsonl_is_strict_json_when_a_correlation_is_undefined():
+    """Spearman of a constant side is nan: the JSONL says null (jq and JavaScript refuse a bare NaN)."""
+    import json
+    import math
+
+    res = {"model": "m", "scheme": "w8a8", "layers": [{"layer": "a", "damage": 1.0, "kurtosis_x": math.nan}],
+           "check": {"rho_groups": spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), "n_groups": 3, "by_type": [math.inf]}}
+    text = outlier_jsonl(res)
+    assert "NaN" not in text and "Infinity" not in text
+    layer, summary = [json.loads(x, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) for x in text.splitlines()]
+    assert layer["kurtosis_x"] is None and summary["check"]["rho_groups"] is None
+    assert summary["check"]["by_type"] == [None] and summary["check"]["n_groups"] == 3
+
+
 # ------------------------------------------------------------------ bad input: one line, before any work
 
 

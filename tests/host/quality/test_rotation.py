@@ -191,3 +191,51 @@ def _tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tok
+
+
+@pytest.mark.slow
+def test_rotate_refuses_fused_projections_in_one_line_before_changing_weights():
+    """Phi-3 fuses q/k/v and gate/up: the rotation names the missing module instead of an AttributeError mid-way."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from host.rotation import rotate_model
+
+    torch.manual_seed(0)
+    m = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"Phi3ForCausalLM layer 0 has no self_attn.q_proj .*fused"):
+        rotate_model(m)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_second_process_waits_for_the_builder_of_the_same_key_and_reuses_its_folder(tmp_path):
+    """Two exports with one transform: the second waits on the key's lock and takes the first one's folder; it
+    never rebuilds nor replaces a folder the first one's builders are reading (review finding)."""
+    import fcntl
+    import threading
+
+    import transformers
+
+    from host.transforms import transformed_checkpoint
+
+    src = tmp_path / "src"
+    _tiny("llama").save_pretrained(str(src))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=_tokenizer()).save_pretrained(str(src))
+    t, cache = parse_transform("rotate"), tmp_path / "cache"
+    folder, rec = transformed_checkpoint(src, None, t, cache=cache)           # the key's folder name
+    built_at = (folder / "model.safetensors").stat().st_mtime_ns
+    (folder / "rkdeploy-transform.json").unlink()                             # as if a builder were still at it
+    got, holder = {}, open(cache / f".{folder.name}.lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    th = threading.Thread(target=lambda: got.update(r=transformed_checkpoint(src, None, t, cache=cache)))
+    th.start()
+    th.join(1.0)
+    assert th.is_alive()                                                      # waiting for the holder
+    (folder / "rkdeploy-transform.json").write_text(json.dumps({**rec, "by": "the other process"}))
+    holder.close()                                                            # the holder finishes
+    th.join(60)
+    assert not th.is_alive() and got["r"][0] == folder and got["r"][1]["by"] == "the other process"
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built_at     # not rebuilt
