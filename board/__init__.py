@@ -6,4 +6,4 @@ core, Python >= 3.8; vendor runtimes are imported lazily inside ``board/backends
 
 RUNNER_VERSION = "0.1.0"
 # Version of the JSONL row format the runner emits (first line: {"type": "hello", ...}).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # = board.rows.ROW_SCHEMA_VERSION

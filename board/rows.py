@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-# Bump when a field is renamed/removed or its meaning changes (adding a field is compatible
-# for readers of this version or newer). The runner's hello line and the store carry it.
-ROW_SCHEMA_VERSION = 1
+# Bump when a field is added, renamed or removed or its meaning changes: ``from_dict`` refuses unknown
+# fields, so a host older than the rows must be told "newer schema, upgrade rkdeploy" (the store and the
+# runner's hello line carry it) rather than fail on a field name. Rows of older schemas still load.
+# 2: transform, budget, int8_nodes (issue 16).
+ROW_SCHEMA_VERSION = 2
 #: ``degraded``: a quality row (or a bench row joined with one) outside its scheme's healthy band.
 STATUSES = ("ok", "error", "degraded")
 
