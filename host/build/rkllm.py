@@ -291,6 +291,9 @@ def _args_from(job_or_artifact: BuildJob | Path | str) -> tuple[dict, str]:
     if isinstance(job_or_artifact, BuildJob):   # a built artifact's manifest replays exactly (hybrid_rate included)
         from host.build.source import source_for
 
+        if mix_hybrid(job_or_artifact):   # its hybrid_rate comes from a sensitivity plan made at build time
+            raise BuildError(f"{job_or_artifact.label}: hybrid_rate comes from the sensitivity plan "
+                             "(sensitive_layers: auto): take the logits of the built artifact, not of the job")
         require_toolkit(TOOLKIT)
         model_dir, _transform = source_for(job_or_artifact, lambda _line: None)
         return toolkit_args(job_or_artifact, model_dir=model_dir), job_or_artifact.label
