@@ -169,19 +169,11 @@ def sensitivity_of(recipe, model, folder: Path, *, log=None) -> dict:
     ``rkdeploy quality --sensitivity``, on the checkpoint the builder reads: the transformed one when the
     recipe has a transform). Cached as JSON under the quality cache, keyed by the evaluation, the
     checkpoint (its transform key) and the settings."""
-    from host.fakequant import FAKEQUANT_VERSION, layer_groups, linear_layers
+    from host.fakequant import FAKEQUANT_VERSION
     from host.fsutil import atomic_write_text
     from host.manifest import inputs_hash
-    from host.quality.metrics import TokenStats
-    from host.quality.reference import (
-        SENSITIVITY_TOKENS,
-        eval_windows,
-        float_reference,
-        llm_eval,
-        load_torch_llm,
-        quality_cache,
-    )
-    from host.quality.runtimes import TorchFakeQuant
+    from host.quality.reference import SENSITIVITY_TOKENS, llm_eval, quality_cache
+    from host.quality.sensitivity import measure_groups
 
     ev = llm_eval(recipe, model, eval_tokens=min(SENSITIVITY_TOKENS, recipe.quality.eval_tokens))
     rec = Path(folder) / "rkdeploy-transform.json"
@@ -193,28 +185,9 @@ def sensitivity_of(recipe, model, folder: Path, *, log=None) -> dict:
         return {**json.loads(cache.read_text()), "cache": str(cache)}
     except (OSError, ValueError):
         pass
-    windows = eval_windows(recipe, ev)
-    ref = float_reference(recipe, ev, windows, log=log)
-    torch_model = load_torch_llm(folder)
-
-    def kld(select) -> float:
-        stats = TokenStats.empty()
-        with TorchFakeQuant(torch_model, SENSITIVITY_SCHEME, select) as rt:
-            for i, w in enumerate(windows):
-                stats.add(ref[i], rt.logprobs(w), w)
-        return stats.metrics()["kld_mean"]
-
-    groups = layer_groups(list(linear_layers(torch_model)), SENSITIVITY_BUCKETS)
-    base = kld(lambda _n: False)
-    out = []
-    for gi, (name, members) in enumerate(groups.items()):
-        if log:
-            log(f"sensitivity {gi + 1}/{len(groups)} {name}")
-        sel = set(members)
-        out.append({"group": name, "layers": len(members), "kld_increase": kld(sel.__contains__) - base})
-    out.sort(key=lambda r: -r["kld_increase"])
-    res = {"model": model.name, "scheme": SENSITIVITY_SCHEME, "n_tokens": ev.n_tokens, "checkpoint": ckpt,
-           "kld_float": base, "groups": out}
+    res = {"model": model.name, "scheme": SENSITIVITY_SCHEME, "checkpoint": ckpt,
+           **measure_groups(recipe, ev, SENSITIVITY_SCHEME, SENSITIVITY_BUCKETS, model_dir=Path(folder), full=False,
+                            log=(lambda s: log(f"sensitivity {s}")) if log else None)}
     atomic_write_text(cache, json.dumps(res, indent=1))
     return {**res, "cache": str(cache)}
 

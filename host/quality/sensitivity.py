@@ -35,7 +35,7 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
                 tokens: int = SENSITIVITY_TOKENS, buckets: int = 3, log=None) -> dict:
     """KLD(float ‖ model with only one layer group quantized under ``scheme``) minus the float baseline,
     per group (layer type × depth bucket, and layer type at every depth), most sensitive first."""
-    from host.fakequant import layer_groups, linear_layers, spec
+    from host.fakequant import spec
 
     llms = [m for m in recipe.llms() if model_name in (None, m.name)]
     if not llms:
@@ -53,9 +53,24 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
         return {**json.loads(cache.read_text()), "cached": True}
     except (OSError, ValueError):
         pass
+    res = {"model": m.name, "scheme": scheme,
+           **measure_groups(recipe, ev, scheme, buckets, log=log)}
+    atomic_write_text(cache, json.dumps(res, indent=1))
+    return res
+
+
+def measure_groups(recipe: Recipe, ev, scheme: str, buckets: int, *, model_dir: Path | None = None,
+                   full: bool = True, log=None) -> dict:
+    """The measurement itself (the ONE copy: ``--sensitivity``, ``--outliers``' check and the int4-mixed plan):
+    KLD of the float reference (``ev``'s model) against ``model_dir``'s model (default: the same model; the
+    int4 mix measures its transformed checkpoint) with only one layer group under ``scheme``, minus that
+    model's own float KLD (``kld_float``, 0 for the same model), per group, most damaging first;
+    ``kld_full`` (every layer quantized) when ``full``."""
+    from host.fakequant import layer_groups, linear_layers
+
     windows = eval_windows(recipe, ev)
     ref = float_reference(recipe, ev, windows, log=log)
-    model = load_torch_llm(ev.model_dir)
+    model = load_torch_llm(model_dir or ev.model_dir)
 
     def kld(select) -> float:
         stats = TokenStats.empty()
@@ -66,7 +81,9 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
 
     groups = layer_groups(list(linear_layers(model)), buckets)
     base = kld(lambda _n: False)
-    full = kld(None)
+    res: dict = {"n_tokens": ev.n_tokens, "kld_float": base}
+    if full:
+        res["kld_full"] = kld(None) - base
     out = []
     for gi, (name, members) in enumerate(groups.items()):
         if log:
@@ -74,8 +91,7 @@ def sensitivity(recipe: Recipe, target: str, *, scheme: str | None = None, model
         sel = set(members)
         out.append({"group": name, "layers": len(members), "kld_increase": kld(sel.__contains__) - base})
     out.sort(key=lambda r: -r["kld_increase"])
-    res = {"model": m.name, "scheme": scheme, "n_tokens": ev.n_tokens, "kld_full": full - base, "groups": out}
-    atomic_write_text(cache, json.dumps(res, indent=1))
+    res["groups"] = out
     return res
 
 
