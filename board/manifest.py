@@ -255,7 +255,7 @@ def _check_transform_mix(manifest: Dict[str, Any], path: str) -> None:
     """``transform.label`` (shown in rows and tables) and ``mix``'s numbers, checked as untrusted input."""
     label = (manifest.get("transform") or {}).get("label")
     if manifest.get("transform") is not None and (
-            not isinstance(label, str) or not 0 < len(label) <= 120 or any(ord(c) < 32 or ord(c) == 127 for c in label)):
+            not isinstance(label, str) or not 0 < len(label) <= 120 or not label.isprintable()):
         raise ManifestError("%s: transform.label must be a printable string of 1-120 characters, e.g. "
                             "'awq(w4a16-g64)', got %s" % (path, _type_name(label)))
     mix = manifest.get("mix")

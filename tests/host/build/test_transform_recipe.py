@@ -228,6 +228,8 @@ def test_manifest_round_trips_transform_and_mix_and_old_ones_still_load():
 @pytest.mark.parametrize("extra,text", [
     ({"transform": {"awq": {}}}, "transform.label must be a printable string"),
     ({"transform": {"label": "awq\x1b[31m"}}, "transform.label must be a printable string"),
+    ({"transform": {"label": "awq\x9b31m"}}, "transform.label must be a printable string"),      # C1 CSI
+    ({"transform": {"label": "awq\u202e)61g-61a4w("}}, "transform.label must be a printable string"),  # bidi
     ({"transform": "awq"}, "field 'transform' must be an object"),
     ({"mix": {"budget": 2}}, "mix.budget must be a number in (0, 1]"),
     ({"mix": {"int8_node_count": -1}}, "mix.int8_node_count must be a whole number >= 0"),
