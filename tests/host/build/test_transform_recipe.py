@@ -140,7 +140,7 @@ def test_inputs_hash_changes_only_for_the_schemes_a_transform_serves(make_recipe
         assert {"transform", "budget"} <= kind.irrelevant_fields()
 
 
-def test_mix_inputs_are_in_int4_mixed_only(make_recipe):
+def test_mix_inputs_are_in_int4_mixed_only(make_recipe, llm_dir):   # the key names the evaluation: model sha
     from host.build import onnx_int8
 
     r = load_recipe(make_recipe(_llm(onnx=["int4", "int4-mixed"], sensitive_layers="auto", budget=0.25)))
@@ -151,7 +151,7 @@ def test_mix_inputs_are_in_int4_mixed_only(make_recipe):
     assert onnx_int8.inputs(_job(r2, "int4")) == onnx_int8.inputs(_job(r, "int4"))
 
 
-def test_int4_mixed_key_moves_with_what_the_sensitivity_measures(make_recipe):
+def test_int4_mixed_key_moves_with_what_the_sensitivity_measures(make_recipe, llm_dir):
     """The plan comes from a sensitivity run on the recipe's held-out text and windows: changing them must rebuild
     int4-mixed (review finding: the key held only the budget, so a changed window reused a stale plan)."""
     from host.build import onnx_int8
