@@ -78,20 +78,9 @@ def spearman(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         raise ValueError(f"spearman: {len(a)} vs {len(b)} values")
 
-    def ranks(v):
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2 + 1
-            i = j + 1
-        return r
+    from host.results.stats import midranks
 
-    ra, rb = ranks(a), ranks(b)
+    ra, rb = midranks(a), midranks(b)
     n = len(a)
     ma, mb = sum(ra) / n, sum(rb) / n
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
