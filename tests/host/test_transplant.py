@@ -9,17 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def _tiny_llama(tmp_path, **over):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama(tmp_path, family="llama"):
+    from tests.host.quality.tiny_models import tiny_model
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, **over)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():                 # random norms too: a wrong norm mapping cannot hide behind ones
-        for n, p in m.named_parameters():
-            if n.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
+    m = tiny_model(family)       # seeded, non-trivial norms: a wrong norm mapping cannot hide behind ones
     m.save_pretrained(str(tmp_path / "llama"))
     return tmp_path / "llama", m
 
@@ -50,7 +43,7 @@ def test_transplant_refuses_what_qwen2_cannot_express(tmp_path):
     from host.errors import ModelError
     from host.transplant import to_qwen2
 
-    src, _ = _tiny_llama(tmp_path, attention_bias=True)
+    src, _ = _tiny_llama(tmp_path, "llama-bias")
     with pytest.raises(ModelError, match="biases of its own"):
         to_qwen2(src, tmp_path / "out", name="x", tokens=[1, 2, 3])
     assert not (tmp_path / "out").exists()

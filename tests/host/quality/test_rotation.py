@@ -12,6 +12,9 @@ import pytest
 from host.errors import ConfigError
 from host.rotation import hadamard, rotation_matrix
 from host.transforms import RotatedTransform, Rotation, Transform, parse_transform
+from tests.host.quality.tiny_models import TINY
+from tests.host.quality.tiny_models import tiny_model as _tiny
+from tests.host.quality.tiny_models import tiny_tokenizer as _tokenizer
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 36, 64, 576, 640, 896, 960, 1536, 2048, 3584])
@@ -72,31 +75,6 @@ def test_bad_rotate_is_one_line_naming_the_field(value, fragment):
 
 
 # ---------------------------------------------------------------- torch (slow tier)
-
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128)
-
-
-def _tiny(family: str):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if family in ("llama", "llama-bias"):
-        extra = dict(attention_bias=True, mlp_bias=True) if family == "llama-bias" else {}
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY, tie_word_embeddings=True, **extra))
-    elif family == "qwen2":    # q/k/v biases
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TINY, tie_word_embeddings=True))
-    else:
-        model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
-            **TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16))
-    with torch.no_grad():    # non-trivial norms and biases, a few outlier channels like real LLMs
-        for _n, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(torch.rand_like(p) * (0.5 if family == "gemma3" else 1.0))
-        for layer in model.model.layers:
-            layer.input_layernorm.weight[:3] *= 20
-    return model.eval()
-
 
 def _logits(model, ids):
     import torch
@@ -181,16 +159,6 @@ def test_rotated_checkpoint_is_an_untied_hf_folder_without_calibration(tmp_path)
     with pytest.raises(ConfigError, match="calibration file None does not exist"):
         transformed_checkpoint(src, None, parse_transform({"rotate": {}, "awq": {}}), cache=tmp_path / "c2")
     assert not (tmp_path / "c2").exists()
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
-    vocab["[UNK]"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok
 
 
 @pytest.mark.slow

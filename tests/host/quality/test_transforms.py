@@ -19,29 +19,9 @@ from host.transforms import (  # noqa: E402
     parse_transform,
     transformed_checkpoint,
 )
-
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128)
-
-
-def _tiny(family: str):
-    torch.manual_seed(0)
-    if family == "llama":
-        cfg = transformers.LlamaConfig(**TINY, tie_word_embeddings=True)
-        model = transformers.LlamaForCausalLM(cfg)
-    elif family == "qwen2":
-        cfg = transformers.Qwen2Config(**TINY, tie_word_embeddings=True)
-        model = transformers.Qwen2ForCausalLM(cfg)
-    else:
-        cfg = transformers.Gemma3TextConfig(**TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16)
-        model = transformers.Gemma3ForCausalLM(cfg)
-    with torch.no_grad():   # random init has no outliers: give some input channels a large scale, like real LLMs
-        for _n, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(torch.rand_like(p) * (0.5 if family == "gemma3" else 1.0))
-        for layer in model.model.layers:
-            layer.input_layernorm.weight[:3] *= 20
-    return model.eval()
+from tests.host.quality.tiny_models import TINY  # noqa: E402
+from tests.host.quality.tiny_models import tiny_model as _tiny  # noqa: E402
+from tests.host.quality.tiny_models import tiny_tokenizer as _tokenizer  # noqa: E402
 
 
 def _rows(n: int = 4, length: int = 24):
@@ -141,13 +121,3 @@ def test_transformed_checkpoint_is_a_cached_hf_folder(tmp_path):
     with pytest.raises(ConfigError, match="calibration file .* does not exist"):
         transformed_checkpoint(src, tmp_path / "nope.json", t, cache=tmp_path / "cache2")
     assert not (tmp_path / "cache2").exists()
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
-    vocab["[UNK]"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok
