@@ -174,7 +174,10 @@ class ModelSpec(Strict):
         "(a pattern the recipe names must match a layer). [] = nothing kept float. "
         "'auto' (LLM, needs 'budget'): the ONNX int4-mixed artifact takes its int8 MatMuls from the measured "
         "per-layer sensitivity (the most damaging first, within the budget; the rkllm w4a16/w4a8 builds get the "
-        "same share as hybrid_rate); int8-dyn then keeps the kind's default [down_proj] in float",
+        "same share as hybrid_rate); int8-dyn then keeps the kind's default [down_proj] in float. With the "
+        "ONNX scheme int4-mixed a layer LIST names the layers whose MatMuls it keeps at int8 (e.g. [lm_head, "
+        "down_proj]; a 'budget' is then a limit the mix must fit, checked before the build); int8-dyn keeps "
+        "the same list in float",
     )
     seq_len: int = Field(128, ge=1, le=8192, description="fixed input length (encoders, rknn)")
     batch: int = Field(1, ge=1, le=256)
@@ -200,9 +203,12 @@ class ModelSpec(Strict):
         "weights stay within this fraction of the fp32 model's bytes, in (0, 1] (e.g. 0.25)")
     rounding: str | dict[str, object] | None = Field(
         None, description="how the ONNX int4 / int4-mixed builds round their int4 MatMulNBits weights (LLM): "
-        "'rtn' (default: onnxruntime-genai's round-to-nearest) or 'gptq' / {gptq: {damp: 0.01, act_order: false}} "
-        "(host.gptq: GPTQ error-compensating rounding on the builder's own grid, Hessians from the 'calibration' "
-        "JSON through the checkpoint the artifact is built from, cached under ~/.cache/rkdeploy/gptq-hessians)")
+        "'rtn' (default: onnxruntime-genai's round-to-nearest) or 'gptq' / {gptq: {damp: 0.01, act_order: true, "
+        "scales: search, symmetric: true}} (host.gptq: GPTQ error-compensating rounding on the builder's grid form, "
+        "Hessians from the 'calibration' JSON through the checkpoint the artifact is built from, cached under "
+        "~/.cache/rkdeploy/gptq-hessians; act_order: columns by decreasing input energy; scales: 'search' = each "
+        "block's scale searched for the least importance-weighted error, 'builder' = onnxruntime's min/max; "
+        "symmetric: false builds uint4 with a zero point per block)")
 
     @model_validator(mode="after")
     def _default_sensitive(self):
@@ -221,9 +227,9 @@ class ModelSpec(Strict):
         onnx = info.data.get("onnx") or []
         if v == "auto" and info.data.get("kind") == "encoder":
             raise ValueError("'auto' is for LLMs (the ONNX int4-mixed plan); an encoder lists layer patterns")
-        if "int4-mixed" in onnx and v != "auto":
-            raise ValueError("onnx scheme int4-mixed needs sensitive_layers: auto (and budget: a fraction of "
-                             "the fp32 size in (0, 1])")
+        if "int4-mixed" in onnx and (v is None or v == []):
+            raise ValueError("onnx scheme int4-mixed needs sensitive_layers: auto (with budget: a fraction of "
+                             "the fp32 size in (0, 1]) or the layers it keeps at int8 (e.g. [lm_head, down_proj])")
         if v == "auto":
             return v
         for p in v or []:
@@ -243,8 +249,9 @@ class ModelSpec(Strict):
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ValueError(f"must be a fraction of the fp32 size in (0, 1] (e.g. 0.25), got {v!r}")
-        if not auto and "sensitive_layers" in info.data:
-            raise ValueError("is read only with sensitive_layers: auto (the int4-mixed plan); set that or drop budget")
+        if not auto and "sensitive_layers" in info.data and "int4-mixed" not in (info.data.get("onnx") or []):
+            raise ValueError("is read only by the onnx scheme int4-mixed (sensitive_layers: auto plans within it; "
+                             "a layer list is checked against it); add int4-mixed or drop budget")
         return float(v)
 
     @field_validator("transform", mode="before")
@@ -297,7 +304,7 @@ class ModelSpec(Strict):
             raise ValueError("gptq needs the model's 'calibration' JSON (its Hessians come from those activations)")
         if "onnx" in info.data and not set(info.data["onnx"] or []) & set(ROUNDED_SCHEMES):
             raise ValueError(f"is read only by the onnx schemes {', '.join(ROUNDED_SCHEMES)}; add one or drop rounding")
-        return {"gptq": {"damp": r.damp, "act_order": r.act_order}}
+        return r.recipe_form()
 
     def transforms(self) -> list:
         """The parsed ``transform`` entries (``host.transforms.Transform``)."""

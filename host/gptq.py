@@ -7,7 +7,14 @@ error of column ``j`` is pushed onto the not-yet-rounded columns through the upp
 of ``H^-1`` (lazy batch updates of ``LAZY`` columns). Each quantization block of ``block_size``
 consecutive input channels gets its scale (and zero point) from the builder's own formula on the
 block's weights as they stand when the block starts (with act-order: from the unmodified weights,
-"static groups", since the columns of one block are no longer rounded together).
+"static groups", since the columns of one block are no longer rounded together). With ``scales:
+search`` every block's scale (and zero point) is instead SEARCHED on the unmodified weights
+(``searched_params``: the importance-weighted squared error ``sum_j H_jj (w_j - q_j)^2`` — llama.cpp's
+importance matrix is this diagonal — over shrink factors of the block's range and a least-squares
+refit; the builder's own scale is one candidate, so the search never does worse on that objective),
+then GPTQ rounds onto those static grids. The grid's *form* stays the builder's (codes, block size,
+symmetric or a zero point per block); only the scale values are chosen, so nothing is fitted to any
+grid the checkpoint may already be rounded to.
 
 The grid is the builder's, read from the artifact, never fitted to any grid the checkpoint may
 already be rounded to (onnxruntime's blockwise quantizer, MLAS ``MlasQuantizeBlockwise``):
@@ -45,45 +52,71 @@ from pathlib import Path
 from host.errors import BuildError, ConfigError
 
 #: Bump when the rounding changes (part of the artifact's cache key through the recipe's options).
-GPTQ_VERSION = 1
+GPTQ_VERSION = 2     # 2: scales (builder | search) and symmetric in the options; defaults act-order + search
+#: The calibration Hessians' own version (their cache key): unchanged by the rounding's options.
+HESSIAN_VERSION = 1
 DAMP = 0.01
+SCALES = ("builder", "search")
+#: Shrink factors of a block's range tried by ``searched_params`` (1.0 = the builder's range).
+SHRINK = tuple(round(0.6 + 0.02 * i, 2) for i in range(21))
 LAZY = 128          # columns per lazy batch update (a multiple of every block size used: 16..128)
 
 
 @dataclass(frozen=True)
 class Rounding:
-    """A recipe's ``rounding`` for the ONNX int4 builder: ``gptq`` with its settings (``rtn`` = the builder's own)."""
+    """A recipe's ``rounding`` for the ONNX int4 builder: ``gptq`` with its settings (``rtn`` = the builder's own).
+
+    ``act_order``: columns in decreasing ``diag(H)`` order on static block grids; ``scales``: ``builder``
+    (onnxruntime's min/max formula) or ``search`` (importance-weighted search per block); ``symmetric``:
+    the builder's signed int4 (no zero points) or, ``false``, uint4 with a zero point per block (the
+    builder's ``is_symmetric=false``: the graph gets ``zero_points`` inputs, +4 bits per block of 32)."""
 
     method: str = "gptq"
     damp: float = DAMP
-    act_order: bool = False
+    act_order: bool = True
+    scales: str = "search"
+    symmetric: bool = True
 
     def to_dict(self) -> dict:
         """The manifest's builder option and the artifact's cache-key entry (with the GPTQ version)."""
         if self.method == "rtn":
             return {"method": "rtn"}
-        return {"method": "gptq", "damp": self.damp, "act_order": self.act_order, "version": GPTQ_VERSION}
+        return {"method": "gptq", "damp": self.damp, "act_order": self.act_order, "scales": self.scales,
+                "symmetric": self.symmetric, "version": GPTQ_VERSION}
+
+    def recipe_form(self) -> dict:
+        return {"gptq": {"damp": self.damp, "act_order": self.act_order, "scales": self.scales,
+                         "symmetric": self.symmetric}}
 
 
 def parse_rounding(value, where: str = "rounding") -> Rounding | None:
-    """``rtn`` | ``gptq`` | ``{gptq: {damp: 0.01, act_order: false}}`` | None (the builder's round-to-nearest)."""
+    """``rtn`` | ``gptq`` | ``{gptq: {damp: 0.01, act_order: true, scales: search, symmetric: true}}`` | None
+    (the builder's round-to-nearest)."""
     if value is None or value == "rtn":
         return None
     if value == "gptq":
         return Rounding()
     if isinstance(value, dict) and len(value) == 1 and "gptq" in value and isinstance(value["gptq"], (dict, type(None))):
         body = value["gptq"] or {}
-        extra = set(body) - {"damp", "act_order"}
+        extra = set(body) - {"damp", "act_order", "scales", "symmetric"}
         if extra:
-            raise ConfigError(f"{where}.gptq: allowed keys are damp, act_order; got {sorted(extra)[0]!r}")
+            raise ConfigError(f"{where}.gptq: allowed keys are damp, act_order, scales, symmetric; "
+                              f"got {sorted(map(str, extra))[0]!r}")
         damp = body.get("damp", DAMP)
         if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
             raise ConfigError(f"{where}.gptq.damp: a fraction of the Hessian's mean diagonal in (0, 1); got {damp!r}")
-        act = body.get("act_order", False)
+        act = body.get("act_order", True)
         if not isinstance(act, bool):
             raise ConfigError(f"{where}.gptq.act_order: true or false; got {act!r}")
-        return Rounding("gptq", float(damp), act)
-    raise ConfigError(f"{where}: expected rtn, gptq or {{gptq: {{damp: 0.01, act_order: false}}}}; got {value!r}")
+        scales = body.get("scales", "search")
+        if scales not in SCALES:
+            raise ConfigError(f"{where}.gptq.scales: {' or '.join(SCALES)}; got {scales!r}")
+        sym = body.get("symmetric", True)
+        if not isinstance(sym, bool):
+            raise ConfigError(f"{where}.gptq.symmetric: true (signed int4) or false (a zero point per block); got {sym!r}")
+        return Rounding("gptq", float(damp), act, scales, sym)
+    raise ConfigError(f"{where}: expected rtn, gptq or {{gptq: {{damp: 0.01, act_order: true, scales: search, "
+                      f"symmetric: true}}}}; got {value!r}")
 
 
 # ---------------------------------------------------------------- the builder's grid
@@ -152,11 +185,88 @@ def dequantize(q, scales, zps, grid: Grid):
     return (q.float() - rep(zps)) * rep(scales)
 
 
+def searched_params(w, hd, grid: Grid, shrink=SHRINK):
+    """Scales and zero points ``[N, n_blocks]`` on ``grid``'s form minimising, per block, the importance-weighted
+    squared error ``sum_j hd_j (w_j - (q_j - zp) s)^2`` (``hd`` ``[K]`` = ``diag(H)``, llama.cpp's importance
+    matrix; None = unweighted). Candidates: the builder's own scale and zero point, the block's range shrunk
+    by each factor in ``shrink`` (symmetric: the extreme on code 0 or on the top code; asymmetric: both ends
+    toward the centre, the zero point rounded and one either side), each also with the least-squares scale
+    for its codes. The builder's candidate is kept unless another is strictly better."""
+    import torch
+
+    n, k = w.shape
+    bs = grid.block_size
+    nb = -(-k // bs)
+    pad = nb * bs - k
+    g = torch.nn.functional.pad(w.detach().float(), (0, pad)).reshape(n, nb, bs)
+    hw = torch.ones(k) if hd is None else hd.detach().float().clamp(min=0)
+    hw = torch.nn.functional.pad(hw, (0, pad)).reshape(1, nb, bs)
+    qmax, mid = float(grid.qmax), float(grid.mid)
+
+    def codes(s, z):
+        safe = torch.where(s != 0, s, 1)
+        return torch.where(s != 0, (g / safe).round() + z, z).clamp(0, qmax)
+
+    def err(s, z):
+        return (hw * (g - (codes(s, z) - z) * s) ** 2).sum(-1, keepdim=True)
+
+    s0, z0 = (t[..., None] for t in _builder_params_blocks(g, grid))
+    best_s, best_z, best_e = s0, z0, err(s0, z0)
+
+    def consider(s, z):
+        nonlocal best_s, best_z, best_e
+        c = codes(s, z) - z
+        den = (hw * c * c).sum(-1, keepdim=True)
+        refit = torch.where(den > 0, (hw * g * c).sum(-1, keepdim=True) / den.clamp(min=1e-30), s)
+        for cand in (s, refit):
+            e = err(cand, z)
+            better = e < best_e
+            best_e = torch.where(better, e, best_e)
+            best_s = torch.where(better, cand, best_s)
+            best_z = torch.where(better, z, best_z)
+
+    mx, mn = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
+    for r in shrink:
+        if grid.symmetric:
+            m = torch.where(mn.abs() > mx.abs(), mn, mx)
+            zs = torch.full_like(m, mid)
+            consider(m / -mid * r, zs)
+            consider(m / (mid - 1) * r, zs)
+        else:
+            s = (mx - mn) * r / qmax
+            safe = torch.where(s != 0, s, 1)
+            zc = (-(mn * (0.5 + r / 2) + mx * (0.5 - r / 2)) / safe).round()
+            for dz in (-1, 0, 1):
+                consider(s, (zc + dz).clamp(0, qmax))
+    return best_s[..., 0], best_z[..., 0]
+
+
+def _builder_params_blocks(g, grid: Grid):
+    """``block_params`` of every block of ``g`` ``[N, n_blocks, bs]`` at once (``[N, n_blocks]`` each)."""
+    n, nb, bs = g.shape
+    s, z = block_params(g.reshape(n * nb, bs), grid)
+    return s.reshape(n, nb), z.reshape(n, nb)
+
+
+def searched_rtn(w, hd, grid: Grid):
+    """Round-to-nearest on the searched grid: codes ``[N, K]``, scales and zero points ``[N, n_blocks]``."""
+    import torch
+
+    s, z = searched_params(w, hd, grid)
+    k = w.shape[1]
+    rep = lambda t: t.repeat_interleave(grid.block_size, 1)[:, :k]  # noqa: E731
+    safe = torch.where(rep(s) != 0, rep(s), 1)
+    q = torch.where(rep(s) != 0, (w.float() / safe).round() + rep(z), rep(z)).clamp(0, grid.qmax)
+    return q.to(torch.int64), s, z
+
+
 # ---------------------------------------------------------------- GPTQ
 
-def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
+def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_scales: str = "builder"):
     """GPTQ-round ``w`` ``[N, K]`` (a linear's weight) given ``h`` ``[K, K]`` (``X^T X`` of its inputs).
-    Returns ``(codes [N, K] int64, scales [N, n_blocks], zero points [N, n_blocks])`` on ``grid``."""
+    ``grid_scales``: ``builder`` (each block's formula on its weights as GPTQ reaches them; static from the
+    unmodified weights with act-order) or ``search`` (``searched_params`` on the unmodified weights with
+    ``diag(h)``, static). Returns ``(codes [N, K] int64, scales [N, n_blocks], zero points [N, n_blocks])``."""
     import torch
 
     n, k = w.shape
@@ -170,12 +280,16 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
     h[dead, dead] = 1
     w[:, dead] = 0
     scales, zps = torch.zeros(n, nb, dtype=torch.float64), torch.zeros(n, nb, dtype=torch.float64)
-    if act_order:   # static groups: every block's grid from the unmodified weights
+    if grid_scales not in SCALES:
+        raise ValueError(f"grid_scales {grid_scales!r}: one of {SCALES}")
+    static = act_order or grid_scales == "search"
+    if grid_scales == "search":   # static grids searched on the unmodified weights, importance = diag(H)
+        s_, z_ = searched_params(w.float(), torch.diag(h).float(), grid)
+        scales, zps = s_.double(), z_.double()
+    elif act_order:   # static groups: every block's grid from the unmodified weights
         for b in range(nb):
             scales[:, b], zps[:, b] = block_params(w[:, b * bs:(b + 1) * bs], grid)
-        perm = torch.argsort(torch.diag(h), descending=True)
-    else:
-        perm = torch.arange(k)
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k)
     w, h = w[:, perm], h[perm][:, perm]
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=h.dtype)
     try:
@@ -186,7 +300,7 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
     w = w.float()
     scales, zps = scales.float(), zps.float()
     inv = torch.zeros(n)
-    if act_order:   # static grids: every block's reciprocal scale once (scale 0: every code is the zero point)
+    if static:   # static grids: every block's reciprocal scale once (scale 0: every code is the zero point)
         inv_all = torch.where(scales != 0, 1 / torch.where(scales != 0, scales, 1), 0)
     q = torch.zeros(n, k)
     for i1 in range(0, k, LAZY):
@@ -198,9 +312,9 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False):
         cols = perm[i1:i2].tolist()
         for i in range(i2 - i1):
             b = cols[i] // bs
-            if not act_order and (i1 + i) % bs == 0:   # the block starts here: its grid from its current weights
+            if not static and (i1 + i) % bs == 0:   # the block starts here: its grid from its current weights
                 scales[:, b], zps[:, b] = block_params(w1[:, i:i + bs], grid)
-            if act_order:
+            if static:
                 sc, zp, inv = scales[:, b], zps[:, b], inv_all[:, b]
             elif (i1 + i) % bs == 0:
                 sc, zp = scales[:, b], zps[:, b]
@@ -375,7 +489,7 @@ def hessian_cache() -> Path:
 
 def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, log, progress) -> dict:
     """``collect_hessians``, cached (fp32, torch.save) under ~/.cache/rkdeploy/gptq-hessians/<key>.pt; key = the
-    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + GPTQ_VERSION; a file without
+    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + HESSIAN_VERSION; a file without
     every wanted input is collected again (replaced)."""
     import json
 
@@ -387,7 +501,7 @@ def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, lo
 
     rec = Path(src) / "rkdeploy-transform.json"
     ckpt = json.loads(rec.read_text())["key"] if rec.is_file() else model_sha256(Path(src))
-    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "v": GPTQ_VERSION})
+    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "v": HESSIAN_VERSION})
     path = hessian_cache() / f"{Path(src).name}-{key[:24]}.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
@@ -429,7 +543,7 @@ def _tensor_bytes(proto, folder: Path, name: str):
 
 
 def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float = DAMP, act_order: bool = False,
-                  log=print, progress=None) -> dict:
+                  grid_scales: str = "builder", log=print, progress=None) -> dict:
     """Rewrite every MatMulNBits node of ``bits`` in ``art`` (built by genai from checkpoint ``src``) with GPTQ
     rounding on Hessians from ``calib``. ``progress(description, done, total)`` reports the long steps.
     Returns a record for the manifest (nodes rewritten, skipped, weighted-error ratio GPTQ/RTN, seconds)."""
@@ -489,7 +603,7 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _round_nodes(plan, mods, hess, proto, art, src, damp, act_order, say, ratios, patches, inline)
+        _round_nodes(plan, mods, hess, proto, art, src, damp, act_order, grid_scales, say, ratios, patches, inline)
     finally:
         torch.set_num_threads(threads)
     if patches:
@@ -500,7 +614,8 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
                 t.raw_data = inline[t.name]
         atomic_write_bytes(model_path, proto.SerializeToString())
     ratios.sort()
-    return {"rounding": "gptq", "version": GPTQ_VERSION, "damp": damp, "act_order": act_order,
+    return {"rounding": "gptq", "version": GPTQ_VERSION, "damp": damp, "act_order": act_order, "scales": grid_scales,
+            "symmetric": all(n.grid.symmetric for n, _p in plan),
             "bits": list(bits), "nodes": len(plan), "skipped": skipped, "calibration": str(calib),
             "calibration_items": len(rows), "calibration_tokens": sum(len(r) for r in rows),
             "weighted_error_ratio_median": round(ratios[len(ratios) // 2], 4),
@@ -508,7 +623,8 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act_order: bool, say, ratios: list,
+def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act_order: bool, grid_scales: str,
+                 say, ratios: list,
                  patches: list, inline: dict) -> None:
     """GPTQ per node; fills ``ratios`` (weighted error GPTQ/RTN), ``patches`` ((data file, offset, bytes)) and
     ``inline`` (initializer name -> bytes) for the caller to write."""
@@ -539,7 +655,7 @@ def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act
             raise BuildError(f"GPTQ: {n.name}: the artifact's weights are not {src}'s rounded to its grid "
                              f"(worst {worst:.2f} steps off): build the artifact from the same checkpoint")
         h = hess[ps[0]]
-        q, s, z = gptq(w, h, n.grid, damp=damp, act_order=act_order)
+        q, s, z = gptq(w, h, n.grid, damp=damp, act_order=act_order, grid_scales=grid_scales)
         if not n.grid.symmetric and ((z - z.round()).abs() > 0).any():
             raise BuildError(f"GPTQ: {n.name}: non-integer zero point")
         if n.grid.symmetric:
@@ -606,6 +722,12 @@ def rounding_inputs(model, scheme: str) -> dict | None:
     return {**r.to_dict(), "calibration_sha256": sha256_file(calib)}
 
 
+def rounding_symmetric(model) -> bool:
+    """Does the recipe's ``rounding`` keep the builder's signed int4 (True) or ask for a zero point per block?"""
+    r = parse_rounding(getattr(model, "rounding", None), "rounding")
+    return True if r is None else r.symmetric
+
+
 def round_built_artifact(job, src: Path, out_dir: Path, log) -> dict | None:
     """After genai built ``job``'s int4 / int4-mixed artifact into ``out_dir`` from ``src``: GPTQ-round its int4
     nodes when the recipe asks; returns the manifest's ``builder_options.rounding`` record (None: RTN)."""
@@ -622,7 +744,8 @@ def round_built_artifact(job, src: Path, out_dir: Path, log) -> dict | None:
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done)
 
-        rec = gptq_artifact(out_dir, src, job.model.calibration, damp=r.damp, act_order=r.act_order, log=log,
+        rec = gptq_artifact(out_dir, src, job.model.calibration, damp=r.damp, act_order=r.act_order,
+                            grid_scales=r.scales, log=log,
                             progress=step)
     log(f"GPTQ rounding: {rec['nodes']} int4 MatMuls in {rec['seconds']} s (output error vs the builder's "
         f"rounding, median {rec.get('weighted_error_ratio_median')})")

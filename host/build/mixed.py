@@ -122,7 +122,7 @@ def overrides_json(int8_nodes, *, symmetric: bool = True, method: str = "default
 
 
 def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int, board_threads: int,
-                      symmetric: bool = True, method: str = "default") -> dict:
+                      symmetric: bool = True, method: str = "default", why: str = "by sensitivity") -> dict:
     """onnxruntime-genai builder ``-p int4`` with ``int8_nodes`` as int8 MatMulNBits (block 32)."""
     from host.build.genai import run_builder
 
@@ -132,7 +132,7 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
     run_builder(src, out_dir, "int4", log, threads=threads, board_threads=board_threads, extra_args=args,
                 what=f"{len(int8_nodes)} MatMuls int8")
     graph = (f"onnxruntime-genai model builder -p int4 -e cpu (MatMulNBits block 32, {method}, "
-             f"{'symmetric' if symmetric else 'asymmetric'}; {len(int8_nodes)} MatMuls int8 by sensitivity)")
+             f"{'symmetric' if symmetric else 'asymmetric'}; {len(int8_nodes)} MatMuls int8 {why})")
     return {"format": "onnx-genai", "graph": graph, "int8_nodes": list(int8_nodes), "weights_symmetric": symmetric,
             "weights_method": method}
 
@@ -140,12 +140,139 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
 # --- the recipe's ``sensitive_layers: auto`` + ``budget``: sensitivity → plan → build ------------------
 
 #: Bump when the sensitivity measurement or the plan for a recipe changes (rebuilds int4-mixed artifacts).
-MIXED_VERSION = 2   # 2: every linear counted in the predicted size (a partial sensitivity undercounted)
+MIXED_VERSION = 3   # 2: every linear counted in the predicted size (a partial sensitivity undercounted)
+#                     3: an asymmetric mix's int8 nodes symmetric (symmetric_int8); listed layers; rotary caches counted
 #: The fake-quant scheme the sensitivity runs under: what MatMulNBits block 32 does to the weights.
 SENSITIVITY_SCHEME = "w4a16-g32"
 SENSITIVITY_BUCKETS = 3
 #: Bump when the sensitivity measurement changes (its cached JSON is keyed by it; the plan by MIXED_VERSION).
 SENSITIVITY_VERSION = 1
+
+
+def listed(model) -> bool:
+    """Does ``model`` name its int4-mixed artifact's int8 layers (a ``sensitive_layers`` list, not ``auto``)?"""
+    return model.sensitive_layers != "auto"
+
+
+def listed_mix(folder: Path, patterns, *, symmetric: bool = True) -> tuple[tuple[str, ...], float]:
+    """``(int8 MatMul nodes, predicted weight bytes / fp32 bytes)`` of an int4-mixed artifact of the checkpoint
+    in ``folder`` keeping the linears matched by ``patterns`` at int8 (q/k/v are one packed MatMul: naming one
+    of them keeps the three), the rest of the linears and the embedding int4, norms fp32; from the safetensors
+    headers only (no weights read). A tied ``lm_head`` at int8 is its own int8 copy beside the int4 embedding."""
+    from host.build.onnx_checks import pattern_matches
+    from host.models import read_safetensors_header
+
+    numel: dict[str, int] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        for name, meta in read_safetensors_header(f).items():
+            if name != "__metadata__":
+                n = 1
+                for d in meta.get("shape", []):
+                    n *= int(d)
+                numel[name] = n
+    emb = next((k for k in numel if k.endswith("embed_tokens.weight")), None)
+    linears = {k[:-len(".weight")]: v for k, v in numel.items()
+               if k.endswith("_proj.weight") or k.endswith("lm_head.weight")}
+    if emb is not None and not any(k.endswith("lm_head") for k in linears):
+        linears["lm_head"] = numel[emb]          # tied: genai writes lm_head's own MatMul
+    zp4, zp8 = (0.0, 0.0) if symmetric else (0.5 / BLOCK, 0.0)   # int8 nodes end symmetric (symmetric_int8)
+    nodes: set[str] = set()
+    size = 0.0
+    chosen = {n for n in linears if any(pattern_matches(n, p) for p in patterns)}
+    chosen_nodes = {onnx_node(n) for n in chosen}
+    for n, v in linears.items():
+        node = onnx_node(n)
+        if node in chosen_nodes:
+            nodes.add(node)
+            size += v * (INT8_BYTES + zp8)
+        elif not (n == "lm_head" and emb is not None and "lm_head.weight" not in numel):
+            size += v * (INT4_BYTES + zp4)   # a tied lm_head at int4 is the int4 embedding table itself
+    others = sum(v for k, v in numel.items() if k[:-len(".weight")] not in linears and k != emb)
+    size += (numel.get(emb, 0)) * (INT4_BYTES + zp4) + 4.0 * others + rotary_cache_bytes(folder)
+    return tuple(sorted(nodes)), size / (4.0 * sum(numel.values()))
+
+
+def rotary_cache_bytes(folder: Path) -> int:
+    """genai's fp32 ``cos_cache`` + ``sin_cache`` initializers: ``[max positions, head_dim / 2]`` each."""
+    from host.models import read_config
+
+    c = read_config(Path(folder))
+    c = c.get("text_config", c)
+    head = c.get("head_dim") or c.get("hidden_size", 0) // max(1, c.get("num_attention_heads", 1))
+    return 2 * int(c.get("max_position_embeddings", 0)) * (head // 2) * 4
+
+
+def fp32_bytes(folder: Path) -> int:
+    """Every parameter of the checkpoint in fp32 (a tied matrix once): the "× fp32" denominator."""
+    from host.models import read_safetensors_header
+
+    total = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        for name, meta in read_safetensors_header(f).items():
+            if name != "__metadata__":
+                n = 1
+                for d in meta.get("shape", []):
+                    n *= int(d)
+                total += n
+    return 4 * total
+
+
+def weights_bytes(art: Path) -> int:
+    """The built graph and its external data: what the artifact's weights take on disk."""
+    return sum(f.stat().st_size for f in Path(art).iterdir() if f.name.startswith("model.onnx"))
+
+
+def symmetric_int8(art: Path, src: Path, log) -> int:
+    """genai's ``symmetric`` is one flag for every MatMulNBits: an asymmetric int4 mix gets asymmetric int8 nodes
+    too, whose zero points (1 byte per block of 32) buy nothing at 8 bits. Requantize those nodes symmetric
+    (onnxruntime's blockwise formula, from the float checkpoint's weights) and drop their zero points; the
+    graph is rewritten with one external data file (temp files, fsync, rename). Returns the nodes changed."""
+    import os
+    import shutil
+
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from host.gptq import Grid, _module_names, hf_linears_of, nbits_nodes, pack_b, rtn
+    from host.quality.reference import load_torch_llm
+
+    art = Path(art)
+    proto = onnx.load(str(art / "model.onnx"))            # with its external data
+    nodes = [n for n in nbits_nodes(proto) if n.grid.bits == 8 and n.zero_points and not n.shared]
+    if not nodes:
+        return 0
+    model = load_torch_llm(src)
+    paths, mods = _module_names(model), dict(model.named_modules())
+    inits = {t.name: t for t in proto.graph.initializer}
+    by_name = {nd.name: nd for nd in proto.graph.node}
+    for n in nodes:
+        lins = hf_linears_of(n.name)
+        if any(x not in paths for x in lins):
+            raise BuildError(f"int4-mixed: {n.name}: no linear {lins[0]} in {src}")
+        w = torch.cat([mods[paths[x]].weight.detach().float() for x in lins])
+        grid = Grid(8, n.grid.block_size, True)
+        q, sc, _z = rtn(w, grid)
+        old_b, old_s = numpy_helper.to_array(inits[n.b]), numpy_helper.to_array(inits[n.scales])
+        b = pack_b(q.numpy(), grid).reshape(old_b.shape)
+        inits[n.b].CopyFrom(numpy_helper.from_array(b.astype(old_b.dtype), n.b))
+        inits[n.scales].CopyFrom(numpy_helper.from_array(sc.numpy().astype(old_s.dtype).reshape(old_s.shape), n.scales))
+        node = by_name[n.name]
+        del node.input[3:]
+        proto.graph.initializer.remove(inits.pop(n.zero_points))
+    tmp = art / ".symmetric-int8"
+    tmp.mkdir()
+    try:
+        onnx.save_model(proto, str(tmp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=0)
+        for name in ("model.onnx.data", "model.onnx"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp / name, art / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"int4-mixed: {len(nodes)} int8 MatMuls made symmetric (zero points dropped)")
+    return len(nodes)
 
 
 def mix_inputs(model, recipe) -> dict:
@@ -156,6 +283,8 @@ def mix_inputs(model, recipe) -> dict:
     from host.fakequant import FAKEQUANT_VERSION
     from host.quality.reference import SENSITIVITY_TOKENS, llm_eval
 
+    if listed(model):
+        return {"budget": model.budget, "sensitive_layers": list(model.sensitive_layers), "version": MIXED_VERSION}
     ev = llm_eval(recipe, model, eval_tokens=min(SENSITIVITY_TOKENS, recipe.quality.eval_tokens))
     return {"budget": model.budget, "sensitive_layers": "auto", "version": MIXED_VERSION,
             "sensitivity": {"scheme": SENSITIVITY_SCHEME, "tokens": SENSITIVITY_TOKENS,
@@ -237,7 +366,33 @@ def frontier_lines(plan: Plan) -> list[str]:
 def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, board_threads: int) -> dict:
     """``int4-mixed`` for ``job``: sensitivity of ``src`` (cached), the plan within ``job.model.budget``
     (its frontier printed to ``log``), the genai build; returns the manifest fields incl. ``mix``."""
+    from host.gptq import rounding_symmetric
+
     budget = job.model.budget
+    symmetric = rounding_symmetric(job.model)
+    if listed(job.model):
+        layers = list(job.model.sensitive_layers)
+        nodes, ratio = listed_mix(src, layers, symmetric=symmetric)
+        if not nodes:
+            raise BuildError(f"{job.model.name}: sensitive_layers {layers} match no linear layer (int4-mixed keeps "
+                             "the matched ones at int8)")
+        if budget is not None and ratio > budget:
+            raise BuildError(f"{job.model.name}: int4-mixed with {layers} at int8 is {ratio:.3f}x fp32, over the "
+                             f"budget {budget:g}; name fewer layers or raise the budget")
+        log(f"int4-mixed: {len(nodes)} MatMuls int8 ({', '.join(layers)}), predicted {ratio:.3f}x fp32"
+            + (f" (budget {budget:g})" if budget is not None else ""))
+        extra = build_genai_mixed(src, out_dir, nodes, log, threads=threads, board_threads=board_threads,
+                                  symmetric=symmetric, why=f"by the recipe's list {layers}")
+        if not symmetric:
+            symmetric_int8(out_dir, src, log)
+        built = weights_bytes(out_dir) / fp32_bytes(src)
+        log(f"int4-mixed: built {built:.4f}x fp32 (predicted {ratio:.4f})")
+        if budget is not None and built > budget:
+            raise BuildError(f"{job.model.name}: the built int4-mixed weights are {built:.4f}x fp32, over the budget "
+                             f"{budget:g} (predicted {ratio:.4f}); name fewer layers or raise the budget")
+        extra["mix"] = {"budget": budget, "layers": layers, "int8_node_count": len(nodes), "int8_nodes": list(nodes),
+                        "predicted_ratio": round(ratio, 4), "built_ratio": round(built, 4), "version": MIXED_VERSION}
+        return extra
     sens = sensitivity_of(job.recipe, job.model, src, log=log)
     log(f"sensitivity under {sens['scheme']} on {sens['n_tokens']} held-out tokens: {sens['cache']}")
     plan = plan_for_checkpoint(src, sens["groups"], budget)
@@ -245,7 +400,10 @@ def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, boa
         log(line)
     log(f"chosen: {len(plan.int8_nodes)} MatMuls int8, predicted {plan.bytes / plan.fp32_bytes:.3f}x fp32 "
         f"(budget {budget})")
-    extra = build_genai_mixed(src, out_dir, plan.int8_nodes, log, threads=threads, board_threads=board_threads)
+    extra = build_genai_mixed(src, out_dir, plan.int8_nodes, log, threads=threads, board_threads=board_threads,
+                              symmetric=symmetric)
+    if not symmetric:
+        symmetric_int8(out_dir, src, log)
     extra["mix"] = {"budget": budget, "int8_node_count": len(plan.int8_nodes), "int8_nodes": list(plan.int8_nodes),
                     "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
                     "predicted_kld": round(plan.predicted_kld, 5), "frontier": plan.frontier,

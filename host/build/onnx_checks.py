@@ -22,6 +22,9 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
     problems = []
     for m in recipe.models:
         uses = [s for s in SENSITIVE_SCHEMES[m.kind] if s in m.onnx and (schemes is None or s in schemes)]
+        if m.kind == "llm" and m.sensitive_layers != "auto" and "int4-mixed" in m.onnx and \
+                (schemes is None or "int4-mixed" in schemes):
+            uses.append("int4-mixed")          # its listed layers stay int8
         if not uses or not m.float_layers or not m.sensitive_layers_required:
             continue
         if is_gguf_source(m) and not gguf_source_ready(m):
@@ -33,12 +36,22 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
         if check_model_folder(folder):
             continue
         layers = linear_shapes(folder)
+        if m.kind == "llm":
+            layers.setdefault("lm_head", (0, 0))   # a tied head has no weight of its own, but its own MatMul
         for pat in m.float_layers:
             if not sensitive_matches(layers, [pat]):
                 kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in layers})
                 problems.append(f"{m.name}: sensitive_layers entry {pat!r} matches no linear layer of the model "
                                 f"(a pattern matches the end of a layer name, '*' = one name component; "
                                 f"layers: {', '.join(kinds)})")
+        if "int4-mixed" in uses and m.budget is not None:
+            from host.build.mixed import listed_mix
+            from host.gptq import rounding_symmetric
+
+            _nodes, ratio = listed_mix(folder, m.float_layers, symmetric=rounding_symmetric(m))
+            if ratio > m.budget:
+                problems.append(f"{m.name}: int4-mixed with sensitive_layers {m.float_layers} at int8 is "
+                                f"{ratio:.3f}x fp32, over the budget {m.budget:g} (name fewer layers or raise it)")
     return problems
 
 

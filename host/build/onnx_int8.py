@@ -229,7 +229,11 @@ def _build_llm(job, src: Path, out_dir: Path, log) -> dict:
 
 
 def _build_llm_from(job, src: Path, out_dir: Path, log) -> dict:
-    if job.scheme in ("int8", "int4"):
+    if job.scheme == "int4":
+        from host.gptq import rounding_symmetric
+
+        return _genai_builder(src, out_dir, job.scheme, log, symmetric=rounding_symmetric(job.model))
+    if job.scheme == "int8":
         return _genai_builder(src, out_dir, job.scheme, log)
     if job.scheme == "int4-mixed":
         from host.build.mixed import build_mixed_for_job
@@ -255,11 +259,14 @@ def _build_llm_from(job, src: Path, out_dir: Path, log) -> dict:
             "exclusions": exclusions(job.model.float_layers, excluded, LLM_EXCLUSION_WHY)}
 
 
-def _genai_builder(src: Path, out_dir: Path, scheme: str, log) -> dict:
+def _genai_builder(src: Path, out_dir: Path, scheme: str, log, *, symmetric: bool = True) -> dict:
     from host.build.genai import build_genai
 
+    options = dict(GENAI_OPTIONS.get(scheme) or {})
+    if not symmetric:      # the recipe's rounding asks for uint4 with a zero point per block
+        options["is_symmetric"] = False
     return build_genai(src, out_dir, scheme, log, threads=build_threads(), board_threads=BOARD_THREADS,
-                       options=GENAI_OPTIONS.get(scheme))
+                       options=options)
 
 
 def _llm_dims(src: Path) -> tuple[int, int, int]:

@@ -86,6 +86,7 @@ def check_lines(recipe, target: str, scheme: str | None = None) -> list[str]:
     builder will read and the mix it will plan (no work done)."""
     from host.build import registry
     from host.build.rkllm import mix_hybrid
+    from host.gptq import ROUNDED_SCHEMES, parse_rounding
     from host.plan import BuildJob
 
     lines = []
@@ -95,8 +96,15 @@ def check_lines(recipe, target: str, scheme: str | None = None) -> list[str]:
                 continue
             t = transform_for(m, s)
             what = [f"transform {t.label()} folded into the float checkpoint"] if t is not None else []
-            if kind.name == "onnx" and s == "int4-mixed":
+            if kind.name == "onnx" and s == "int4-mixed" and m.sensitive_layers == "auto":
                 what.append(f"int4/int8 mix within {m.budget}x fp32 by sensitivity")
+            elif kind.name == "onnx" and s == "int4-mixed":
+                what.append(f"int4 with {', '.join(m.float_layers)} at int8"
+                            + (f" (checked within {m.budget}x fp32)" if m.budget is not None else ""))
+            r = parse_rounding(m.rounding) if kind.name == "onnx" and s in ROUNDED_SCHEMES else None
+            if r is not None:
+                what.append(f"GPTQ rounding ({'act-order, ' if r.act_order else ''}{r.scales} scales, "
+                            f"{'symmetric' if r.symmetric else 'zero points'})")
             elif kind.name == "rkllm" and mix_hybrid(BuildJob(m, target, kind.name, s, Path(), recipe)):
                 what.append(f"hybrid_rate from the int4/int8 plan within {m.budget}x fp32")
             if what:

@@ -43,7 +43,8 @@ def quality_row(model: ModelSpec, target: str, scheme: str, method: str, backend
         transform = artifact.manifest.transform_label
         mix = artifact.manifest.mix or {}
         if mix:
-            given["budget"] = mix.get("budget")
+            if mix.get("budget") is not None:
+                given["budget"] = mix.get("budget")
             given["int8_nodes"] = mix.get("int8_node_count")
     if transform:
         given["transform"] = transform

@@ -30,7 +30,8 @@ def quality_table(rows: list[dict], *, title: str = "quality"):
         cols = LLM_TABLE if any(r.get("test") == "ppl" or r.get("ppl") is not None for r in mine) else ENCODER_TABLE
         t = Table(title=f"{title}: {model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
         t.add_column("scheme", no_wrap=True)
-        prep = any(r.get("transform") or r.get("budget") is not None for r in mine)
+        prep = any(r.get("transform") or r.get("budget") is not None or r.get("int8_nodes") is not None
+                   for r in mine)
         if prep:
             t.add_column("transform / mix", overflow="fold")
         t.add_column("method", overflow="fold")
@@ -57,6 +58,8 @@ def prep_cell(r: dict) -> str:
     if r.get("budget") is not None:
         parts.append(f"budget {r['budget']:g}x fp32" + (f", {r['int8_nodes']} MatMuls int8"
                                                         if r.get("int8_nodes") is not None else ""))
+    elif r.get("int8_nodes") is not None:
+        parts.append(f"{r['int8_nodes']} MatMuls int8")
     return "; ".join(parts)
 
 

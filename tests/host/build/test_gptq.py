@@ -63,6 +63,44 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest():
     assert torch.equal(q, q0) and torch.allclose(s, s0)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_searched_scales_never_lose_to_the_builders_and_win_on_outlier_columns(symmetric):
+    """The search's objective is the diag(H)-weighted error; the builder's scale is one candidate, so it never
+    does worse per block, and with a few high-energy input channels it does clearly better."""
+    from host.gptq import searched_params, searched_rtn
+
+    w, h = _layer(k=96)   # 3 blocks of 32
+    grid = Grid(4, 32, symmetric)
+    hd = torch.diag(h).float()
+    q0, s0, z0 = rtn(w, grid)
+    q1, s1, z1 = searched_rtn(w, hd, grid)
+    assert q1.min() >= 0 and q1.max() <= 15 and torch.equal(z1, z1.round())
+
+    def per_block(q, s, z):
+        d = (w - dequantize(q, s, z, grid)) ** 2 * hd
+        return d.reshape(w.shape[0], -1, 32).sum(-1)
+
+    assert (per_block(q1, s1, z1) <= per_block(q0, s0, z0) * (1 + 1e-6) + 1e-12).all()
+    assert per_block(q1, s1, z1).sum() < 0.9 * per_block(q0, s0, z0).sum()
+    # unweighted on a padded K (K = 80: the last block has 16 real columns)
+    s, z = searched_params(w[:, :80], None, grid)
+    assert s.shape == (w.shape[0], 3) and torch.isfinite(s).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_on_searched_grids_beats_gptq_on_the_builders(symmetric):
+    w, h = _layer(k=128)
+    grid = Grid(4, 32, symmetric)
+    e = {}
+    for kind in ("builder", "search"):
+        q, s, z = gptq(w, h, grid, act_order=True, grid_scales=kind)
+        assert q.min() >= 0 and q.max() <= 15 and torch.equal(z, z.round())
+        e[kind] = weighted_error(w, dequantize(q, s, z, grid), h)
+    assert e["search"] < e["builder"], e
+    with pytest.raises(ValueError, match="grid_scales 'mse'"):
+        gptq(w, h, grid, grid_scales="mse")
+
+
 def _ort_quantized(w_nk: np.ndarray, symmetric: bool, bits: int = 4, block: int = 32) -> dict:
     """onnxruntime's MatMulNBitsQuantizer on a one-MatMul graph with weight ``w_nk.T`` ([K, N], ONNX MatMul's B)."""
     import onnx
@@ -142,8 +180,9 @@ def test_genai_nodes_map_to_transformers_linears_in_packing_order():
 # ---------------------------------------------------------------- real: a one-node artifact rewritten
 
 @pytest.mark.slow
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_gptq_artifact_rewrites_the_node_and_onnxruntime_runs_what_torch_dequantizes(tmp_path, monkeypatch, symmetric):
+@pytest.mark.parametrize("symmetric, grid_scales", [(True, "builder"), (False, "builder"), (False, "search")])
+def test_gptq_artifact_rewrites_the_node_and_onnxruntime_runs_what_torch_dequantizes(tmp_path, monkeypatch, symmetric,
+                                                                                    grid_scales):
     import shutil
 
     import onnx
@@ -172,14 +211,17 @@ def test_gptq_artifact_rewrites_the_node_and_onnxruntime_runs_what_torch_dequant
     shutil.copytree(art, tmp_path / "art2")
     monkeypatch.setenv("RKDEPLOY_CACHE", str(tmp_path / "cache"))
     before = (art / "model.onnx.data").read_bytes()
-    rec = gptq_artifact(art, src, calib, log=lambda *_a: None)
+    rec = gptq_artifact(art, src, calib, act_order=grid_scales == "search", grid_scales=grid_scales,
+                        log=lambda *_a: None)
     assert rec["nodes"] == 1 and rec["skipped"] == [] and rec["weighted_error_ratio_max"] < 1.0
+    assert (rec["scales"], rec["symmetric"]) == (grid_scales, symmetric)
     after = (art / "model.onnx.data").read_bytes()
     assert len(after) == len(before) and after != before
     assert not list(art.glob(".*tmp"))
     assert len(list((tmp_path / "cache" / "gptq-hessians").glob("*.pt"))) == 1
     lines = []                                                       # the same artifact again: cached Hessians,
-    gptq_artifact(tmp_path / "art2", src, calib, log=lines.append)   # the same bytes
+    gptq_artifact(tmp_path / "art2", src, calib, act_order=grid_scales == "search", grid_scales=grid_scales,
+                  log=lines.append)                                # the same bytes
     assert any("Hessians from" in ln for ln in lines)
     assert (tmp_path / "art2" / "model.onnx.data").read_bytes() == after
 
@@ -218,7 +260,9 @@ def test_gptq_artifact_refuses_a_missing_calibration_before_any_work(tmp_path):
     ({"gptq": {"damp": 0}}, r"rounding.gptq.damp: a fraction .* got 0"),
     ({"gptq": {"damp": True}}, r"rounding.gptq.damp"),
     ({"gptq": {"act_order": "yes"}}, r"rounding.gptq.act_order: true or false; got 'yes'"),
-    ({"gptq": {"blocks": 4}}, r"rounding.gptq: allowed keys are damp, act_order; got 'blocks'"),
+    ({"gptq": {"blocks": 4}}, r"rounding.gptq: allowed keys are damp, act_order, scales, symmetric; got 'blocks'"),
+    ({"gptq": {"scales": "mse"}}, r"rounding.gptq.scales: builder or search; got 'mse'"),
+    ({"gptq": {"symmetric": "no"}}, r"rounding.gptq.symmetric: true \(signed int4\) or false"),
     ({"gptq": 1, "rtn": 2}, "rounding: expected"),
 ])
 def test_bad_rounding_is_one_line_naming_the_field(value, fragment):
@@ -233,9 +277,12 @@ def test_rounding_forms_and_their_cache_key_entry():
     from host.gptq import GPTQ_VERSION, parse_rounding
 
     assert parse_rounding(None) is None and parse_rounding("rtn") is None
-    r = parse_rounding({"gptq": {"damp": 0.05, "act_order": True}})
-    assert r.to_dict() == {"method": "gptq", "damp": 0.05, "act_order": True, "version": GPTQ_VERSION}
-    assert parse_rounding("gptq").to_dict()["damp"] == 0.01 and parse_rounding({"gptq": None}).act_order is False
+    r = parse_rounding({"gptq": {"damp": 0.05, "act_order": False, "scales": "builder", "symmetric": False}})
+    assert r.to_dict() == {"method": "gptq", "damp": 0.05, "act_order": False, "scales": "builder",
+                           "symmetric": False, "version": GPTQ_VERSION}
+    d = parse_rounding("gptq")      # the defaults: act-order on searched grids, the builder's signed int4
+    assert (d.damp, d.act_order, d.scales, d.symmetric) == (0.01, True, "search", True)
+    assert parse_rounding({"gptq": None}) == d and parse_rounding(d.recipe_form()) == d
 
 
 def _rounding_recipe(make_recipe, value, **fields):
@@ -271,7 +318,7 @@ def test_recipe_rounding_changes_only_the_int4_artifacts_cache_key(make_recipe):
         b = registry.get("onnx").builder()
         return {s: inputs_hash(job_inputs(_job(r, s), b, "sha")) for s in ("fp32", "int8", "int4")}, r
 
-    (rtn, _r), (g, r), (g_act, _r2) = hashes("rtn"), hashes("gptq"), hashes({"gptq": {"act_order": True}})
+    (rtn, _r), (g, r), (g_act, _r2) = hashes("rtn"), hashes("gptq"), hashes({"gptq": {"act_order": False}})
     assert rtn["int4"] != g["int4"] != g_act["int4"] != rtn["int4"]
     assert {s: g[s] for s in ("fp32", "int8")} == {s: rtn[s] for s in ("fp32", "int8")}
     from host.build import onnx_int8
