@@ -199,8 +199,9 @@ class ModelSpec(Strict):
         "default 0.0..1.0 by 0.1) and 'samples' (activation rows per layer input, default 1024): smaller = faster, "
         "coarser. fp32, GGUF and rknn artifacts never get a transform")
     budget: float | None = Field(
-        None, validate_default=True, description="with sensitive_layers: auto (LLM): the ONNX int4-mixed artifact's "
-        "weights stay within this fraction of the fp32 model's bytes, in (0, 1] (e.g. 0.25)")
+        None, validate_default=True, description="ONNX int4-mixed (LLM): its weights stay within this fraction of the "
+        "fp32 model's bytes, in (0, 1] (e.g. 0.25): with sensitive_layers: auto the plan's limit (required), with a "
+        "layer list a limit the mix must fit, checked by `rkdeploy check` and after the build")
     rounding: str | dict[str, object] | None = Field(
         None, description="how the ONNX int4 / int4-mixed builds round their int4 MatMulNBits weights (LLM): "
         "'rtn' (default: onnxruntime-genai's round-to-nearest) or 'gptq' / {gptq: {damp: 0.01, act_order: true, "

@@ -262,11 +262,14 @@ def searched_rtn(w, hd, grid: Grid):
 
 # ---------------------------------------------------------------- GPTQ
 
-def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_scales: str = "builder"):
+def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_scales: str = "builder",
+         fixed=None):
     """GPTQ-round ``w`` ``[N, K]`` (a linear's weight) given ``h`` ``[K, K]`` (``X^T X`` of its inputs).
     ``grid_scales``: ``builder`` (each block's formula on its weights as GPTQ reaches them; static from the
     unmodified weights with act-order) or ``search`` (``searched_params`` on the unmodified weights with
-    ``diag(h)``, static). Returns ``(codes [N, K] int64, scales [N, n_blocks], zero points [N, n_blocks])``."""
+    ``diag(h)``, static). ``fixed = (scales, zero points, top code)``: given static grids instead (e.g. a
+    vendor's, whose codes need not span a power of two). Returns ``(codes [N, K] int64, scales [N, n_blocks],
+    zero points [N, n_blocks])``."""
     import torch
 
     n, k = w.shape
@@ -282,8 +285,11 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_
     scales, zps = torch.zeros(n, nb, dtype=torch.float64), torch.zeros(n, nb, dtype=torch.float64)
     if grid_scales not in SCALES:
         raise ValueError(f"grid_scales {grid_scales!r}: one of {SCALES}")
-    static = act_order or grid_scales == "search"
-    if grid_scales == "search":   # static grids searched on the unmodified weights, importance = diag(H)
+    static = act_order or grid_scales == "search" or fixed is not None
+    qmax = grid.qmax if fixed is None else fixed[2]
+    if fixed is not None:
+        scales, zps = fixed[0].double().clone(), fixed[1].double().clone()
+    elif grid_scales == "search":   # static grids searched on the unmodified weights, importance = diag(H)
         s_, z_ = searched_params(w.float(), torch.diag(h).float(), grid)
         scales, zps = s_.double(), z_.double()
     elif act_order:   # static groups: every block's grid from the unmodified weights
@@ -320,7 +326,7 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_
                 sc, zp = scales[:, b], zps[:, b]
                 inv = torch.where(sc != 0, 1 / torch.where(sc != 0, sc, 1), 0)   # scale 0: every code is the zero point
             wc = w1[:, i]
-            qc = (wc * inv).round_().add_(zp).clamp_(0, grid.qmax)
+            qc = (wc * inv).round_().add_(zp).clamp_(0, qmax)
             q[:, i1 + i] = qc
             e = (wc - (qc - zp) * sc) / diag[i]
             w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)

@@ -141,7 +141,8 @@ def build_genai_mixed(src: Path, out_dir: Path, int8_nodes, log, *, threads: int
 
 #: Bump when the sensitivity measurement or the plan for a recipe changes (rebuilds int4-mixed artifacts).
 MIXED_VERSION = 3   # 2: every linear counted in the predicted size (a partial sensitivity undercounted)
-#                     3: an asymmetric mix's int8 nodes symmetric (symmetric_int8); listed layers; rotary caches counted
+#                     3: an asymmetric mix's int8 nodes symmetric (symmetric_int8); listed layers (their predicted
+#                        size counts zero points, rotary caches and the graph); the built size recorded
 #: The fake-quant scheme the sensitivity runs under: what MatMulNBits block 32 does to the weights.
 SENSITIVITY_SCHEME = "w4a16-g32"
 SENSITIVITY_BUCKETS = 3
@@ -154,11 +155,18 @@ def listed(model) -> bool:
     return model.sensitive_layers != "auto"
 
 
-def listed_mix(folder: Path, patterns, *, symmetric: bool = True) -> tuple[tuple[str, ...], float]:
-    """``(int8 MatMul nodes, predicted weight bytes / fp32 bytes)`` of an int4-mixed artifact of the checkpoint
+#: genai's graph proto (model.onnx, without the weights) per decoder layer: SmolLM2 259,665 bytes / 30 layers.
+GRAPH_BYTES_PER_LAYER = 9000
+
+
+def listed_mix(folder: Path, patterns, *, symmetric: bool = True,
+               original: Path | None = None) -> tuple[tuple[str, ...], float]:
+    """``(int8 MatMul nodes, predicted artifact bytes / fp32 bytes)`` of an int4-mixed artifact of the checkpoint
     in ``folder`` keeping the linears matched by ``patterns`` at int8 (q/k/v are one packed MatMul: naming one
-    of them keeps the three), the rest of the linears and the embedding int4, norms fp32; from the safetensors
-    headers only (no weights read). A tied ``lm_head`` at int8 is its own int8 copy beside the int4 embedding."""
+    of them keeps the three), the rest of the linears and the embedding int4, norms fp32, genai's rotary caches
+    and graph (an estimate); from the safetensors headers only (no weights read). A tied ``lm_head`` at int8 is
+    its own int8 copy beside the int4 embedding. The fp32 denominator is ``original``'s (the model the recipe
+    names; a transform such as ``rotate`` may have untied its head), default ``folder``'s."""
     from host.build.onnx_checks import pattern_matches
     from host.models import read_safetensors_header
 
@@ -189,15 +197,21 @@ def listed_mix(folder: Path, patterns, *, symmetric: bool = True) -> tuple[tuple
             size += v * (INT4_BYTES + zp4)   # a tied lm_head at int4 is the int4 embedding table itself
     others = sum(v for k, v in numel.items() if k[:-len(".weight")] not in linears and k != emb)
     size += (numel.get(emb, 0)) * (INT4_BYTES + zp4) + 4.0 * others + rotary_cache_bytes(folder)
-    return tuple(sorted(nodes)), size / (4.0 * sum(numel.values()))
+    size += GRAPH_BYTES_PER_LAYER * int(_text_config(folder).get("num_hidden_layers", 0))
+    denominator = fp32_bytes(original) if original is not None else 4.0 * sum(numel.values())
+    return tuple(sorted(nodes)), size / denominator
+
+
+def _text_config(folder: Path) -> dict:
+    from host.models import read_config
+
+    c = read_config(Path(folder))
+    return c.get("text_config", c)
 
 
 def rotary_cache_bytes(folder: Path) -> int:
     """genai's fp32 ``cos_cache`` + ``sin_cache`` initializers: ``[max positions, head_dim / 2]`` each."""
-    from host.models import read_config
-
-    c = read_config(Path(folder))
-    c = c.get("text_config", c)
+    c = _text_config(folder)
     head = c.get("head_dim") or c.get("hidden_size", 0) // max(1, c.get("num_attention_heads", 1))
     return 2 * int(c.get("max_position_embeddings", 0)) * (head // 2) * 4
 
@@ -229,12 +243,24 @@ def symmetric_int8(art: Path, src: Path, log) -> int:
     graph is rewritten with one external data file (temp files, fsync, rename). Returns the nodes changed."""
     import os
     import shutil
+    import tempfile
 
+    import numpy as np
     import onnx
     import torch
     from onnx import numpy_helper
 
-    from host.gptq import Grid, _module_names, hf_linears_of, nbits_nodes, pack_b, rtn
+    from host.gptq import (
+        Grid,
+        _module_names,
+        dequantize,
+        hf_linears_of,
+        nbits_nodes,
+        pack_b,
+        rtn,
+        unpack_b,
+        unpack_zero_points,
+    )
     from host.quality.reference import load_torch_llm
 
     art = Path(art)
@@ -251,17 +277,26 @@ def symmetric_int8(art: Path, src: Path, log) -> int:
         if any(x not in paths for x in lins):
             raise BuildError(f"int4-mixed: {n.name}: no linear {lins[0]} in {src}")
         w = torch.cat([mods[paths[x]].weight.detach().float() for x in lins])
+        old_b, old_s = numpy_helper.to_array(inits[n.b]), numpy_helper.to_array(inits[n.scales])
+        nb = -(-n.k // n.grid.block_size)
+        old = dequantize(torch.from_numpy(unpack_b(old_b.reshape(n.n, nb, -1), n.k, n.grid).astype(np.int64)),
+                         torch.from_numpy(old_s.reshape(n.n, nb).astype(np.float32)),
+                         torch.from_numpy(unpack_zero_points(numpy_helper.to_array(inits[n.zero_points]), n.n, nb,
+                                                             n.grid).astype(np.float32)), n.grid)
+        step = torch.from_numpy(old_s.reshape(n.n, nb).astype(np.float32)).abs().repeat_interleave(
+            n.grid.block_size, 1)[:, :n.k]
+        if tuple(w.shape) != (n.n, n.k) or not bool(((old - w).abs() <= step * 1.01 + 1e-6).all()):
+            raise BuildError(f"int4-mixed: {n.name}: the artifact's int8 weights are not {src}'s rounded "
+                             "(build the artifact from the same checkpoint)")
         grid = Grid(8, n.grid.block_size, True)
         q, sc, _z = rtn(w, grid)
-        old_b, old_s = numpy_helper.to_array(inits[n.b]), numpy_helper.to_array(inits[n.scales])
         b = pack_b(q.numpy(), grid).reshape(old_b.shape)
         inits[n.b].CopyFrom(numpy_helper.from_array(b.astype(old_b.dtype), n.b))
         inits[n.scales].CopyFrom(numpy_helper.from_array(sc.numpy().astype(old_s.dtype).reshape(old_s.shape), n.scales))
         node = by_name[n.name]
         del node.input[3:]
         proto.graph.initializer.remove(inits.pop(n.zero_points))
-    tmp = art / ".symmetric-int8"
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=".symmetric-int8-", dir=art))
     try:
         onnx.save_model(proto, str(tmp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="model.onnx.data", size_threshold=0)
@@ -284,7 +319,7 @@ def mix_inputs(model, recipe) -> dict:
     from host.quality.reference import SENSITIVITY_TOKENS, llm_eval
 
     if listed(model):
-        return {"budget": model.budget, "sensitive_layers": list(model.sensitive_layers), "version": MIXED_VERSION}
+        return {"budget": model.budget, "sensitive_layers": sorted(model.sensitive_layers), "version": MIXED_VERSION}
     ev = llm_eval(recipe, model, eval_tokens=min(SENSITIVITY_TOKENS, recipe.quality.eval_tokens))
     return {"budget": model.budget, "sensitive_layers": "auto", "version": MIXED_VERSION,
             "sensitivity": {"scheme": SENSITIVITY_SCHEME, "tokens": SENSITIVITY_TOKENS,
@@ -371,21 +406,24 @@ def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, boa
     budget = job.model.budget
     symmetric = rounding_symmetric(job.model)
     if listed(job.model):
+        from host.models import resolve_model
+
         layers = list(job.model.sensitive_layers)
-        nodes, ratio = listed_mix(src, layers, symmetric=symmetric)
+        original = resolve_model(job.model)
+        nodes, ratio = listed_mix(src, layers, symmetric=symmetric, original=original)
         if not nodes:
             raise BuildError(f"{job.model.name}: sensitive_layers {layers} match no linear layer (int4-mixed keeps "
                              "the matched ones at int8)")
         if budget is not None and ratio > budget:
-            raise BuildError(f"{job.model.name}: int4-mixed with {layers} at int8 is {ratio:.3f}x fp32, over the "
+            raise BuildError(f"{job.model.name}: int4-mixed with {layers} at int8 is {ratio:.4f}x fp32, over the "
                              f"budget {budget:g}; name fewer layers or raise the budget")
         log(f"int4-mixed: {len(nodes)} MatMuls int8 ({', '.join(layers)}), predicted {ratio:.3f}x fp32"
             + (f" (budget {budget:g})" if budget is not None else ""))
         extra = build_genai_mixed(src, out_dir, nodes, log, threads=threads, board_threads=board_threads,
                                   symmetric=symmetric, why=f"by the recipe's list {layers}")
         if not symmetric:
-            symmetric_int8(out_dir, src, log)
-        built = weights_bytes(out_dir) / fp32_bytes(src)
+            extra["int8_symmetric"] = symmetric_int8(out_dir, src, log)
+        built = weights_bytes(out_dir) / fp32_bytes(original)
         log(f"int4-mixed: built {built:.4f}x fp32 (predicted {ratio:.4f})")
         if budget is not None and built > budget:
             raise BuildError(f"{job.model.name}: the built int4-mixed weights are {built:.4f}x fp32, over the budget "
@@ -403,10 +441,15 @@ def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, boa
     extra = build_genai_mixed(src, out_dir, plan.int8_nodes, log, threads=threads, board_threads=board_threads,
                               symmetric=symmetric)
     if not symmetric:
-        symmetric_int8(out_dir, src, log)
+        extra["int8_symmetric"] = symmetric_int8(out_dir, src, log)
+    from host.models import resolve_model
+
+    built = weights_bytes(out_dir) / fp32_bytes(resolve_model(job.model))
+    log(f"int4-mixed: built {built:.4f}x fp32 (plan {plan.bytes / plan.fp32_bytes:.4f}: linears and embedding only)")
     extra["mix"] = {"budget": budget, "int8_node_count": len(plan.int8_nodes), "int8_nodes": list(plan.int8_nodes),
                     "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
                     "predicted_kld": round(plan.predicted_kld, 5), "frontier": plan.frontier,
+                    "built_ratio": round(built, 4),
                     "sensitivity": {"scheme": sens["scheme"], "n_tokens": sens["n_tokens"], "cache": sens["cache"]},
                     "version": MIXED_VERSION}
     return extra

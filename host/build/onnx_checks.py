@@ -36,8 +36,8 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
         if check_model_folder(folder):
             continue
         layers = linear_shapes(folder)
-        if m.kind == "llm":
-            layers.setdefault("lm_head", (0, 0))   # a tied head has no weight of its own, but its own MatMul
+        if "int4-mixed" in uses:
+            layers.setdefault("lm_head", (0, 0))   # a tied head has no weight of its own, but its own int8 MatMul
         for pat in m.float_layers:
             if not sensitive_matches(layers, [pat]):
                 kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in layers})
@@ -51,7 +51,7 @@ def recipe_problems(recipe: Recipe, schemes: list[str] | None = None) -> list[st
             _nodes, ratio = listed_mix(folder, m.float_layers, symmetric=rounding_symmetric(m))
             if ratio > m.budget:
                 problems.append(f"{m.name}: int4-mixed with sensitive_layers {m.float_layers} at int8 is "
-                                f"{ratio:.3f}x fp32, over the budget {m.budget:g} (name fewer layers or raise it)")
+                                f"{ratio:.4f}x fp32, over the budget {m.budget:g} (name fewer layers or raise it)")
     return problems
 
 

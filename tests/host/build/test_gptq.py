@@ -101,6 +101,19 @@ def test_gptq_on_searched_grids_beats_gptq_on_the_builders(symmetric):
         gptq(w, h, grid, grid_scales="mse")
 
 
+def test_gptq_on_fixed_grids_keeps_them_and_beats_their_round_to_nearest():
+    """``fixed``: a given static grid whose codes need not span a power of two (a toolkit's -7..7, groups of 64)."""
+    w, h = _layer(k=128)
+    blk = w.reshape(w.shape[0], 2, 64)
+    s = blk.abs().amax(-1) / 7
+    z = torch.full_like(s, 7.0)
+    q, s2, z2 = gptq(w, h, Grid(4, 64, True), act_order=True, fixed=(s, z, 14))
+    assert torch.equal(s2.float(), s) and torch.equal(z2.float(), z) and q.min() >= 0 and q.max() <= 14
+    g = Grid(4, 64, True)
+    rtn_q = ((blk / s[..., None]).round().clamp(-7, 7) + 7).reshape(w.shape)
+    assert weighted_error(w, dequantize(q, s, z, g), h) < 0.8 * weighted_error(w, dequantize(rtn_q, s, z, g), h)
+
+
 def _ort_quantized(w_nk: np.ndarray, symmetric: bool, bits: int = 4, block: int = 32) -> dict:
     """onnxruntime's MatMulNBitsQuantizer on a one-MatMul graph with weight ``w_nk.T`` ([K, N], ONNX MatMul's B)."""
     import onnx

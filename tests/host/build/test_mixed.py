@@ -139,7 +139,7 @@ def test_listed_int4_mixed_recipe_loads_and_keys_on_its_list(make_recipe):
                                      budget=0.25)))
     m = r.models[0]
     assert listed(m) and m.float_layers == ["lm_head", "down_proj"]
-    assert mix_inputs(m, r) == {"budget": 0.25, "sensitive_layers": ["lm_head", "down_proj"], "version": 3}
+    assert mix_inputs(m, r) == {"budget": 0.25, "sensitive_layers": ["down_proj", "lm_head"], "version": 3}
     r2 = load_recipe(make_recipe(edit(onnx=["int4-mixed"], sensitive_layers=["down_proj"])))
     assert r2.models[0].budget is None and mix_inputs(r2.models[0], r2)["sensitive_layers"] == ["down_proj"]
     for fields, text in ((dict(onnx=["int4-mixed"], sensitive_layers=[]), "models.0.sensitive_layers: onnx scheme "
