@@ -109,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default=str(ROOT / "configs/models/smollm2-135m.yaml"))
     ap.add_argument("--model", default="", help="checkpoint folder (default: the recipe's LLM)")
-    ap.add_argument("--hessians", default="", help="cached Hessians of that checkpoint (.pt)")
+    ap.add_argument("--hessians", default="", help="cached Hessians of that checkpoint (.pt; comma-separated: later "
+                    "files fill inputs the earlier lack, e.g. lm_head's from the original model under AWQ)")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--offgrid", type=int, default=-1, help="fold seeded random per-channel scales first")
     ap.add_argument("--vendor", default="", help="e.g. w4a16-g64: GPTQ pre-rounding onto the simulated toolkit grid")
@@ -137,10 +138,11 @@ def main() -> None:
         offgrid(model, a.offgrid)
     emb = model.get_input_embeddings()
     emb0 = emb.weight.detach().clone()
-    model.lm_head.weight = torch.nn.Parameter(emb0.clone())        # untied: lm_head and embedding quantized apart
+    fp32 = 4 * sum(p.numel() for p in model.parameters())         # a tied matrix once
+    if model.lm_head.weight is emb.weight:                         # untie: lm_head and embedding quantized apart
+        model.lm_head.weight = torch.nn.Parameter(emb0.clone())
     lins = {n: mod for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     orig = {n: mod.weight.detach().clone() for n, mod in lins.items()}
-    fp32 = 4 * (sum(p.numel() for p in model.parameters()) - emb0.numel())
 
     def evaluate(label: str, size: float | None = None, sim: str | None = None) -> None:
         st, t0 = TokenStats.empty(), time.monotonic()
@@ -158,7 +160,10 @@ def main() -> None:
               flush=True)
 
     if a.hessians and a.offgrid < 0:
-        hess = {k: v.double() for k, v in torch.load(a.hessians, weights_only=True).items()}
+        hess = {}
+        for f in a.hessians.split(","):          # a later file fills the inputs the earlier ones lack
+            for k, v in torch.load(f, weights_only=True).items():
+                hess.setdefault(k, v.double())
     else:
         t0 = time.monotonic()
         names = sorted({hessian_key(n) for n in lins})

@@ -168,16 +168,8 @@ def listed_mix(folder: Path, patterns, *, symmetric: bool = True,
     its own int8 copy beside the int4 embedding. The fp32 denominator is ``original``'s (the model the recipe
     names; a transform such as ``rotate`` may have untied its head), default ``folder``'s."""
     from host.build.onnx_checks import pattern_matches
-    from host.models import read_safetensors_header
 
-    numel: dict[str, int] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        for name, meta in read_safetensors_header(f).items():
-            if name != "__metadata__":
-                n = 1
-                for d in meta.get("shape", []):
-                    n *= int(d)
-                numel[name] = n
+    numel = tensor_sizes(folder)
     emb = next((k for k in numel if k.endswith("embed_tokens.weight")), None)
     linears = {k[:-len(".weight")]: v for k, v in numel.items()
                if k.endswith("_proj.weight") or k.endswith("lm_head.weight")}
@@ -216,19 +208,24 @@ def rotary_cache_bytes(folder: Path) -> int:
     return 2 * int(c.get("max_position_embeddings", 0)) * (head // 2) * 4
 
 
-def fp32_bytes(folder: Path) -> int:
-    """Every parameter of the checkpoint in fp32 (a tied matrix once): the "× fp32" denominator."""
+def tensor_sizes(folder: Path) -> dict[str, int]:
+    """``{tensor name: element count}`` of the checkpoint's safetensors files (headers only)."""
     from host.models import read_safetensors_header
 
-    total = 0
+    out: dict[str, int] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         for name, meta in read_safetensors_header(f).items():
             if name != "__metadata__":
                 n = 1
                 for d in meta.get("shape", []):
                     n *= int(d)
-                total += n
-    return 4 * total
+                out[name] = n
+    return out
+
+
+def fp32_bytes(folder: Path) -> int:
+    """Every parameter of the checkpoint in fp32 (a tied matrix once): the "× fp32" denominator."""
+    return 4 * sum(tensor_sizes(folder).values())
 
 
 def weights_bytes(art: Path) -> int:
