@@ -629,6 +629,39 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+def node_weights(n: NbitsNode, raw_b: bytes, raw_s: bytes, raw_z: bytes | None):
+    """``(dequantized weights [N, K] float tensor, the scales' numpy dtype)`` of MatMulNBits node ``n`` from the raw
+    bytes of its ``B``, ``scales`` and ``zero_points`` (None: symmetric)."""
+    import numpy as np
+    import torch
+
+    nb = -(-n.k // n.grid.block_size)
+    sdtype = np.float16 if len(raw_s) == 2 * n.n * nb else np.float32
+    q = unpack_b(np.frombuffer(raw_b, np.uint8).reshape(n.n, nb, -1), n.k, n.grid)
+    s = torch.from_numpy(np.frombuffer(raw_s, sdtype).reshape(n.n, nb).astype(np.float32))
+    z = (torch.from_numpy(unpack_zero_points(np.frombuffer(raw_z, np.uint8), n.n, nb, n.grid).astype(np.float32))
+         if raw_z is not None else torch.full((n.n, nb), float(n.grid.mid)))
+    return dequantize(torch.from_numpy(q.astype(np.int64)), s, z, n.grid), sdtype
+
+
+def require_rounding_of(who: str, n: NbitsNode, old, scales, w, src: Path) -> None:
+    """One ``BuildError`` unless node ``n``'s dequantized weights ``old`` are the checkpoint weights ``w`` rounded
+    on its grid (``scales``: its per-block scales, any shape): within half a step, or one where the symmetric
+    grid clamps (+2^(bits-1) is not a code)."""
+    import numpy as np
+    import torch
+
+    if tuple(w.shape) != (n.n, n.k):
+        raise BuildError(f"{who}: {n.name} is {n.n}x{n.k} (N x K) in the artifact but {tuple(w.shape)} in {src}")
+    nb = -(-n.k // n.grid.block_size)
+    step = torch.from_numpy(np.asarray(scales, np.float32).reshape(n.n, nb)).abs()
+    step = step.repeat_interleave(n.grid.block_size, 1)[:, :n.k]
+    if not bool(((old - w).abs() <= step * 1.01 + 1e-6).all()):
+        worst = float(((old - w).abs() / step.clamp(min=1e-12)).max())
+        raise BuildError(f"{who}: {n.name}: the artifact's weights are not {src}'s rounded to its grid "
+                         f"(worst {worst:.2f} steps off): build the artifact from the same checkpoint")
+
+
 def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act_order: bool, grid_scales: str,
                  say, ratios: list,
                  patches: list, inline: dict) -> None:
@@ -640,26 +673,12 @@ def _round_nodes(plan, mods, hess, proto, art: Path, src: Path, damp: float, act
     for idx, (n, ps) in enumerate(plan):
         say("GPTQ nodes", idx + 1, len(plan))
         w = torch.cat([mods[p].weight.detach().float() for p in ps])
-        if tuple(w.shape) != (n.n, n.k):
-            raise BuildError(f"GPTQ: {n.name} is {n.n}x{n.k} (N x K) in the artifact but {tuple(w.shape)} in {src}")
         raw_b, ext_b = _tensor_bytes(proto, art, n.b)
         raw_s, ext_s = _tensor_bytes(proto, art, n.scales)
+        raw_z, ext_z = _tensor_bytes(proto, art, n.zero_points) if n.zero_points else (None, None)
+        old, sdtype = node_weights(n, raw_b, raw_s, raw_z)
+        require_rounding_of("GPTQ", n, old, np.frombuffer(raw_s, sdtype), w, src)
         nb = -(-n.k // n.grid.block_size)
-        sdtype = np.float16 if len(raw_s) == 2 * n.n * nb else np.float32
-        old_q = unpack_b(np.frombuffer(raw_b, np.uint8).reshape(n.n, nb, -1), n.k, n.grid)
-        old_s = torch.from_numpy(np.frombuffer(raw_s, sdtype).reshape(n.n, nb).astype(np.float32))
-        if n.zero_points:
-            raw_z, ext_z = _tensor_bytes(proto, art, n.zero_points)
-            old_z = torch.from_numpy(unpack_zero_points(np.frombuffer(raw_z, np.uint8), n.n, nb, n.grid).astype(np.float32))
-        else:
-            old_z = torch.full((n.n, nb), float(n.grid.mid))
-        old = dequantize(torch.from_numpy(old_q.astype(np.int64)), old_s, old_z, n.grid)
-        step = old_s.abs().repeat_interleave(n.grid.block_size, 1)[:, :n.k]
-        # half a step, or one where the symmetric grid clamps (+2^(bits-1) is not a code)
-        if not bool(((old - w).abs() <= step * 1.01 + 1e-6).all()):
-            worst = float(((old - w).abs() / step.clamp(min=1e-12)).max())
-            raise BuildError(f"GPTQ: {n.name}: the artifact's weights are not {src}'s rounded to its grid "
-                             f"(worst {worst:.2f} steps off): build the artifact from the same checkpoint")
         h = hess[ps[0]]
         q, s, z = gptq(w, h, n.grid, damp=damp, act_order=act_order, grid_scales=grid_scales)
         if not n.grid.symmetric and ((z - z.round()).abs() > 0).any():

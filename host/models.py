@@ -437,17 +437,20 @@ def check_model_folder(folder: Path) -> list[str]:
     return problems
 
 
+def tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` of every tensor in the folder's safetensors headers (no weights read)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for w in sorted(Path(folder).glob("*.safetensors")):
+        for name, meta in read_safetensors_header(w).items():
+            if name != "__metadata__":
+                shapes[name] = tuple(int(d) for d in meta.get("shape", []))
+    return shapes
+
+
 def linear_shapes(folder: Path) -> dict[str, tuple[int, int]]:
     """``{layer name: (out_features, in_features)}`` of every 2-D ``*.weight`` in the safetensors headers."""
-    shapes: dict[str, tuple[int, int]] = {}
-    for w in sorted(folder.glob("*.safetensors")):
-        for name, meta in read_safetensors_header(w).items():
-            if name == "__metadata__" or not name.endswith(".weight"):
-                continue
-            shape = meta.get("shape", [])
-            if len(shape) == 2 and "embed" not in name and "norm" not in name:
-                shapes[name[: -len(".weight")]] = (int(shape[0]), int(shape[1]))
-    return shapes
+    return {name[: -len(".weight")]: (shape[0], shape[1]) for name, shape in tensor_shapes(folder).items()
+            if name.endswith(".weight") and len(shape) == 2 and "embed" not in name and "norm" not in name}
 
 
 def read_config(folder: Path) -> dict:

@@ -168,6 +168,7 @@ def listed_mix(folder: Path, patterns, *, symmetric: bool = True,
     its own int8 copy beside the int4 embedding. The fp32 denominator is ``original``'s (the model the recipe
     names; a transform such as ``rotate`` may have untied its head), default ``folder``'s."""
     from host.build.onnx_checks import pattern_matches
+    from host.build.onnx_int8 import _llm_dims
 
     numel = tensor_sizes(folder)
     emb = next((k for k in numel if k.endswith("embed_tokens.weight")), None)
@@ -189,38 +190,26 @@ def listed_mix(folder: Path, patterns, *, symmetric: bool = True,
             size += v * (INT4_BYTES + zp4)   # a tied lm_head at int4 is the int4 embedding table itself
     others = sum(v for k, v in numel.items() if k[:-len(".weight")] not in linears and k != emb)
     size += (numel.get(emb, 0)) * (INT4_BYTES + zp4) + 4.0 * others + rotary_cache_bytes(folder)
-    size += GRAPH_BYTES_PER_LAYER * int(_text_config(folder).get("num_hidden_layers", 0))
+    size += GRAPH_BYTES_PER_LAYER * _llm_dims(folder)[0]
     denominator = fp32_bytes(original) if original is not None else 4.0 * sum(numel.values())
     return tuple(sorted(nodes)), size / denominator
 
 
-def _text_config(folder: Path) -> dict:
-    from host.models import read_config
-
-    c = read_config(Path(folder))
-    return c.get("text_config", c)
-
-
 def rotary_cache_bytes(folder: Path) -> int:
     """genai's fp32 ``cos_cache`` + ``sin_cache`` initializers: ``[max positions, head_dim / 2]`` each."""
-    c = _text_config(folder)
-    head = c.get("head_dim") or c.get("hidden_size", 0) // max(1, c.get("num_attention_heads", 1))
-    return 2 * int(c.get("max_position_embeddings", 0)) * (head // 2) * 4
+    from host.build.onnx_int8 import _llm_dims
+    from host.models import read_config
+
+    return 2 * int(read_config(Path(folder)).get("max_position_embeddings", 0)) * (_llm_dims(folder)[2] // 2) * 4
 
 
 def tensor_sizes(folder: Path) -> dict[str, int]:
     """``{tensor name: element count}`` of the checkpoint's safetensors files (headers only)."""
-    from host.models import read_safetensors_header
+    from math import prod
 
-    out: dict[str, int] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        for name, meta in read_safetensors_header(f).items():
-            if name != "__metadata__":
-                n = 1
-                for d in meta.get("shape", []):
-                    n *= int(d)
-                out[name] = n
-    return out
+    from host.models import tensor_shapes
+
+    return {name: prod(shape) for name, shape in tensor_shapes(folder).items()}
 
 
 def fp32_bytes(folder: Path) -> int:
@@ -242,7 +231,6 @@ def symmetric_int8(art: Path, src: Path, log) -> int:
     import shutil
     import tempfile
 
-    import numpy as np
     import onnx
     import torch
     from onnx import numpy_helper
@@ -250,13 +238,13 @@ def symmetric_int8(art: Path, src: Path, log) -> int:
     from host.gptq import (
         Grid,
         _module_names,
-        dequantize,
+        _tensor_bytes,
         hf_linears_of,
         nbits_nodes,
+        node_weights,
         pack_b,
+        require_rounding_of,
         rtn,
-        unpack_b,
-        unpack_zero_points,
     )
     from host.quality.reference import load_torch_llm
 
@@ -275,16 +263,8 @@ def symmetric_int8(art: Path, src: Path, log) -> int:
             raise BuildError(f"int4-mixed: {n.name}: no linear {lins[0]} in {src}")
         w = torch.cat([mods[paths[x]].weight.detach().float() for x in lins])
         old_b, old_s = numpy_helper.to_array(inits[n.b]), numpy_helper.to_array(inits[n.scales])
-        nb = -(-n.k // n.grid.block_size)
-        old = dequantize(torch.from_numpy(unpack_b(old_b.reshape(n.n, nb, -1), n.k, n.grid).astype(np.int64)),
-                         torch.from_numpy(old_s.reshape(n.n, nb).astype(np.float32)),
-                         torch.from_numpy(unpack_zero_points(numpy_helper.to_array(inits[n.zero_points]), n.n, nb,
-                                                             n.grid).astype(np.float32)), n.grid)
-        step = torch.from_numpy(old_s.reshape(n.n, nb).astype(np.float32)).abs().repeat_interleave(
-            n.grid.block_size, 1)[:, :n.k]
-        if tuple(w.shape) != (n.n, n.k) or not bool(((old - w).abs() <= step * 1.01 + 1e-6).all()):
-            raise BuildError(f"int4-mixed: {n.name}: the artifact's int8 weights are not {src}'s rounded "
-                             "(build the artifact from the same checkpoint)")
+        old, _dtype = node_weights(n, *(_tensor_bytes(proto, art, t)[0] for t in (n.b, n.scales, n.zero_points)))
+        require_rounding_of("int4-mixed", n, old, old_s, w, src)
         grid = Grid(8, n.grid.block_size, True)
         q, sc, _z = rtn(w, grid)
         b = pack_b(q.numpy(), grid).reshape(old_b.shape)
@@ -399,14 +379,13 @@ def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, boa
     """``int4-mixed`` for ``job``: sensitivity of ``src`` (cached), the plan within ``job.model.budget``
     (its frontier printed to ``log``), the genai build; returns the manifest fields incl. ``mix``."""
     from host.gptq import rounding_symmetric
+    from host.models import resolve_model
 
     budget = job.model.budget
     symmetric = rounding_symmetric(job.model)
+    original = resolve_model(job.model)      # the "x fp32" denominator: the recipe's model, before any transform
     if listed(job.model):
-        from host.models import resolve_model
-
         layers = list(job.model.sensitive_layers)
-        original = resolve_model(job.model)
         nodes, ratio = listed_mix(src, layers, symmetric=symmetric, original=original)
         if not nodes:
             raise BuildError(f"{job.model.name}: sensitive_layers {layers} match no linear layer (int4-mixed keeps "
@@ -416,39 +395,33 @@ def build_mixed_for_job(job, src: Path, out_dir: Path, log, *, threads: int, boa
                              f"budget {budget:g}; name fewer layers or raise the budget")
         log(f"int4-mixed: {len(nodes)} MatMuls int8 ({', '.join(layers)}), predicted {ratio:.3f}x fp32"
             + (f" (budget {budget:g})" if budget is not None else ""))
-        extra = build_genai_mixed(src, out_dir, nodes, log, threads=threads, board_threads=board_threads,
-                                  symmetric=symmetric, why=f"by the recipe's list {layers}")
-        if not symmetric:
-            extra["int8_symmetric"] = symmetric_int8(out_dir, src, log)
-        built = weights_bytes(out_dir) / fp32_bytes(original)
-        log(f"int4-mixed: built {built:.4f}x fp32 (predicted {ratio:.4f})")
-        if budget is not None and built > budget:
-            raise BuildError(f"{job.model.name}: the built int4-mixed weights are {built:.4f}x fp32, over the budget "
-                             f"{budget:g} (predicted {ratio:.4f}); name fewer layers or raise the budget")
-        extra["mix"] = {"budget": budget, "layers": layers, "int8_node_count": len(nodes), "int8_nodes": list(nodes),
-                        "predicted_ratio": round(ratio, 4), "built_ratio": round(built, 4), "version": MIXED_VERSION}
-        return extra
-    sens = sensitivity_of(job.recipe, job.model, src, log=log)
-    log(f"sensitivity under {sens['scheme']} on {sens['n_tokens']} held-out tokens: {sens['cache']}")
-    plan = plan_for_checkpoint(src, sens["groups"], budget)
-    for line in frontier_lines(plan):
-        log(line)
-    log(f"chosen: {len(plan.int8_nodes)} MatMuls int8, predicted {plan.bytes / plan.fp32_bytes:.3f}x fp32 "
-        f"(budget {budget})")
-    extra = build_genai_mixed(src, out_dir, plan.int8_nodes, log, threads=threads, board_threads=board_threads,
-                              symmetric=symmetric)
+        why, predicted = f"by the recipe's list {layers}", f"predicted {ratio:.4f}"
+        mix = {"budget": budget, "layers": layers, "int8_node_count": len(nodes), "int8_nodes": list(nodes),
+               "predicted_ratio": round(ratio, 4)}
+    else:
+        sens = sensitivity_of(job.recipe, job.model, src, log=log)
+        log(f"sensitivity under {sens['scheme']} on {sens['n_tokens']} held-out tokens: {sens['cache']}")
+        plan = plan_for_checkpoint(src, sens["groups"], budget)
+        for line in frontier_lines(plan):
+            log(line)
+        log(f"chosen: {len(plan.int8_nodes)} MatMuls int8, predicted {plan.bytes / plan.fp32_bytes:.3f}x fp32 "
+            f"(budget {budget})")
+        nodes, why = plan.int8_nodes, "by sensitivity"
+        predicted = f"plan {plan.bytes / plan.fp32_bytes:.4f}: linears and embedding only"
+        mix = {"budget": budget, "int8_node_count": len(plan.int8_nodes), "int8_nodes": list(plan.int8_nodes),
+               "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
+               "predicted_kld": round(plan.predicted_kld, 5), "frontier": plan.frontier,
+               "sensitivity": {"scheme": sens["scheme"], "n_tokens": sens["n_tokens"], "cache": sens["cache"]}}
+    extra = build_genai_mixed(src, out_dir, nodes, log, threads=threads, board_threads=board_threads,
+                              symmetric=symmetric, why=why)
     if not symmetric:
         extra["int8_symmetric"] = symmetric_int8(out_dir, src, log)
-    from host.models import resolve_model
-
-    built = weights_bytes(out_dir) / fp32_bytes(resolve_model(job.model))
-    log(f"int4-mixed: built {built:.4f}x fp32 (plan {plan.bytes / plan.fp32_bytes:.4f}: linears and embedding only)")
-    extra["mix"] = {"budget": budget, "int8_node_count": len(plan.int8_nodes), "int8_nodes": list(plan.int8_nodes),
-                    "predicted_ratio": round(plan.bytes / plan.fp32_bytes, 4),
-                    "predicted_kld": round(plan.predicted_kld, 5), "frontier": plan.frontier,
-                    "built_ratio": round(built, 4),
-                    "sensitivity": {"scheme": sens["scheme"], "n_tokens": sens["n_tokens"], "cache": sens["cache"]},
-                    "version": MIXED_VERSION}
+    built = weights_bytes(out_dir) / fp32_bytes(original)
+    log(f"int4-mixed: built {built:.4f}x fp32 ({predicted})")
+    if listed(job.model) and budget is not None and built > budget:
+        raise BuildError(f"{job.model.name}: the built int4-mixed weights are {built:.4f}x fp32, over the budget "
+                         f"{budget:g} ({predicted}); name fewer layers or raise the budget")
+    extra["mix"] = {**mix, "built_ratio": round(built, 4), "version": MIXED_VERSION}
     return extra
 
 

@@ -98,7 +98,7 @@ def _tiny_checkpoint(folder, tied=True):
         t["lm_head.weight"] = torch.zeros(100, 32)
     folder.mkdir(exist_ok=True)
     save_file(t, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4,
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
                                                     "max_position_embeddings": 16}))
     return t
 
@@ -106,7 +106,7 @@ def _tiny_checkpoint(folder, tied=True):
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_listed_mix_names_the_packed_nodes_and_predicts_the_size_by_hand(tmp_path, tied, symmetric):
-    from host.build.mixed import BLOCK, listed_mix
+    from host.build.mixed import BLOCK, GRAPH_BYTES_PER_LAYER, listed_mix
 
     t = _tiny_checkpoint(tmp_path / "m", tied)
     nodes, ratio = listed_mix(tmp_path / "m", ["lm_head", "v_proj", "layers.1.mlp.down_proj"], symmetric=symmetric)
@@ -115,13 +115,13 @@ def test_listed_mix_names_the_packed_nodes_and_predicts_the_size_by_hand(tmp_pat
     i4 = INT4_BYTES + (0 if symmetric else 0.5 / BLOCK)
     i8 = INT8_BYTES
     qkv, o, gu, down, head, emb, norms = 64 * 32, 32 * 32, 2 * 64 * 32, 32 * 64, 100 * 32, 100 * 32, 2 * 32 + 32
-    rotary = 2 * 16 * 4 * 4        # cos + sin caches: [16 positions, head_dim 8 / 2] fp32 each
-    want = 2 * qkv * i8 + 2 * o * i4 + 2 * gu * i4 + down * i4 + down * i8 + head * i8 + emb * i4 + 4 * norms + rotary
+    extras = 2 * 16 * 4 * 4 + 2 * GRAPH_BYTES_PER_LAYER   # cos + sin caches [16, head_dim 8 / 2] fp32; the graph
+    want = 2 * qkv * i8 + 2 * o * i4 + 2 * gu * i4 + down * i4 + down * i8 + head * i8 + emb * i4 + 4 * norms + extras
     total = sum(v.numel() for v in t.values())
     assert ratio == pytest.approx(want / (4 * total))
     # nothing named: a tied head at int4 IS the int4 embedding table (counted once), an untied one its own
     nodes0, r0 = listed_mix(tmp_path / "m", ["no_such_layer"], symmetric=symmetric)
-    want0 = (2 * (qkv + o + gu + down)) * i4 + emb * i4 + (0 if tied else head * i4) + 4 * norms + rotary
+    want0 = (2 * (qkv + o + gu + down)) * i4 + emb * i4 + (0 if tied else head * i4) + 4 * norms + extras
     assert nodes0 == () and r0 == pytest.approx(want0 / (4 * total))
 
 
