@@ -4,7 +4,7 @@
     python bench/int4_search.py                          # the README's ladder (MatMulNBits block 32)
     python bench/int4_search.py --model <awq folder> --hessians <its .pt> --rows gptq-search-asym+down8
     python bench/int4_search.py --offgrid 7 --rows rtn-sym,gptq-search-asym+down8      # the off-grid check
-    python bench/int4_search.py --vendor w4a16-g64 [--search]   # GPTQ pre-rounding onto the simulated vendor grid
+    python bench/int4_search.py --vendor w4a16-g64 [--model <rotated folder>]   # host.prequant onto the vendor grid
 
 A row replaces every linear's weight by exactly what the artifact would hold (dequantized): the int4 body on
 MatMulNBits' grid (block 32; ``sym`` = onnxruntime's signed int4, ``asym`` = a zero point per block), rounded by
@@ -13,10 +13,11 @@ MatMulNBits' grid (block 32; ``sym`` = onnxruntime's signed int4, ``asym`` = a z
 also every down_proj; the embedding int4 like genai's (block 32, the body's symmetry). KLD is vs the ORIGINAL
 float model over all held-out windows. Hessians: ``--hessians`` (a ``~/.cache/rkdeploy/gptq-hessians`` file of
 this checkpoint), else collected on the recipe's calibration JSON (``--offgrid`` always collects: the fold changes
-the inputs). ``--vendor w4a16-g64``: every linear (lm_head untied, the embedding float) GPTQ-rounded onto the
-simulated toolkit grid (absmax / 7 per group of 64, codes -7..7; ``--search``: the group's range shrunk by the
-least weighted error, its extreme clipped), each group's extreme kept on ±7 so the simulated toolkit recomputes the
-same scale, then the simulated row (``host.fakequant``) — valid only if the real toolkit rounds as the simulation.
+the inputs). ``--vendor w4a16-g64``: every linear (lm_head untied, the embedding float) pre-rounded by ``host.prequant``
+(the ``gptq`` transform: sequential GPTQ onto the simulated toolkit grid, absmax / 7 per group of 64 with searched
+ranges, each group's extreme on ±7 so the simulated toolkit recomputes the same scale; Hessians from the recipe's
+calibration JSON), then the simulated row (``host.fakequant``) — valid only if the real toolkit rounds as the
+simulation.
 One JSON line per row on stdout.
 """
 
@@ -63,46 +64,15 @@ def hessian_key(name: str) -> str:
     return name
 
 
-def vendor_rows(model, hess, scheme: str, search: bool, evaluate) -> None:
-    import torch
+def vendor_rows(model, token_rows, scheme: str, damp: float, evaluate) -> None:
+    from host.prequant import prequantize
 
-    from host.fakequant import quant_weight, spec
-    from host.gptq import Grid, gptq
-
-    sp = spec(scheme)
-    if sp.w_bits != 4 or not sp.group or sp.a_bits:
-        sys.exit(f"--vendor {scheme}: a grouped 4-bit weight-only scheme (e.g. w4a16-g64)")
-    top, g = (1 << (sp.w_bits - 1)) - 1, sp.group
     evaluate(f"vendor {scheme}: toolkit RTN (simulated)", sim=scheme)
-    t0, forced, groups = time.monotonic(), 0, 0
-    for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear) or hessian_key(name) not in hess:
-            continue
-        w = mod.weight.detach().float()
-        n, k = w.shape
-        blk = w.reshape(n, k // g, g)
-        s = blk.abs().amax(-1).clamp(min=1e-12) / top
-        if search:
-            hd = torch.diag(hess[hessian_key(name)]).float().reshape(1, k // g, g)
-            best, best_e = s.clone(), torch.full_like(s, float("inf"))
-            for r in [0.6 + 0.02 * i for i in range(21)]:
-                e = (hd * (blk - (blk / (s * r)[..., None]).round().clamp(-top, top) * (s * r)[..., None]) ** 2).sum(-1)
-                best, best_e = torch.where(e < best_e, s * r, best), torch.minimum(e, best_e)
-            s = best
-        q, _s, _z = gptq(w, hess[hessian_key(name)], Grid(4, g, True), act_order=True,
-                         fixed=(s, torch.full_like(s, float(top)), 2 * top))
-        codes = (q - top).float().reshape(n, k // g, g)
-        need = codes.abs().amax(-1) < top          # keep each group's extreme on +-top: the same recomputed scale
-        idx = blk.abs().argmax(-1, keepdim=True)
-        codes.scatter_(-1, idx, torch.where(need[..., None], torch.sign(blk.gather(-1, idx)) * top, codes.gather(-1, idx)))
-        forced, groups = forced + int(need.sum()), groups + need.numel()
-        wq = (codes * s[..., None]).reshape(n, k)
-        if not torch.allclose(quant_weight(wq, sp.w_bits, g), wq, rtol=0, atol=1e-6 * float(s.max())):
-            sys.exit(f"{name}: the simulated toolkit does not reproduce the pre-rounded weights")
-        mod.weight.data = wq
-    log(f"GPTQ onto the {scheme} grid: {time.monotonic() - t0:.0f} s; {forced} of {groups} groups' extreme kept on ±{top}")
-    evaluate(f"vendor {scheme}: GPTQ pre-rounded{' (searched ranges)' if search else ''}, then toolkit RTN (simulated)",
-             sim=scheme)
+    rec = prequantize(model, token_rows, scheme, damp=damp, log=log)["prequant"]
+    log(f"GPTQ onto the {scheme} grid: {rec['seconds']} s; {rec['extremes_moved']} of {rec['groups']} groups' "
+        "extreme moved onto the top code")
+    evaluate(f"vendor {scheme}: GPTQ pre-rounded ({rec['calibration_tokens']} calibration tokens, damp {damp}), then toolkit RTN "
+             "(simulated)", sim=scheme)
 
 
 def main() -> None:
@@ -114,7 +84,9 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--offgrid", type=int, default=-1, help="fold seeded random per-channel scales first")
     ap.add_argument("--vendor", default="", help="e.g. w4a16-g64: GPTQ pre-rounding onto the simulated toolkit grid")
-    ap.add_argument("--search", action="store_true", help="--vendor: shrink each group's range (clip its extreme)")
+    ap.add_argument("--heldin-tokens", type=int, default=16384, help="--vendor: also calibrate on this many tokens of the "
+                    "recipe's held-in text (windows of 512; never the held-out text)")
+    ap.add_argument("--damp", type=float, default=0.01, help="--vendor: GPTQ's damping (share of mean diag(H))")
     a = ap.parse_args()
 
     import torch
@@ -159,6 +131,15 @@ def main() -> None:
                           "n_tokens": sum(len(w) - 1 for w in windows), "eval_s": round(time.monotonic() - t0, 1)}),
               flush=True)
 
+    if a.vendor:
+        rows = calib_token_rows(ev.model_dir, m.calibration)
+        if a.heldin_tokens:
+            from host.transforms import text_token_rows
+
+            rows += text_token_rows(ev.model_dir, recipe.text.heldin, a.heldin_tokens)
+        log(f"calibration: {len(rows)} rows, {sum(map(len, rows))} tokens")
+        vendor_rows(model, rows, a.vendor, a.damp, evaluate)
+        return
     if a.hessians and a.offgrid < 0:
         hess = {}
         for f in a.hessians.split(","):          # a later file fills the inputs the earlier ones lack
@@ -171,9 +152,6 @@ def main() -> None:
         log(f"Hessians of {len(names)} inputs: {time.monotonic() - t0:.0f} s")
     if a.offgrid >= 0:
         evaluate(f"offgrid:{a.offgrid} float")
-    if a.vendor:
-        vendor_rows(model, hess, a.vendor, a.search, evaluate)
-        return
     for row in [r for r in a.rows.split(",") if r]:
         body, _, extra = row.partition("+")
         method, sym = body.rsplit("-", 1)

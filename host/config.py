@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import Strict as StrictMode
 
 from host.errors import ConfigError
@@ -155,6 +164,9 @@ DEFAULT_SENSITIVE = {"llm": ("down_proj",), "encoder": ("layer.*.output.dense",)
 class ModelSpec(Strict):
     """One model of a recipe and what to build from it per target."""
 
+    #: the recipe's held-in text (``text.heldin``), set by ``Recipe``: a ``gptq`` transform calibrates on it too
+    _heldin: Path | None = PrivateAttr(None)
+
     name: str
     kind: Literal["llm", "encoder"]
     source: str = Field(description="'builtin:NAME', a local Hugging Face folder, or a local .gguf file "
@@ -197,7 +209,11 @@ class ModelSpec(Strict):
         "w8a8 and ONNX int8-dyn (per-channel 8-bit weights + activations). Two transforms serving one scheme "
         "is an error. Optional keys besides 'scheme': 'grid' (exponents in [0, 1] searched, "
         "default 0.0..1.0 by 0.1) and 'samples' (activation rows per layer input, default 1024): smaller = faster, "
-        "coarser. fp32, GGUF and rknn artifacts never get a transform")
+        "coarser. {rotate: {kind: hadamard|random, seed: N}} folds orthogonal rotations in (serves every scheme "
+        "alone). {gptq: {scheme: w4a16-g64}} is NOT equivalent: every linear GPTQ-rounded onto that scheme's "
+        "toolkit grid (host.prequant), so it serves exactly that scheme (rkllm and its simulated row), ahead of a "
+        "transform of its kind; one mapping may chain rotate, a search and gptq (applied in that order). "
+        "fp32, GGUF and rknn artifacts never get a transform")
     budget: float | None = Field(
         None, validate_default=True, description="ONNX int4-mixed (LLM): its weights stay within this fraction of the "
         "fp32 model's bytes, in (0, 1] (e.g. 0.25): with sensitive_layers: auto the plan's limit (required), with a "
@@ -282,10 +298,13 @@ class ModelSpec(Strict):
         if len(parsed) > 1 and any(getattr(t, "scheme", None) is None for t in parsed):
             raise ValueError("a transform with no scheme serves every quantized scheme: it cannot share the list "
                              "(combine it with one search in one mapping, e.g. {rotate: {}, awq: {scheme: w4a16-g64}})")
-        fams = [transform_family(t.scheme) for t in parsed if getattr(t, "scheme", None)]
-        dup = sorted({f for f in fams if fams.count(f) > 1})
+        fams = [transform_family(t.scheme) for t in parsed if getattr(t, "scheme", None)
+                and not getattr(t, "exact", False)]
+        exact = [t.scheme for t in parsed if getattr(t, "exact", False)]   # gptq pre-rounding: one scheme each
+        dup = sorted({f for f in fams if fams.count(f) > 1} | {f for f in exact if exact.count(f) > 1})
         if dup:
-            raise ValueError(f"two transforms serve the same schemes ({', '.join(dup)}); keep one per kind of scheme")
+            raise ValueError(f"two transforms serve the same schemes ({', '.join(dup)}); keep one per kind of scheme "
+                             "(and one gptq pre-rounding per scheme)")
         return [t.to_dict() for t in parsed] if isinstance(v, list) else parsed[0].to_dict()
 
     @field_validator("rounding", mode="before")
@@ -306,6 +325,11 @@ class ModelSpec(Strict):
         if "onnx" in info.data and not set(info.data["onnx"] or []) & set(ROUNDED_SCHEMES):
             raise ValueError(f"is read only by the onnx schemes {', '.join(ROUNDED_SCHEMES)}; add one or drop rounding")
         return r.recipe_form()
+
+    @property
+    def heldin_text(self) -> Path | None:
+        """The recipe's held-in text (calibration text; never the held-out evaluation text)."""
+        return self._heldin
 
     def transforms(self) -> list:
         """The parsed ``transform`` entries (``host.transforms.Transform``)."""
@@ -388,6 +412,8 @@ class Recipe(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dup)}")
+        for m in self.models:
+            m._heldin = self.text.heldin
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -478,6 +504,8 @@ def load_recipe(path: Path | str) -> Recipe:
         if problem:
             line = line_of(lines, ("models", i, "source"))
             raise ConfigError(f"{path}: {f'line {line}: ' if line else ''}models.{i}.source: {problem}")
+    for m in models:
+        m._heldin = text.heldin            # resolved (the validator's copy is the path as written)
     return recipe.model_copy(update={"models": models, "text": text, "path": path.resolve()})
 
 

@@ -275,8 +275,6 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_
     n, k = w.shape
     bs = grid.block_size
     nb = -(-k // bs)
-    if LAZY % bs:
-        raise ValueError(f"block_size {bs}: GPTQ here needs a divisor of {LAZY}")
     w = w.detach().double().clone()
     h = h.detach().double().clone()
     dead = torch.diag(h) == 0
@@ -286,6 +284,8 @@ def gptq(w, h, grid: Grid, *, damp: float = DAMP, act_order: bool = False, grid_
     if grid_scales not in SCALES:
         raise ValueError(f"grid_scales {grid_scales!r}: one of {SCALES}")
     static = act_order or grid_scales == "search" or fixed is not None
+    if not static and LAZY % bs:   # a block's grid is computed when GPTQ reaches its first column
+        raise ValueError(f"block_size {bs}: GPTQ on dynamic grids here needs a divisor of {LAZY}")
     qmax = grid.qmax if fixed is None else fixed[2]
     if fixed is not None:
         scales, zps = fixed[0].double().clone(), fixed[1].double().clone()

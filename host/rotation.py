@@ -121,6 +121,21 @@ def _decoder(model):
     return inner
 
 
+def untie_head(model) -> bool:
+    """Give a tied ``lm_head`` its own copy of the embedding (configs say untied). True if it was tied."""
+    import torch
+
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is not emb.weight:
+        return False
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    text = getattr(model.config, "text_config", None)
+    if text is not None:
+        text.tie_word_embeddings = False
+    return True
+
+
 def _is_gemma_norm(norm) -> bool:
     return "gemma" in type(norm).__name__.lower()
 
@@ -222,12 +237,7 @@ def rotate_model(model, *, kind: str = "hadamard", seed: int = 0, log=None) -> d
     # R1: fold every RMSNorm into its readers, then rotate the residual stream
     emb = model.get_input_embeddings()
     head = model.get_output_embeddings()
-    tied = head is not None and head.weight is emb.weight
-    if tied:
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False
-        if cfg is not model.config:
-            cfg.tie_word_embeddings = False
+    tied = untie_head(model)
     for layer in layers:
         at, mlp = layer.self_attn, layer.mlp
         _fold_norm_into(layer.input_layernorm, [at.q_proj, at.k_proj, at.v_proj])

@@ -28,6 +28,11 @@ folds the RMSNorms into their readers and rotates the residual stream and each a
 value space by orthogonal matrices (randomized Hadamard, or seeded random orthogonal). It
 composes with one search, always applied first: ``{rotate: {}, awq: {scheme: w4a16-g64}}``
 (label ``rotate+awq(w4a16-g64)``) rotates, then searches AWQ scales on the rotated model.
+
+A fourth step is NOT equivalent: ``gptq`` (``host.prequant``) rounds every linear onto one scheme's
+simulated toolkit grid by GPTQ (calibration JSON + held-in text), so the toolkit's round-to-nearest reproduces an
+error-compensated rounding. It comes last in a mapping (``{rotate: {}, gptq: {scheme: w4a16-g64}}``,
+label ``rotate+gptq(w4a16-g64)``) and serves exactly its scheme (``host.build.source``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ from host.errors import ConfigError
 TRANSFORM_VERSION = 1
 METHODS = ("awq", "smoothquant")
 ROTATE = "rotate"             # the method that searches nothing (host.rotation); composes with one of METHODS
+PREQUANT = "gptq"             # rounding onto one scheme's grid (host.prequant); last step of a chain, not equivalent
+PREQUANT_DAMP = 0.01
+#: Tokens of the recipe's held-in text a ``gptq`` step adds to the calibration JSON's (windows of TEXT_WINDOW).
+PREQUANT_TEXT_TOKENS = 16384
+TEXT_WINDOW = 512
 GRID = tuple(i / 10 for i in range(11))
 SAMPLE_ROWS = 1024           # activation rows kept per layer input for the search
 CALIB_MAX_TOKENS = 512       # per calibration item (prompt + answer)
@@ -89,56 +99,129 @@ class Rotation:
 
 
 @dataclass(frozen=True)
-class RotatedTransform:
-    """``rotate`` then one searched transform (``rotate+awq(w4a16-g64)``): serves what ``search`` serves."""
+class Prequant:
+    """``gptq``: every linear GPTQ-rounded onto ``scheme``'s simulated toolkit grid (``host.prequant``). Not
+    equivalent; serves exactly ``scheme`` (any other grid would round the rounded weights again)."""
 
-    rotation: Rotation
-    search: Transform
+    scheme: str
+    damp: float = PREQUANT_DAMP
+    text_tokens: int = PREQUANT_TEXT_TOKENS     # of the recipe's held-in text, beside the calibration JSON
+    method = PREQUANT
+    exact = True
+
+    def to_dict(self) -> dict:
+        body: dict = {"scheme": self.scheme}
+        if self.damp != PREQUANT_DAMP:     # defaults stay out of the key
+            body["damp"] = self.damp
+        if self.text_tokens != PREQUANT_TEXT_TOKENS:
+            body["text_tokens"] = self.text_tokens
+        return {PREQUANT: body}
+
+    def label(self) -> str:
+        return f"{PREQUANT}({self.scheme})"
+
+    def steps(self) -> tuple:
+        return (self,)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Steps applied in order: ``rotate``, then one search, then ``gptq`` (``rotate+awq(w4a16-g64)``,
+    ``rotate+gptq(w4a16-g64)``). Serves what its last scheme-bearing step serves."""
+
+    parts: tuple
 
     @property
     def method(self) -> str:
-        return f"{ROTATE}-{self.search.method}"
+        return "-".join(p.method for p in self.parts)
 
     @property
-    def scheme(self) -> str:
-        return self.search.scheme
+    def scheme(self) -> str | None:
+        schemes = [p.scheme for p in self.parts if p.scheme]
+        return schemes[-1] if schemes else None
+
+    @property
+    def exact(self) -> bool:
+        return any(getattr(p, "exact", False) for p in self.parts)
 
     def to_dict(self) -> dict:
-        return {**self.rotation.to_dict(), **self.search.to_dict()}
+        out: dict = {}
+        for p in self.parts:
+            out.update(p.to_dict())
+        return out
 
     def label(self) -> str:
-        return f"{self.rotation.label()}+{self.search.label()}"
+        return "+".join(p.label() for p in self.parts)
 
     def steps(self) -> tuple:
-        return (self.rotation, self.search)
+        return self.parts
 
 
-EXPECTED = ("{awq: {scheme: SCHEME}}, {smoothquant: {scheme: SCHEME}}, {rotate: {kind: hadamard|random, seed: N}} "
-            "or rotate plus one of them in one mapping ({rotate: {}, awq: {scheme: w4a16-g64}})")
+EXPECTED = ("{awq: {scheme: SCHEME}}, {smoothquant: {scheme: SCHEME}}, {rotate: {kind: hadamard|random, seed: N}}, "
+            "{gptq: {scheme: w4a16-g64}} or several in one mapping, applied rotate, search, gptq "
+            "({rotate: {}, awq: {scheme: w4a16-g64}})")
 
 
 def parse_transform(value, where: str = "transform"):
     """``{awq: {scheme: w4a16-g64}}`` / ``{smoothquant: {scheme: w8a8}}`` / ``{awq: w4a16-g64}`` /
-    ``rotate`` / ``{rotate: {kind: random, seed: 1}}`` / ``{rotate: {}, awq: ...}`` (rotate first,
-    whatever the written order) / None. Returns ``Transform``, ``Rotation``, ``RotatedTransform`` or None."""
+    ``rotate`` / ``{rotate: {kind: random, seed: 1}}`` / ``{gptq: {scheme: w4a16-g64, damp: 0.01}}`` /
+    several in one mapping (applied rotate, then the search, then gptq, whatever the written order) / None.
+    Returns ``Transform``, ``Rotation``, ``Prequant``, ``Chain`` or None."""
     if value is None:
         return None
     if value == ROTATE:
         value = {ROTATE: {}}
     if not isinstance(value, dict) or not value:
         raise ConfigError(f"{where}: expected one of {EXPECTED}; got {value!r}")
-    unknown = [m for m in value if m not in (*METHODS, ROTATE)]
+    unknown = [m for m in value if m not in (*METHODS, ROTATE, PREQUANT)]
     if unknown:
-        raise ConfigError(f"{where}: unknown method {unknown[0]!r} (allowed: {', '.join((*METHODS, ROTATE))})")
+        raise ConfigError(f"{where}: unknown method {unknown[0]!r} (allowed: {', '.join((*METHODS, ROTATE, PREQUANT))})")
     search = [m for m in value if m in METHODS]
     if len(search) > 1:
         raise ConfigError(f"{where}: one searched method per transform, got {' and '.join(search)} "
                           "(list them as separate transforms, one per kind of scheme)")
-    rot = _parse_rotation(value[ROTATE], f"{where}.{ROTATE}") if ROTATE in value else None
-    t = _parse_search(search[0], value[search[0]], where) if search else None
-    if rot and t:
-        return RotatedTransform(rot, t)
-    return rot or t
+    parts: list = []
+    if ROTATE in value:
+        parts.append(_parse_rotation(value[ROTATE], f"{where}.{ROTATE}"))
+    if search:
+        parts.append(_parse_search(search[0], value[search[0]], where))
+    if PREQUANT in value:
+        pq = _parse_prequant(value[PREQUANT], f"{where}.{PREQUANT}")
+        if search:
+            from host.config import transform_family
+
+            if transform_family(parts[-1].scheme) != transform_family(pq.scheme):
+                raise ConfigError(f"{where}: {parts[-1].label()} is searched for other schemes than {pq.label()} "
+                                  f"rounds onto ({transform_family(pq.scheme)}); search under that kind or drop one")
+        parts.append(pq)
+    return parts[0] if len(parts) == 1 else Chain(tuple(parts))
+
+
+def _parse_prequant(body, where: str) -> Prequant:
+    from host.prequant import weight_grid
+
+    if isinstance(body, str):
+        body = {"scheme": body}
+    if not isinstance(body, dict) or set(body) - {"scheme", "damp", "text_tokens"} or "scheme" not in body:
+        raise ConfigError(f"{where}: expected {{scheme: SCHEME, damp: D, text_tokens: N}} with a weight-only scheme "
+                          f"(e.g. w4a16-g64); got {body!r}")
+    scheme = body["scheme"]
+    if not isinstance(scheme, str):
+        raise ConfigError(f"{where}.scheme: a scheme name such as w4a16-g64; got {scheme!r}")
+    try:
+        weight_grid(scheme)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.scheme: {str(e).removeprefix('gptq: ')}") from None
+    damp = body.get("damp", PREQUANT_DAMP)
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp <= 1:
+        raise ConfigError(f"{where}.damp: GPTQ's damping, a share of the mean Hessian diagonal in (0, 1] "
+                          f"(default {PREQUANT_DAMP}); got {damp!r}")
+    tokens = body.get("text_tokens", PREQUANT_TEXT_TOKENS)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 1 << 20:
+        raise ConfigError(f"{where}.text_tokens: tokens of the recipe's held-in text (text.heldin) added to the "
+                          f"calibration JSON's, a whole number in 0..{1 << 20} (default {PREQUANT_TEXT_TOKENS}); "
+                          f"got {tokens!r}")
+    return Prequant(scheme, float(damp), tokens)
 
 
 def _parse_rotation(body, where: str) -> Rotation:
@@ -391,10 +474,34 @@ def apply_transform(model, token_rows, t: Transform, *, log=None) -> dict:
 
 # ---------------------------------------------------------------- cached checkpoint
 
-def transform_key(model_sha: str, calib_sha: str | None, t) -> str:
+def transform_key(model_sha: str, calib_sha: str | None, t, text_sha: str | None = None) -> str:
     from host.manifest import inputs_hash
 
-    return inputs_hash({"v": TRANSFORM_VERSION, "model": model_sha, "calib": calib_sha, "t": t.to_dict()})
+    return inputs_hash({"v": TRANSFORM_VERSION, "model": model_sha, "calib": calib_sha, "t": t.to_dict(),
+                        **prequant_version(t), **({"text": text_sha} if text_sha else {})})
+
+
+def text_tokens_wanted(t) -> int:
+    """Tokens of held-in text the transform's ``gptq`` step calibrates on (0: none, or no ``gptq`` step)."""
+    steps = t.steps() if hasattr(t, "steps") else (t,)
+    return max((s.text_tokens for s in steps if isinstance(s, Prequant)), default=0)
+
+
+def text_token_rows(model_dir: Path, text: Path, tokens: int, *, window: int = TEXT_WINDOW) -> list[list[int]]:
+    """The first ``tokens`` tokens of ``text`` (the recipe's held-in text) in rows of ``window``."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")).encode(Path(text).read_text()).ids[:tokens]
+    return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
+
+
+def prequant_version(t) -> dict:
+    """``{"pq": PREQUANT_VERSION}`` when ``t`` pre-rounds (a key part; keys of equivalent transforms unchanged)."""
+    if PREQUANT not in t.to_dict():
+        return {}
+    from host.prequant import PREQUANT_VERSION
+
+    return {"pq": PREQUANT_VERSION}
 
 
 def cache_dir() -> Path:
@@ -403,21 +510,27 @@ def cache_dir() -> Path:
     return cache_root().parent / "transformed"
 
 
-def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Path | None = None,
-                           log=None) -> tuple[Path, dict]:
+def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, text: Path | None = None,
+                           cache: Path | None = None, log=None) -> tuple[Path, dict]:
     """The float checkpoint of ``model_dir`` with ``t`` (a ``parse_transform`` result) folded in, as a
-    normal HF folder (cached by model sha256 + calibration sha256 + transform; a lone ``rotate``
-    reads no calibration and its key has none); ``(folder, record)``."""
+    normal HF folder (cached by model sha256 + calibration sha256 + transform (+ the held-in ``text``'s sha256
+    when a ``gptq`` step reads it); a lone ``rotate`` reads no calibration and its key has none);
+    ``(folder, record)``."""
     from host.fsutil import sha256_file
     from host.models import model_sha256
 
     steps = t.steps() if hasattr(t, "steps") else (t,)
-    searches = any(isinstance(s, Transform) for s in steps)
+    searches = any(isinstance(s, (Transform, Prequant)) for s in steps)
     model_dir = Path(model_dir)
     if searches and (calib is None or not Path(calib).is_file()):
         raise ConfigError(f"transform {t.label()}: calibration file {calib} does not exist")
     calib = Path(calib) if searches else None
-    key = transform_key(model_sha256(model_dir), sha256_file(calib) if calib else None, t)
+    text = Path(text) if text is not None and text_tokens_wanted(t) else None
+    if text_tokens_wanted(t) and (text is None or not text.is_file()):
+        raise ConfigError(f"transform {t.label()}: the recipe's held-in text {text} does not exist (text.heldin; or "
+                          "set gptq's text_tokens: 0 to calibrate on the calibration JSON alone)")
+    key = transform_key(model_sha256(model_dir), sha256_file(calib) if calib else None, t,
+                        sha256_file(text) if text else None)
     root = Path(cache) if cache else cache_dir()
     final = root / f"{model_dir.name}-{t.method}-{key[:16]}"
     record_path = final / "rkdeploy-transform.json"
@@ -434,11 +547,13 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, cache: Pat
             return final, json.loads(record_path.read_text())
         if log:
             log(f"transform {t.label()}: building {final.name} (one process per key; others wait for it)")
-        return final, _build_transformed(model_dir, calib, t, steps, key, final, log=log)
+        return final, _build_transformed(model_dir, calib, t, steps, key, final, text=text, log=log)
 
 
-def _build_transformed(model_dir: Path, calib: Path | None, t, steps, key: str, final: Path, log=None) -> dict:
+def _build_transformed(model_dir: Path, calib: Path | None, t, steps, key: str, final: Path, *,
+                       text: Path | None = None, log=None) -> dict:
     from host.fsutil import atomic_dir, atomic_write_text
+    from host.prequant import prequantize
     from host.quality.reference import load_torch_llm
     from host.rotation import rotate_model
 
@@ -449,6 +564,10 @@ def _build_transformed(model_dir: Path, calib: Path | None, t, steps, key: str, 
     for step in steps:
         if isinstance(step, Rotation):
             summary["rotation"] = rotate_model(model, kind=step.kind, seed=step.seed, log=log)
+        elif isinstance(step, Prequant):
+            extra = text_token_rows(model_dir, text, step.text_tokens) if text is not None and step.text_tokens else []
+            summary.update(prequantize(model, rows + extra, step.scheme, damp=step.damp, log=log))
+            summary["prequant"]["text"] = str(text) if extra else None
         else:
             summary.update(apply_transform(model, rows, step, log=log))
     with atomic_dir(final) as tmp:

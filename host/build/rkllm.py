@@ -46,12 +46,16 @@ def gpu_present() -> bool:
     return Path("/dev/nvidia0").exists() or (gpus.is_dir() and any(gpus.iterdir()))
 
 
-def resolve_algorithm(requested: str, scheme: str, gpu: bool) -> tuple[str, str | None]:
-    """(``quantized_algorithm``, note for the manifest or None)."""
+def resolve_algorithm(requested: str, scheme: str, gpu: bool, prerounded: str | None = None) -> tuple[str, str | None]:
+    """(``quantized_algorithm``, note for the manifest or None). ``prerounded``: the label of a ``gptq`` transform
+    whose checkpoint already lies on ``scheme``'s grid (``normal`` keeps it; grq/gdq search their own ranges)."""
     if requested != "auto":
         return requested, None
     if base_dtype(scheme) != "w4a16":
         return "normal", None
+    if prerounded:
+        return "normal", (f"quantized_algorithm 'normal': the checkpoint is pre-rounded onto {scheme}'s grid by "
+                          f"{prerounded}; round-to-nearest keeps those codes (grq would search its own ranges)")
     if gpu:
         return "grq", None
     return "normal", ("quantized_algorithm 'normal' instead of the vendor-recommended 'grq' for w4a16: "
@@ -71,7 +75,7 @@ def toolkit_args(job: BuildJob, *, model_dir: Path | None = None, gpu: bool | No
         raise ConfigError(f"{job.label}: not an rkllm job (kind {job.kind!r})")
     opts = job.model.rkllm
     gpu = gpu_present() if gpu is None else gpu
-    algorithm, note = resolve_algorithm(opts.algorithm, job.scheme, gpu)
+    algorithm, note = resolve_algorithm(opts.algorithm, job.scheme, gpu, _prerounded(job.model, job.scheme))
     device = opts.device if opts.device != "auto" else ("cuda" if gpu else "cpu")
     target = get_target(job.target)
     clash = sorted(set(opts.extra) & set(TYPED_BUILD_ARGS))
@@ -101,12 +105,28 @@ def toolkit_args(job: BuildJob, *, model_dir: Path | None = None, gpu: bool | No
     return {"load": load, "build": build, "notes": [note] if note else []}
 
 
+def _prerounded(model, scheme: str) -> str | None:
+    """The label of the ``gptq`` pre-rounding serving ``scheme`` (``host.prequant``), or None."""
+    from host.build.source import transform_for
+
+    t = transform_for(model, scheme)
+    return t.label() if getattr(t, "exact", False) else None
+
+
 def scheme_problems(model, target, scheme: str) -> list[str]:
-    """Recipe problems of one rkllm scheme (targets check): grq/gdq need a w4a16 scheme."""
+    """Recipe problems of one rkllm scheme (targets check): grq/gdq need a w4a16 scheme; a checkpoint pre-rounded
+    onto the scheme's grid needs round-to-nearest and no hybrid layers."""
     algo = model.rkllm.algorithm
     if algo in ("grq", "gdq") and base_dtype(scheme) != "w4a16":
         return [f"{model.name}: rkllm.algorithm {algo!r} only works with w4a16 schemes, not {scheme!r} "
                 "(use 'normal' or 'auto')"]
+    pre = _prerounded(model, scheme)
+    if pre and algo in ("grq", "gdq"):
+        return [f"{model.name}: rkllm.algorithm {algo!r} would re-round the checkpoint {pre} put on {scheme}'s grid "
+                "(use 'normal' or 'auto')"]
+    if pre and model.rkllm.hybrid_rate:
+        return [f"{model.name}: rkllm.hybrid_rate {model.rkllm.hybrid_rate} mixes other grids into {scheme}, whose "
+                f"checkpoint {pre} pre-rounds onto one grid (set hybrid_rate 0 or drop the gptq transform)"]
     return []
 
 
@@ -151,7 +171,8 @@ def mix_hybrid(job: BuildJob) -> bool:
     from host.schemes import group_size, weight_bits
 
     return (job.model.sensitive_layers == "auto" and job.model.rkllm.hybrid_rate == 0.0
-            and weight_bits(job.scheme) == 4 and group_size(job.scheme) is None)
+            and weight_bits(job.scheme) == 4 and group_size(job.scheme) is None
+            and _prerounded(job.model, job.scheme) is None)    # a pre-rounded checkpoint keeps one grid
 
 
 def hybrid_rate_from_plan(share: float) -> float:

@@ -6,7 +6,9 @@ activation kind of the scheme its search ran under): ``awq(w4a16-g64)`` the 4-bi
 schemes (ONNX ``int4``/``int4-mixed``, rkllm ``w4a16*``), ``smoothquant(w8a8)`` the 8-bit
 weight+activation ones (rkllm ``w8a8*``, ONNX ``int8-dyn``). Only the ONNX LLM and rkllm kinds
 (and the simulated rows of vendor schemes) read it: fp32, GGUF and rknn never do. A transform with
-no ``scheme`` (a method that searches nothing) serves every quantized scheme of those kinds.
+no ``scheme`` (a method that searches nothing) serves every quantized scheme of those kinds. A ``gptq``
+pre-rounding (``host.prequant``, not equivalent) serves exactly the scheme whose grid it rounds onto (the rkllm
+dtype and its simulated row), ahead of any transform of that scheme's kind; never an ONNX build.
 
 ``transform_inputs`` is what a builder adds to its ``inputs()`` (the transform, its version and the
 calibration JSON's sha256: a change rebuilds only the artifacts it serves); ``source_for`` builds or
@@ -34,10 +36,17 @@ def transform_for(model, scheme: str):
     kind = registry.kind_for(model, scheme)
     if kind is None or kind.name not in KINDS or weight_bits(scheme) >= 16:
         return None
+    ts = model.transforms()
+    exact = [t for t in ts if getattr(t, "exact", False)]
+    for t in exact:                     # a pre-rounding serves exactly its grid's scheme, before any family
+        if t.scheme == scheme:
+            return t
     fam = transform_family(scheme)
-    for t in model.transforms():
-        ts = getattr(t, "scheme", None)
-        if ts is None or transform_family(ts) == fam:
+    for t in ts:
+        if getattr(t, "exact", False):
+            continue
+        s = getattr(t, "scheme", None)
+        if s is None or transform_family(s) == fam:
             return t
     return None
 
@@ -45,7 +54,7 @@ def transform_for(model, scheme: str):
 def transform_inputs(model, scheme: str) -> dict | None:
     """What the transform serving ``scheme`` adds to an artifact's inputs (None: no transform)."""
     from host.fsutil import sha256_file
-    from host.transforms import TRANSFORM_VERSION
+    from host.transforms import TRANSFORM_VERSION, prequant_version, text_tokens_wanted
 
     t = transform_for(model, scheme)
     if t is None:
@@ -56,7 +65,15 @@ def transform_inputs(model, scheme: str) -> dict | None:
     if calib is None or not Path(calib).is_file():
         raise ConfigError(f"{model.name}: transform {t.label()} searches on the calibration JSON, and "
                           f"{calib or 'none'} is not a file (recipe field 'calibration'; `rkdeploy calib build`)")
-    return {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "calibration_sha256": sha256_file(calib)}
+    out = {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "calibration_sha256": sha256_file(calib),
+           **prequant_version(t)}
+    if text_tokens_wanted(t):          # a gptq step calibrates on the recipe's held-in text too
+        text = model.heldin_text
+        if text is None or not Path(text).is_file():
+            raise ConfigError(f"{model.name}: transform {t.label()} calibrates on the recipe's held-in text, and "
+                              f"{text or 'none'} is not a file (recipe field text.heldin; or gptq text_tokens: 0)")
+        out["text_sha256"] = sha256_file(text)
+    return out
 
 
 def source_for(job, log) -> tuple[Path, dict | None]:
@@ -69,15 +86,18 @@ def source_for(job, log) -> tuple[Path, dict | None]:
     if t is None:
         return src, None
     log(f"transform {t.label()}: the float checkpoint with it folded in (cached by model + calibration + transform)")
-    folder, rec = transformed_checkpoint(src, job.model.calibration, t, log=log)
-    log(f"transform {t.label()}: {folder.name} ({rec.get('scaled')}/{rec.get('groups')} groups scaled, "
-        f"built in {rec.get('seconds')} s)")
+    folder, rec = transformed_checkpoint(src, job.model.calibration, t, text=job.model.heldin_text, log=log)
+    pq = rec.get("prequant")
+    what = (f"{pq['linears']} linears rounded onto {pq['scheme']}'s grid over {pq['calibration_tokens']} tokens"
+            if pq else f"{rec.get('scaled')}/{rec.get('groups')} groups scaled")
+    log(f"transform {t.label()}: {folder.name} ({what}, built in {rec.get('seconds')} s)")
     return folder, transform_record(t, rec)
 
 
 def transform_record(t, rec: dict) -> dict:
     """The manifest's ``transform`` field (``board.manifest``: ``label`` is what rows and tables show)."""
-    keep = ("version", "key", "calibration", "calibration_items", "seconds", "groups", "scaled", "mean_exponent")
+    keep = ("version", "key", "calibration", "calibration_items", "seconds", "groups", "scaled", "mean_exponent",
+            "prequant")
     return {"label": t.label(), **t.to_dict(), **{k: rec[k] for k in keep if k in rec}}
 
 
@@ -95,7 +115,9 @@ def check_lines(recipe, target: str, scheme: str | None = None) -> list[str]:
             if scheme is not None and s != scheme:
                 continue
             t = transform_for(m, s)
-            what = [f"transform {t.label()} folded into the float checkpoint"] if t is not None else []
+            what = [] if t is None else [
+                f"transform {t.label()} " + ("rounds the checkpoint onto this scheme's grid (not equivalent)"
+                                             if getattr(t, "exact", False) else "folded into the float checkpoint")]
             if kind.name == "onnx" and s == "int4-mixed" and m.sensitive_layers == "auto":
                 what.append(f"int4/int8 mix within {m.budget}x fp32 by sensitivity")
             elif kind.name == "onnx" and s == "int4-mixed":

@@ -166,7 +166,8 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
                 if transform is not None:
                     from host.transforms import transformed_checkpoint
 
-                    folder, _rec = transformed_checkpoint(ev.model_dir, m.calibration, transform, log=log)
+                    folder, _rec = transformed_checkpoint(ev.model_dir, m.calibration, transform,
+                                                          text=m.heldin_text, log=log)
                 models[key] = load_torch_llm(folder)
             return models[key]
 

@@ -325,3 +325,52 @@ def test_plan_from_a_saved_sensitivity_json_and_the_rkllm_hybrid_rate(tmp_path):
     step = (partial.frontier[1]["ratio"] - partial.frontier[0]["ratio"]) * partial.fp32_bytes   # ratios: 4 digits
     assert step == pytest.approx(2 * 32 * 64 * (INT8_BYTES - INT4_BYTES), abs=1e-4 * partial.fp32_bytes)
     # ... the whole qkv node (q 32 + k 16 + v 16 rows) of both layers
+
+
+PRE = {"rotate": {}, "gptq": {"scheme": "w4a16-g64"}}
+
+
+def test_a_gptq_prerounding_serves_exactly_its_scheme_ahead_of_its_kind(make_recipe):
+    """``rotate+gptq(w4a16-g64)`` takes w4a16-g64 (rkllm and its simulated row) from the AWQ transform of its kind;
+    the other grouped 4-bit schemes (ONNX int4's block 32, w4a16-g32) keep AWQ: another grid would round the
+    rounded weights again."""
+    from host.build.source import check_lines, transform_for, transform_inputs
+
+    r = load_recipe(make_recipe(_llm(transform=[AWQ, PRE], onnx=["int4"])))
+    m = r.models[0]
+    got = {s: (t.label() if (t := transform_for(m, s)) else None) for s in ("int4", "w4a16-g64", "w4a16-g32",
+                                                                          "w4a16", "w8a8")}
+    assert got == {"int4": "awq(w4a16-g64)", "w4a16-g64": "rotate+gptq(w4a16-g64)", "w4a16-g32": "awq(w4a16-g64)",
+                   "w4a16": None, "w8a8": None}
+    pre = transform_inputs(m, "w4a16-g64")      # the held-in text it calibrates on is in the artifact's key
+    assert pre["pq"] == 1 and len(pre["text_sha256"]) == 64 and not {"pq", "text_sha256"} & set(transform_inputs(m, "int4"))
+    alone = load_recipe(make_recipe(_llm(transform={"gptq": "w4a16-g64"}, onnx=["int4"]))).models[0]
+    assert transform_for(alone, "int4") is None and transform_for(alone, "w4a16-g64").label() == "gptq(w4a16-g64)"
+    assert ("smollm2-135m-instruct/rk3576/w4a16-g64 (rkllm): transform rotate+gptq(w4a16-g64) rounds the checkpoint "
+            "onto this scheme's grid (not equivalent)") in check_lines(r, "rk3576")
+    with pytest.raises(ConfigError, match=r"models.0.transform: two transforms serve the same schemes \(w4a16-g64\)"):
+        load_recipe(make_recipe(_llm(transform=[PRE, {"gptq": "w4a16-g64"}])))
+
+
+def test_rkllm_keeps_a_prerounded_checkpoint_on_its_grid(make_recipe):
+    """auto resolves to round-to-nearest (grq would search its own ranges) with a note; grq/gdq and hybrid_rate are
+    recipe problems before any build."""
+    from host.build.rkllm import mix_hybrid, resolve_algorithm, scheme_problems, toolkit_args
+
+    r = load_recipe(make_recipe(_llm(transform=[AWQ, PRE])))
+    args = toolkit_args(_job(r, "w4a16-g64", kind="rkllm"), model_dir=Path("/m"), gpu=True)
+    assert args["build"]["quantized_algorithm"] == "normal" and "pre-rounded onto w4a16-g64's grid" in args["notes"][0]
+    assert toolkit_args(_job(r, "w4a16", kind="rkllm"), model_dir=Path("/m"), gpu=True)["build"][
+        "quantized_algorithm"] == "grq"
+    assert resolve_algorithm("auto", "w4a16-g64", True) == ("grq", None)
+    m = r.models[0]
+    assert scheme_problems(m, "rk3576", "w4a16-g64") == [] and scheme_problems(m, "rk3576", "w4a16") == []
+
+    def problems(**rkllm):
+        r = load_recipe(make_recipe(_llm(transform=[AWQ, PRE], rkllm={"algorithm": "auto", **rkllm})))
+        return scheme_problems(r.models[0], "rk3576", "w4a16-g64")
+    assert "rkllm.algorithm 'grq' would re-round the checkpoint" in problems(algorithm="grq")[0]
+    assert "rkllm.hybrid_rate 0.2 mixes other grids into w4a16-g64" in problems(hybrid_rate=0.2)[0]
+    r = load_recipe(make_recipe(_llm(transform={"gptq": "w4a16"}, sensitive_layers="auto", budget=0.25,
+                                     onnx=["int4-mixed"])))
+    assert not mix_hybrid(_job(r, "w4a16", kind="rkllm"))       # the plan's hybrid_rate would mix grids in

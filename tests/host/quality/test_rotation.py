@@ -11,7 +11,7 @@ import pytest
 
 from host.errors import ConfigError
 from host.rotation import hadamard, rotation_matrix
-from host.transforms import RotatedTransform, Rotation, Transform, parse_transform
+from host.transforms import Chain, Rotation, Transform, parse_transform
 from tests.host.quality.tiny_models import TINY
 from tests.host.quality.tiny_models import tiny_model as _tiny
 from tests.host.quality.tiny_models import tiny_tokenizer as _tokenizer
@@ -54,7 +54,7 @@ def test_parse_rotate_forms():
     assert parse_transform(r.to_dict()) == r
     # rotate + one search, rotate applied first whatever the written order
     c = parse_transform({"awq": {"scheme": "w4a16-g64"}, "rotate": {}})
-    assert isinstance(c, RotatedTransform) and c.label() == "rotate+awq(w4a16-g64)" and c.scheme == "w4a16-g64"
+    assert isinstance(c, Chain) and c.label() == "rotate+awq(w4a16-g64)" and c.scheme == "w4a16-g64"
     assert [type(s) for s in c.steps()] == [Rotation, Transform]
     assert parse_transform(c.to_dict()) == c and list(c.to_dict()) == ["rotate", "awq"]
 
@@ -65,7 +65,7 @@ def test_parse_rotate_forms():
     ({"rotate": {"seed": True}}, "transform.rotate.seed: a whole number"),
     ({"rotate": {"angle": 1}}, "transform.rotate: allowed keys are kind, seed"),
     ({"rotate": {}, "awq": {}, "smoothquant": {}}, "one searched method per transform, got awq and smoothquant"),
-    ({"rotate": {}, "gptq": {}}, "unknown method 'gptq'"),
+    ({"rotate": {}, "gptx": {}}, "unknown method 'gptx'"),
     ({}, "expected one of"),
 ])
 def test_bad_rotate_is_one_line_naming_the_field(value, fragment):
