@@ -110,7 +110,7 @@ def main() -> None:
     src, label = ev.model_dir, "none"
     if t is not None:
         t0 = time.monotonic()
-        src, rec = transformed_checkpoint(ev.model_dir, m.calibration, t, log=log)
+        src, rec = transformed_checkpoint(ev.model_dir, m.calibration, t, text=recipe.text.heldin, log=log)
         label = t.label()
         log(f"transform {label}: {src} (built in {rec['seconds']} s; {rec['scaled']}/{rec['groups']} groups scaled, "
             f"mean exponent {rec['mean_exponent']}; this call {time.monotonic() - t0:.1f} s)")

@@ -14,10 +14,10 @@ also every down_proj; the embedding int4 like genai's (block 32, the body's symm
 float model over all held-out windows. Hessians: ``--hessians`` (a ``~/.cache/rkdeploy/gptq-hessians`` file of
 this checkpoint), else collected on the recipe's calibration JSON (``--offgrid`` always collects: the fold changes
 the inputs). ``--vendor w4a16-g64``: every linear (lm_head untied, the embedding float) pre-rounded by ``host.prequant``
-(the ``gptq`` transform: sequential GPTQ onto the simulated toolkit grid, absmax / 7 per group of 64 with searched
-ranges, each group's extreme on ±7 so the simulated toolkit recomputes the same scale; Hessians from the recipe's
-calibration JSON), then the simulated row (``host.fakequant``) — valid only if the real toolkit rounds as the
-simulation.
+(the ``gptq`` transform: GPTQ onto the simulated toolkit grid, absmax / 7 per group of 64 with searched ranges, each
+group's extreme on ±7 so the simulated toolkit recomputes the same scale; Hessians on the float model's inputs from
+the recipe's calibration JSON plus ``--heldin-tokens`` of its held-in text, default the transform's 16,384), then the
+simulated row (``host.fakequant``) — valid only if the real toolkit rounds as the simulation.
 One JSON line per row on stdout.
 """
 

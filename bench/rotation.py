@@ -139,7 +139,7 @@ def main() -> None:
             return ev.model_dir, "none", {}
         t0 = time.monotonic()
         folder, rec = transformed_checkpoint(ev.model_dir, Path(a.calibration) if a.calibration else m.calibration,
-                                             t, log=log)
+                                             t, text=recipe.text.heldin, log=log)
         log(f"{t.label()}: {folder} (built in {rec['seconds']} s; this call {time.monotonic() - t0:.1f} s)")
         return folder, t.label(), rec
 

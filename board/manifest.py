@@ -104,7 +104,8 @@ class Manifest:
     #: simulator metrics a builder measured (rows are made from them by host.export, never by a builder)
     accuracy: Optional[Dict[str, Any]] = _m(dict)
     #: optional since rkdeploy 0.x (manifest version 1 still: absent in older manifests, which load unchanged).
-    #: ``transform``: the equivalent transform folded into the float checkpoint the builder read
+    #: ``transform``: the transform folded into the float checkpoint the builder read (equivalent, or a ``gptq``
+    #: pre-rounding onto the artifact's own grid)
     #: (``{"label": "awq(w4a16-g64)", "<method>": {...}, "version": N, "key": ...}``; host.build.source);
     #: ``mix``: the budgeted int4/int8 mix (``{"budget", "int8_node_count", ...}``; host.build.mixed)
     transform: Optional[Dict[str, Any]] = _m(dict)

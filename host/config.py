@@ -13,16 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic import Strict as StrictMode
 
 from host.errors import ConfigError
@@ -163,9 +154,6 @@ DEFAULT_SENSITIVE = {"llm": ("down_proj",), "encoder": ("layer.*.output.dense",)
 
 class ModelSpec(Strict):
     """One model of a recipe and what to build from it per target."""
-
-    #: the recipe's held-in text (``text.heldin``), set by ``Recipe``: a ``gptq`` transform calibrates on it too
-    _heldin: Path | None = PrivateAttr(None)
 
     name: str
     kind: Literal["llm", "encoder"]
@@ -326,11 +314,6 @@ class ModelSpec(Strict):
             raise ValueError(f"is read only by the onnx schemes {', '.join(ROUNDED_SCHEMES)}; add one or drop rounding")
         return r.recipe_form()
 
-    @property
-    def heldin_text(self) -> Path | None:
-        """The recipe's held-in text (calibration text; never the held-out evaluation text)."""
-        return self._heldin
-
     def transforms(self) -> list:
         """The parsed ``transform`` entries (``host.transforms.Transform``)."""
         from host.transforms import parse_transform
@@ -412,8 +395,6 @@ class Recipe(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model names must be unique, repeated: {', '.join(dup)}")
-        for m in self.models:
-            m._heldin = self.text.heldin
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -504,8 +485,6 @@ def load_recipe(path: Path | str) -> Recipe:
         if problem:
             line = line_of(lines, ("models", i, "source"))
             raise ConfigError(f"{path}: {f'line {line}: ' if line else ''}models.{i}.source: {problem}")
-    for m in models:
-        m._heldin = text.heldin            # resolved (the validator's copy is the path as written)
     return recipe.model_copy(update={"models": models, "text": text, "path": path.resolve()})
 
 

@@ -42,6 +42,7 @@ fsync, rename). A ``lm_head`` whose ``B`` is also the int4 embedding table (gena
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -76,17 +77,18 @@ class Rounding:
     act_order: bool = True
     scales: str = "search"
     symmetric: bool = True
+    text_tokens: int = 16384     # tokens of the recipe's held-in text beside the calibration JSON's (Hessians)
 
     def to_dict(self) -> dict:
         """The manifest's builder option and the artifact's cache-key entry (with the GPTQ version)."""
         if self.method == "rtn":
             return {"method": "rtn"}
         return {"method": "gptq", "damp": self.damp, "act_order": self.act_order, "scales": self.scales,
-                "symmetric": self.symmetric, "version": GPTQ_VERSION}
+                "symmetric": self.symmetric, "text_tokens": self.text_tokens, "version": GPTQ_VERSION}
 
     def recipe_form(self) -> dict:
         return {"gptq": {"damp": self.damp, "act_order": self.act_order, "scales": self.scales,
-                         "symmetric": self.symmetric}}
+                         "symmetric": self.symmetric, "text_tokens": self.text_tokens}}
 
 
 def parse_rounding(value, where: str = "rounding") -> Rounding | None:
@@ -98,9 +100,9 @@ def parse_rounding(value, where: str = "rounding") -> Rounding | None:
         return Rounding()
     if isinstance(value, dict) and len(value) == 1 and "gptq" in value and isinstance(value["gptq"], (dict, type(None))):
         body = value["gptq"] or {}
-        extra = set(body) - {"damp", "act_order", "scales", "symmetric"}
+        extra = set(body) - {"damp", "act_order", "scales", "symmetric", "text_tokens"}
         if extra:
-            raise ConfigError(f"{where}.gptq: allowed keys are damp, act_order, scales, symmetric; "
+            raise ConfigError(f"{where}.gptq: allowed keys are damp, act_order, scales, symmetric, text_tokens; "
                               f"got {sorted(map(str, extra))[0]!r}")
         damp = body.get("damp", DAMP)
         if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
@@ -114,7 +116,11 @@ def parse_rounding(value, where: str = "rounding") -> Rounding | None:
         sym = body.get("symmetric", True)
         if not isinstance(sym, bool):
             raise ConfigError(f"{where}.gptq.symmetric: true (signed int4) or false (a zero point per block); got {sym!r}")
-        return Rounding("gptq", float(damp), act, scales, sym)
+        tokens = body.get("text_tokens", Rounding.text_tokens)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 1 << 20:
+            raise ConfigError(f"{where}.gptq.text_tokens: tokens of the recipe's held-in text (text.heldin) added to "
+                              f"the calibration JSON's for the Hessians, a whole number in 0..{1 << 20}; got {tokens!r}")
+        return Rounding("gptq", float(damp), act, scales, sym, tokens)
     raise ConfigError(f"{where}: expected rtn, gptq or {{gptq: {{damp: 0.01, act_order: true, scales: search, "
                       f"symmetric: true}}}}; got {value!r}")
 
@@ -456,35 +462,44 @@ def _module_names(model) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def input_hessians(mods: dict):
+    """While the block runs, ``X^T X`` of each module's inputs (each call's sum in fp32, the running sum in fp64);
+    the yielded dict is filled at exit: ``{name: X^T X / rows}`` (float64) for every module that was called."""
+    acc: dict = {}
+    rows: dict = {}
+
+    def hook(name):
+        def f(_m, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            xx = (x.T @ x).double()
+            acc[name] = xx if name not in acc else acc[name] + xx
+            rows[name] = rows.get(name, 0) + x.shape[0]
+        return f
+
+    out: dict = {}
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+    out.update({n: acc[n] / rows[n] for n in acc})
+
+
 def collect_hessians(model, token_rows, names: list[str], *, log=None) -> dict:
     """``X^T X`` (float64) of each linear module path's inputs over the calibration token rows."""
     import torch
 
     mods = dict(model.named_modules())
-    acc = {n: None for n in names}
-    count = {n: 0 for n in names}
-
-    def hook(name):
-        def f(_m, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            xx = (x.T @ x).double()        # one row's sum in fp32, the running sum in fp64
-            acc[name] = xx if acc[name] is None else acc[name] + xx
-            count[name] += x.shape[0]
-        return f
-
-    hooks = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
     # the decoder alone unless lm_head's input is wanted (its logits are a large matmul)
     body = model if any(n.endswith("lm_head") for n in names) else getattr(model, "model", model)
-    try:
-        with torch.no_grad():
-            for i, ids in enumerate(token_rows):
-                if log:
-                    log(i + 1, len(token_rows))
-                body(input_ids=torch.tensor([ids]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: acc[n] / max(1, count[n]) for n in names}
+    with input_hessians({n: mods[n] for n in names}) as hess, torch.no_grad():
+        for i, ids in enumerate(token_rows):
+            if log:
+                log(i + 1, len(token_rows))
+            body(input_ids=torch.tensor([ids]))
+    return {n: hess[n] for n in names}
 
 
 def hessian_cache() -> Path:
@@ -493,10 +508,12 @@ def hessian_cache() -> Path:
     return cache_root().parent / "gptq-hessians"
 
 
-def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, log, progress) -> dict:
+def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, log, progress,
+                    text: dict | None = None) -> dict:
     """``collect_hessians``, cached (fp32, torch.save) under ~/.cache/rkdeploy/gptq-hessians/<key>.pt; key = the
-    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + HESSIAN_VERSION; a file without
-    every wanted input is collected again (replaced)."""
+    checkpoint (its transform key, else its sha256) + the calibration JSON's sha256 + HESSIAN_VERSION (+ ``text``:
+    the held-in text's sha256 and token count when ``rows`` hold some); a file without every wanted input is
+    collected again (replaced)."""
     import json
 
     import torch
@@ -507,7 +524,7 @@ def cached_hessians(model, src: Path, calib: Path, rows, names: list[str], *, lo
 
     rec = Path(src) / "rkdeploy-transform.json"
     ckpt = json.loads(rec.read_text())["key"] if rec.is_file() else model_sha256(Path(src))
-    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "v": HESSIAN_VERSION})
+    key = inputs_hash({"checkpoint": ckpt, "calib": sha256_file(calib), "v": HESSIAN_VERSION, **({"text": text} if text else {})})
     path = hessian_cache() / f"{Path(src).name}-{key[:24]}.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
@@ -549,9 +566,11 @@ def _tensor_bytes(proto, folder: Path, name: str):
 
 
 def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float = DAMP, act_order: bool = False,
-                  grid_scales: str = "builder", log=print, progress=None) -> dict:
+                  grid_scales: str = "builder", text: Path | None = None, text_tokens: int = 0, log=print,
+                  progress=None) -> dict:
     """Rewrite every MatMulNBits node of ``bits`` in ``art`` (built by genai from checkpoint ``src``) with GPTQ
-    rounding on Hessians from ``calib``. ``progress(description, done, total)`` reports the long steps.
+    rounding on Hessians from ``calib`` (plus ``text_tokens`` tokens of the held-in ``text``). ``progress(description,
+    done, total)`` reports the long steps.
     Returns a record for the manifest (nodes rewritten, skipped, weighted-error ratio GPTQ/RTN, seconds)."""
     import onnx
     import torch
@@ -565,6 +584,9 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
         raise ConfigError(f"GPTQ damp {damp}: a fraction of the Hessian's mean diagonal in (0, 1)")
     if not calib.is_file():
         raise ConfigError(f"GPTQ: calibration file {calib} does not exist")
+    if text_tokens and (text is None or not Path(text).is_file()):
+        raise ConfigError(f"GPTQ: the recipe's held-in text {text} does not exist (text.heldin; or rounding.gptq."
+                          "text_tokens: 0)")
     model_path = art / "model.onnx"
     if not model_path.is_file():
         raise BuildError(f"GPTQ: {model_path} does not exist")
@@ -581,6 +603,13 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
     if not nodes:
         return {"rounding": "gptq", "nodes": 0, "skipped": skipped, "seconds": 0.0}
     rows = calib_token_rows(src, calib)
+    text_key = None
+    if text_tokens:
+        from host.fsutil import sha256_file
+        from host.transforms import text_token_rows
+
+        rows += text_token_rows(src, Path(text), text_tokens)
+        text_key = {"sha256": sha256_file(Path(text)), "tokens": text_tokens}
     model = load_torch_llm(src).float().eval()
     paths = _module_names(model)
     mods = dict(model.named_modules())
@@ -598,7 +627,7 @@ def gptq_artifact(art: Path, src: Path, calib: Path, *, bits=(4,), damp: float =
                   if p.endswith("mlp.up_proj") and p[:-len("up_proj")] + "gate_proj" in mods}
     want = sorted({same_input.get(ps[0], ps[0]) for ps in inputs})
     say = progress or (lambda *_a: None)
-    hess = cached_hessians(model, src, calib, rows, want, log=log,
+    hess = cached_hessians(model, src, calib, rows, want, log=log, text=text_key,
                            progress=lambda i, tot: say("GPTQ calibration forward", i, tot))
     hess.update({p: hess[g] for p, g in same_input.items()})
     patches: list[tuple[str, int, bytes]] = []
@@ -654,7 +683,7 @@ def require_rounding_of(who: str, n: NbitsNode, old, scales, w, src: Path) -> No
     if tuple(w.shape) != (n.n, n.k):
         raise BuildError(f"{who}: {n.name} is {n.n}x{n.k} (N x K) in the artifact but {tuple(w.shape)} in {src}")
     nb = -(-n.k // n.grid.block_size)
-    step = torch.from_numpy(np.asarray(scales, np.float32).reshape(n.n, nb)).abs()
+    step = torch.from_numpy(np.array(scales, np.float32).reshape(n.n, nb)).abs()
     step = step.repeat_interleave(n.grid.block_size, 1)[:, :n.k]
     if not bool(((old - w).abs() <= step * 1.01 + 1e-6).all()):
         worst = float(((old - w).abs() / step.clamp(min=1e-12)).max())
@@ -732,8 +761,9 @@ def _patch_file(path: Path, patches: list[tuple[int, bytes]]) -> None:
 ROUNDED_SCHEMES = ("int4", "int4-mixed")
 
 
-def rounding_inputs(model, scheme: str) -> dict | None:
-    """What ``rounding`` adds to an ONNX artifact's inputs (its cache key): None when the builder's RTN stands."""
+def rounding_inputs(model, scheme: str, heldin: Path | None = None) -> dict | None:
+    """What ``rounding`` adds to an ONNX artifact's inputs (its cache key): None when the builder's RTN stands;
+    ``heldin``: the recipe's held-in text (read with ``text_tokens``)."""
     r = parse_rounding(getattr(model, "rounding", None), "rounding")
     if r is None or scheme not in ROUNDED_SCHEMES:
         return None
@@ -744,7 +774,13 @@ def rounding_inputs(model, scheme: str) -> dict | None:
     if calib is None or not Path(calib).is_file():
         raise ConfigError(f"{model.name}: rounding: gptq measures its Hessians on the calibration JSON, and "
                           f"{calib or 'none'} is not a file (recipe field 'calibration'; `rkdeploy calib build`)")
-    return {**r.to_dict(), "calibration_sha256": sha256_file(calib)}
+    out = {**r.to_dict(), "calibration_sha256": sha256_file(calib)}
+    if r.text_tokens:
+        if heldin is None or not Path(heldin).is_file():
+            raise ConfigError(f"{model.name}: rounding: gptq text_tokens reads the recipe's held-in text, and "
+                              f"{heldin or 'none'} is not a file (recipe field text.heldin)")
+        out["text_sha256"] = sha256_file(heldin)
+    return out
 
 
 def rounding_symmetric(model) -> bool:
@@ -770,7 +806,7 @@ def round_built_artifact(job, src: Path, out_dir: Path, log) -> dict | None:
             bar.update(tasks[what], completed=done)
 
         rec = gptq_artifact(out_dir, src, job.model.calibration, damp=r.damp, act_order=r.act_order,
-                            grid_scales=r.scales, log=log,
+                            grid_scales=r.scales, text=job.recipe.text.heldin, text_tokens=r.text_tokens, log=log,
                             progress=step)
     log(f"GPTQ rounding: {rec['nodes']} int4 MatMuls in {rec['seconds']} s (output error vs the builder's "
         f"rounding, median {rec.get('weighted_error_ratio_median')})")

@@ -43,20 +43,22 @@ SHRINK = tuple(round(0.6 + 0.02 * i, 2) for i in range(21))
 
 
 class _Stop(Exception):
-    pass
+    """Raised from the lm_head hook: the calibration forward needs its input, not the logits."""
 
 
 def weight_grid(scheme: str) -> tuple[int, int | None]:
-    """``(bits, group)`` of a weight-only scheme ``host.fakequant`` simulates (group None: per output channel)."""
+    """``(bits, group)`` of the rkllm weight-only 4-bit schemes ``host.fakequant`` simulates (w4a16, w4a16-gN; group
+    None: per output channel). The only schemes a transform can reach that round weights alone: w8a8 also rounds
+    the activations the Hessians come from, and w8a16 is an rknn dtype (rknn never reads a transform)."""
     from host.fakequant import spec
 
     try:
         sp = spec(scheme)
     except ValueError:
-        raise ConfigError(f"gptq: scheme {scheme!r} has no simulated grid (use w4a16, w4a16-gN, w8a16)") from None
-    if sp.w_bits is None or sp.a_bits is not None or sp.half or sp.per_tensor or sp.act_per_tensor:
-        raise ConfigError(f"gptq: scheme {scheme!r} is not weight-only; pre-rounding serves w4a16, w4a16-gN or "
-                          "w8a16 (a w8a8 toolkit also rounds the activations the Hessians come from)")
+        raise ConfigError(f"gptq: scheme {scheme!r} has no simulated grid (use w4a16 or w4a16-gN)") from None
+    if sp.w_bits != 4 or sp.a_bits is not None or sp.half or sp.per_tensor or sp.act_per_tensor:
+        raise ConfigError(f"gptq: scheme {scheme!r} is not a 4-bit weight-only rkllm scheme; pre-rounding serves "
+                          "w4a16 or w4a16-gN (w8a8 also rounds the activations the Hessians come from)")
     return sp.w_bits, sp.group
 
 
@@ -97,71 +99,64 @@ def round_onto_grid(w, h, bits: int, group: int | None, *, damp: float, who: str
                      fixed=(s, torch.full_like(s, float(top)), 2 * top))
     blk = w.float().reshape(n, k // g, g)
     codes = (q - top).float().reshape(n, k // g, g)
-    need = codes.abs().amax(-1) < top          # the group's extreme on ±top: the toolkit recomputes this scale
-    idx = blk.abs().argmax(-1, keepdim=True)
-    sign = torch.where(blk.gather(-1, idx) < 0, -1.0, 1.0)
-    codes.scatter_(-1, idx, torch.where(need[..., None], sign * top, codes.gather(-1, idx)))
+    # the group's extreme on ±top, so the toolkit recomputes this scale: where GPTQ left none there, the code of
+    # largest magnitude moves out (the fewest steps; its sign, or its weight's when the code is 0)
+    zero = blk.abs().amax(-1) == 0              # an all-zero group stays zero (the toolkit's absmax 0 keeps it so)
+    codes[zero] = 0
+    need = (codes.abs().amax(-1) < top) & ~zero
+    idx = codes.abs().argmax(-1, keepdim=True)
+    c = codes.gather(-1, idx)
+    sign = torch.where(c != 0, torch.sign(c), torch.where(blk.gather(-1, idx) < 0, -1.0, 1.0))
+    codes.scatter_(-1, idx, torch.where(need[..., None], sign * top, c))
     wq = (codes * s[..., None]).reshape(n, k)
-    back = quant_weight(wq, bits, group)
-    if not torch.allclose(back, wq, rtol=0, atol=1e-5 * float(s.max())):
+    # the toolkit's round-to-nearest (host.fakequant) must give back every code exactly, whatever the group's scale
+    back = quant_weight(wq, bits, group).reshape(n, k // g, g) / s[..., None]
+    if not torch.equal(back.round(), codes) or float((back - codes).abs().max()) > 1e-3:
         raise RuntimeError(f"gptq: the simulated toolkit does not reproduce the pre-rounded weights of {who}")
     return wq, int(need.sum())
 
 
-def _hessians(mods: dict, run) -> dict:
-    """``X^T X / rows`` (float64) of each module's input while ``run()`` executes."""
-    import torch
-
-    acc: dict = {n: None for n in mods}
-    rows = dict.fromkeys(mods, 0)
-
-    def hook(name):
-        def f(_m, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            xx = (x.T @ x).double()
-            acc[name] = xx if acc[name] is None else acc[name] + xx
-            rows[name] += x.shape[0]
-        return f
-
-    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for hk in hooks:
-            hk.remove()
-    return {n: acc[n] / max(1, rows[n]) for n in mods if acc[n] is not None}
-
-
-def _layer_inputs(model, layers, token_rows):
-    """Per calibration row: the first layer's hidden states, and every layer's other call arguments (masks,
-    position embeddings: per layer, Gemma's sliding layers get their own), from one float forward."""
+def _layer_inputs(model, layers, token_rows, head=None):
+    """From one float forward per calibration row: the first layer's hidden states, every layer's other call
+    arguments (masks, position embeddings: per layer, Gemma's sliding layers get their own) and, with ``head``
+    (the lm_head module), ``X^T X / rows`` (float64) of what it reads — the model's own final norm, whatever
+    its name."""
     import torch
 
     calls: list[list] = [[] for _ in layers]
     first: list = []
+    acc = {"xx": None, "n": 0}
 
     def pre(i):
         def f(_m, args, kwargs):
             if i == 0:
                 first.append(args[0] if args else kwargs["hidden_states"])
             calls[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-            if i == len(layers) - 1:
-                raise _Stop
         return f
 
+    def head_in(_m, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        xx = (x.T @ x).double()
+        acc["xx"] = xx if acc["xx"] is None else acc["xx"] + xx
+        acc["n"] += x.shape[0]
+        raise _Stop             # the logits are not needed
+
     hooks = [lay.register_forward_pre_hook(pre(i), with_kwargs=True) for i, lay in enumerate(layers)]
+    if head is not None:
+        hooks.append(head.register_forward_pre_hook(head_in))
     try:
         with torch.no_grad():
             for ids in token_rows:
-                try:
-                    model.model(input_ids=torch.tensor([ids]), use_cache=False)   # no KV cache: layers re-run
+                try:        # no KV cache: the layers are replayed; the whole model, so lm_head's input is its own
+                    (model if head is not None else model.model)(input_ids=torch.tensor([ids]), use_cache=False)
                 except _Stop:
                     pass
     finally:
         for hk in hooks:
             hk.remove()
-    return first, calls
+    if head is not None and acc["xx"] is None:
+        raise ConfigError(f"gptq: {type(model).__name__}'s forward never called its output layer")
+    return first, calls, (acc["xx"] / acc["n"] if head is not None else None)
 
 
 def _call(layer, h, call):
@@ -205,52 +200,54 @@ def _input_groups(layer, run) -> list[list[tuple[str, object]]]:
 
 def prequantize(model, token_rows, scheme: str, *, damp: float = 0.01, log=None) -> dict:
     """Round every linear of ``model`` (in place) onto ``scheme``'s simulated toolkit grid by GPTQ on the calibration
-    ``token_rows`` (each decoder layer's Hessians from its float inputs, replayed one layer at a time). Returns a
-    summary for the transform record."""
+    ``token_rows`` (each decoder layer's Hessians from its float inputs, replayed one layer at a time; lm_head's
+    from the float model's own input to it). Returns a summary for the transform record."""
     import torch
 
+    from host.gptq import input_hessians
     from host.rotation import _decoder, untie_head
 
     bits, group = weight_grid(scheme)
     t0 = time.monotonic()
-    dec = _decoder(model)
-    layers = list(dec.layers)
+    layers = list(_decoder(model, who="gptq").layers)
+    every = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     untied = untie_head(model)
+    head = model.get_output_embeddings()
+    head = head if isinstance(head, torch.nn.Linear) else None
     with torch.no_grad():
-        hs, calls = _layer_inputs(model, layers, token_rows)
+        hs, calls, head_h = _layer_inputs(model, layers, token_rows, head)
     hs = [h.detach() for h in hs]
-    forced = groups = linears = 0
+    forced = groups = 0
+    done: set = set()
+    names = {id(m): n for n, m in model.named_modules()}
 
-    def round_group(grp, hess, where):
-        nonlocal forced, groups, linears
-        for name, mod in grp:
+    def round_group(grp, hess):
+        nonlocal forced, groups
+        for _n, mod in grp:
             w = mod.weight.detach().float()
-            wq, f = round_onto_grid(w, hess, bits, group, damp=damp, who=f"{where}{name}")
+            wq, f = round_onto_grid(w, hess, bits, group, damp=damp, who=names[id(mod)])
             mod.weight.data = wq.to(mod.weight.dtype)
-            forced, groups, linears = forced + f, groups + w.numel() // (group or w.shape[1]), linears + 1
+            forced, groups = forced + f, groups + w.numel() // (group or w.shape[1])
+            done.add(names[id(mod)])
 
     for i, layer in enumerate(layers):
-        def run(layer=layer, hs=hs, cs=calls[i]):
-            for h, c in zip(hs, cs, strict=True):
-                _call(layer, h, c)
-
         grps = _input_groups(layer, lambda layer=layer, h=hs[0], c=calls[i][0]: _call(layer, h, c))
-        hess = _hessians({g[0][0]: g[0][1] for g in grps}, run)
-        with torch.no_grad():       # the next layer's float inputs, before this layer is rounded
+        # one replay: every group's Hessian from the layer's float inputs, and the next layer's float inputs
+        with input_hessians({g[0][0]: g[0][1] for g in grps}) as hess, torch.no_grad():
             hs = [_call(layer, h, c) for h, c in zip(hs, calls[i], strict=True)]
         for grp in grps:
-            round_group(grp, hess[grp[0][0]], f"layer {i} ")
+            round_group(grp, hess[grp[0][0]])
         if log:
             log(f"gptq({scheme}) layer {i + 1}/{len(layers)} rounded")
-    head = model.get_output_embeddings()
-    if head is not None and isinstance(head, torch.nn.Linear):
-        norm = getattr(dec, "norm", None)
-        with torch.no_grad():
-            xs = torch.cat([(norm(h) if norm is not None else h).reshape(-1, h.shape[-1]).float() for h in hs])
-        round_group([("lm_head", head)], (xs.T @ xs).double() / xs.shape[0], "")
+    if head is not None:
+        round_group([("lm_head", head)], head_h)
         if log:
             log(f"gptq({scheme}) lm_head rounded")
-    return {"prequant": {"scheme": scheme, "bits": bits, "group": group, "linears": linears, "groups": groups,
+    missed = sorted(every - done)
+    if missed:      # the toolkit would round these itself: the checkpoint would be half pre-rounded
+        raise ConfigError(f"gptq: {len(missed)} linear layers of {type(model).__name__} are outside its decoder layers "
+                          f"and lm_head (first: {missed[0]}); pre-rounding covers Llama/Qwen/Gemma-style decoders")
+    return {"prequant": {"scheme": scheme, "bits": bits, "group": group, "linears": len(done), "groups": groups,
                          "extremes_moved": forced, "untied_lm_head": untied, "damp": damp,
                          "calibration_tokens": sum(len(r) for r in token_rows), "version": PREQUANT_VERSION,
                          "seconds": round(time.monotonic() - t0, 1)}}

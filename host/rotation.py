@@ -112,12 +112,12 @@ def rotation_matrix(n: int, kind: str, seed: int):
 
 # ---------------------------------------------------------------- folding into a model (torch)
 
-def _decoder(model):
+def _decoder(model, who: str = "rotate"):
     inner = getattr(model, "model", None)
     if getattr(inner, "layers", None) is None and getattr(inner, "language_model", None) is not None:
         inner = inner.language_model
     if getattr(inner, "layers", None) is None:
-        raise ConfigError(f"rotate: {type(model).__name__} has no model.layers (only Llama/Qwen/Gemma-style decoders)")
+        raise ConfigError(f"{who}: {type(model).__name__} has no model.layers (only Llama/Qwen/Gemma-style decoders)")
     return inner
 
 

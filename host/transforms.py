@@ -109,13 +109,8 @@ class Prequant:
     method = PREQUANT
     exact = True
 
-    def to_dict(self) -> dict:
-        body: dict = {"scheme": self.scheme}
-        if self.damp != PREQUANT_DAMP:     # defaults stay out of the key
-            body["damp"] = self.damp
-        if self.text_tokens != PREQUANT_TEXT_TOKENS:
-            body["text_tokens"] = self.text_tokens
-        return {PREQUANT: body}
+    def to_dict(self) -> dict:      # every setting written: a changed default is a new key
+        return {PREQUANT: {"scheme": self.scheme, "damp": self.damp, "text_tokens": self.text_tokens}}
 
     def label(self) -> str:
         return f"{PREQUANT}({self.scheme})"
@@ -488,20 +483,31 @@ def text_tokens_wanted(t) -> int:
 
 
 def text_token_rows(model_dir: Path, text: Path, tokens: int, *, window: int = TEXT_WINDOW) -> list[list[int]]:
-    """The first ``tokens`` tokens of ``text`` (the recipe's held-in text) in rows of ``window``."""
+    """``tokens`` tokens of ``text`` (the recipe's held-in text) in rows of ``window``, tokenized as the quality
+    windows are (``host.quality.reference.eval_windows``: documents joined by blank lines, no special tokens, the
+    tokenizer's BOS ids in front of every row), so each row looks like the start of a text to the model."""
     from tokenizers import Tokenizer
 
-    ids = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")).encode(Path(text).read_text()).ids[:tokens]
-    return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
+    from host.families import tokenizer_bos
+    from host.textdata import read_docs
+
+    bos = list(tokenizer_bos(Path(model_dir)))
+    body = window - len(bos)
+    ids = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")).encode(
+        "\n\n".join(read_docs(Path(text))), add_special_tokens=False).ids[:tokens]
+    return [bos + ids[i:i + body] for i in range(0, len(ids), body) if len(ids[i:i + body]) > 1]
 
 
 def prequant_version(t) -> dict:
-    """``{"pq": PREQUANT_VERSION}`` when ``t`` pre-rounds (a key part; keys of equivalent transforms unchanged)."""
+    """The versions a pre-rounding's output depends on (its own, GPTQ's, the held-in windows and calibration item
+    lengths) when ``t`` has a ``gptq`` step: a key part (the keys of the equivalent transforms are unchanged)."""
     if PREQUANT not in t.to_dict():
         return {}
-    from host.prequant import PREQUANT_VERSION
+    from host.gptq import GPTQ_VERSION
+    from host.prequant import PREQUANT_VERSION, SHRINK
 
-    return {"pq": PREQUANT_VERSION}
+    return {"pq": PREQUANT_VERSION, "gptq": GPTQ_VERSION, "shrink": list(SHRINK), "window": TEXT_WINDOW,
+            "item_tokens": CALIB_MAX_TOKENS}
 
 
 def cache_dir() -> Path:

@@ -147,16 +147,16 @@ def inputs(job) -> dict:
         data["sensitive_layers"] = m.float_layers
     if m.kind == "llm":
         from host.build.mixed import mix_inputs
-        from host.build.source import transform_inputs
+        from host.build.source import heldin_of, transform_inputs
 
-        tr = transform_inputs(m, job.scheme)   # only the schemes the recipe's transform serves
+        tr = transform_inputs(m, job.scheme, heldin_of(job))   # only the schemes the recipe's transform serves
         if tr is not None:
             data["transform"] = tr
         if job.scheme == "int4-mixed":
             data["mix"] = mix_inputs(m, job.recipe)
         from host.gptq import rounding_inputs
 
-        rounding = rounding_inputs(m, job.scheme)   # recipe rounding: gptq (int4 / int4-mixed only)
+        rounding = rounding_inputs(m, job.scheme, heldin_of(job))   # recipe rounding: gptq (int4 / int4-mixed)
         if rounding is not None:
             data["rounding"] = rounding
     if m.kind == "encoder":

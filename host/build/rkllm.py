@@ -150,9 +150,9 @@ def inputs(job: BuildJob) -> dict:
            if k != "model"}, "build": build, "calibration_sha256": _calibration_sha256(job)}
     if info.get("test_double"):  # a double's artifact is never "up to date" for the vendor toolkit of the same version
         out["toolkit_test_double"] = True
-    from host.build.source import transform_inputs
+    from host.build.source import heldin_of, transform_inputs
 
-    tr = transform_inputs(job.model, job.scheme)     # only the schemes the recipe's transform serves
+    tr = transform_inputs(job.model, job.scheme, heldin_of(job))   # only the schemes the transform serves
     if tr is not None:
         out["transform"] = tr
     if mix_hybrid(job):

@@ -51,8 +51,14 @@ def transform_for(model, scheme: str):
     return None
 
 
-def transform_inputs(model, scheme: str) -> dict | None:
-    """What the transform serving ``scheme`` adds to an artifact's inputs (None: no transform)."""
+def heldin_of(job) -> Path | None:
+    """The held-in text of ``job``'s recipe (``text.heldin``; read by ``gptq`` steps and rounding), or None."""
+    return getattr(getattr(getattr(job, "recipe", None), "text", None), "heldin", None)
+
+
+def transform_inputs(model, scheme: str, heldin: Path | None = None) -> dict | None:
+    """What the transform serving ``scheme`` adds to an artifact's inputs (None: no transform); ``heldin``: the
+    recipe's held-in text (``text.heldin``), read by a ``gptq`` step."""
     from host.fsutil import sha256_file
     from host.transforms import TRANSFORM_VERSION, prequant_version, text_tokens_wanted
 
@@ -68,11 +74,10 @@ def transform_inputs(model, scheme: str) -> dict | None:
     out = {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "calibration_sha256": sha256_file(calib),
            **prequant_version(t)}
     if text_tokens_wanted(t):          # a gptq step calibrates on the recipe's held-in text too
-        text = model.heldin_text
-        if text is None or not Path(text).is_file():
+        if heldin is None or not Path(heldin).is_file():
             raise ConfigError(f"{model.name}: transform {t.label()} calibrates on the recipe's held-in text, and "
-                              f"{text or 'none'} is not a file (recipe field text.heldin; or gptq text_tokens: 0)")
-        out["text_sha256"] = sha256_file(text)
+                              f"{heldin or 'none'} is not a file (recipe field text.heldin; or gptq text_tokens: 0)")
+        out["text_sha256"] = sha256_file(heldin)
     return out
 
 
@@ -86,7 +91,7 @@ def source_for(job, log) -> tuple[Path, dict | None]:
     if t is None:
         return src, None
     log(f"transform {t.label()}: the float checkpoint with it folded in (cached by model + calibration + transform)")
-    folder, rec = transformed_checkpoint(src, job.model.calibration, t, text=job.model.heldin_text, log=log)
+    folder, rec = transformed_checkpoint(src, job.model.calibration, t, text=job.recipe.text.heldin, log=log)
     pq = rec.get("prequant")
     what = (f"{pq['linears']} linears rounded onto {pq['scheme']}'s grid over {pq['calibration_tokens']} tokens"
             if pq else f"{rec.get('scaled')}/{rec.get('groups')} groups scaled")
@@ -131,7 +136,8 @@ def check_lines(recipe, target: str, scheme: str | None = None) -> list[str]:
                 what.append(f"hybrid_rate from the int4/int8 plan within {m.budget}x fp32")
             if what:
                 lines.append(f"{m.name}/{target}/{s} ({kind.name}): {'; '.join(what)}")
-        transforms = [t.label() for t in m.transforms()]
-        if transforms and not any(transform_for(m, s) for _k, s in registry.wanted(m, target)):
-            lines.append(f"{m.name}: transform {', '.join(transforms)} serves no scheme built for {target}")
+        used = {transform_for(m, s) for _k, s in registry.wanted(m, target)}
+        idle = [t.label() for t in m.transforms() if t not in used]
+        if idle:        # e.g. a gptq pre-rounding for a scheme this target does not build
+            lines.append(f"{m.name}: transform {', '.join(idle)} serves no scheme built for {target}")
     return lines

@@ -105,7 +105,8 @@ def vendor_rows(recipe: Recipe, target: str, *, root=None, schemes=None, store=N
     return list(newest.values())
 
 
-def pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, schemes) -> list[Pending]:
+def pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, schemes,
+            heldin: Path | None = None) -> list[Pending]:
     """What to measure. Keys name the computation only (not the target: an ONNX artifact copied to
     another target, or a scheme simulated for two chips, is computed once)."""
     from host.build.source import transform_for, transform_inputs
@@ -115,7 +116,7 @@ def pending(m: ModelSpec, target: str, arts, ref_key: str, simulated: bool, sche
             for a in arts]
     if simulated:   # a vendor scheme the recipe's transform serves is simulated on the transformed float model
         todo += [Pending(m, s, "simulated", inputs_hash({"v": EVAL_VERSION, "fq": FAKEQUANT_VERSION, "s": s, "ref": ref_key,
-                                                         **({"t": tr} if (tr := transform_inputs(m, s)) else {})}),
+                                                         **({"t": tr} if (tr := transform_inputs(m, s, heldin)) else {})}),
                          transform=transform_for(m, s))
                  for s in _simulated_schemes(m, target, schemes)]
     return todo
@@ -150,7 +151,7 @@ def _runtime(p: Pending, windows, ev, log, torch_model):
 
 def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_tokens) -> list[dict]:
     ev = llm_eval(recipe, m, eval_tokens=eval_tokens)
-    todo = pending(m, target, arts, ev.key, simulated, schemes)
+    todo = pending(m, target, arts, ev.key, simulated, schemes, recipe.text.heldin)
     done, missing = split_cached(todo, cache, target)
     if missing:
         windows = eval_windows(recipe, ev)
@@ -167,7 +168,7 @@ def _evaluate_llm(recipe, m, target, arts, cache, simulated, schemes, log, eval_
                     from host.transforms import transformed_checkpoint
 
                     folder, _rec = transformed_checkpoint(ev.model_dir, m.calibration, transform,
-                                                          text=m.heldin_text, log=log)
+                                                          text=recipe.text.heldin, log=log)
                 models[key] = load_torch_llm(folder)
             return models[key]
 

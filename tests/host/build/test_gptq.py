@@ -273,7 +273,9 @@ def test_gptq_artifact_refuses_a_missing_calibration_before_any_work(tmp_path):
     ({"gptq": {"damp": 0}}, r"rounding.gptq.damp: a fraction .* got 0"),
     ({"gptq": {"damp": True}}, r"rounding.gptq.damp"),
     ({"gptq": {"act_order": "yes"}}, r"rounding.gptq.act_order: true or false; got 'yes'"),
-    ({"gptq": {"blocks": 4}}, r"rounding.gptq: allowed keys are damp, act_order, scales, symmetric; got 'blocks'"),
+    ({"gptq": {"blocks": 4}}, r"rounding.gptq: allowed keys are damp, act_order, scales, symmetric, text_tokens; "
+                              r"got 'blocks'"),
+    ({"gptq": {"text_tokens": -5}}, r"rounding.gptq.text_tokens: tokens of the recipe's held-in text .* got -5"),
     ({"gptq": {"scales": "mse"}}, r"rounding.gptq.scales: builder or search; got 'mse'"),
     ({"gptq": {"symmetric": "no"}}, r"rounding.gptq.symmetric: true \(signed int4\) or false"),
     ({"gptq": 1, "rtn": 2}, "rounding: expected"),
@@ -292,10 +294,12 @@ def test_rounding_forms_and_their_cache_key_entry():
     assert parse_rounding(None) is None and parse_rounding("rtn") is None
     r = parse_rounding({"gptq": {"damp": 0.05, "act_order": False, "scales": "builder", "symmetric": False}})
     assert r.to_dict() == {"method": "gptq", "damp": 0.05, "act_order": False, "scales": "builder",
-                           "symmetric": False, "version": GPTQ_VERSION}
+                           "symmetric": False, "text_tokens": 16384, "version": GPTQ_VERSION}
     d = parse_rounding("gptq")      # the defaults: act-order on searched grids, the builder's signed int4
-    assert (d.damp, d.act_order, d.scales, d.symmetric) == (0.01, True, "search", True)
+    assert (d.damp, d.act_order, d.scales, d.symmetric, d.text_tokens) == (0.01, True, "search", True, 16384)
     assert parse_rounding({"gptq": None}) == d and parse_rounding(d.recipe_form()) == d
+    t = parse_rounding({"gptq": {"text_tokens": 0}})       # the calibration JSON alone: another key
+    assert t.to_dict()["text_tokens"] == 0 != d.to_dict()["text_tokens"] and parse_rounding(t.recipe_form()) == t
 
 
 def _rounding_recipe(make_recipe, value, **fields):
@@ -333,6 +337,17 @@ def test_recipe_rounding_changes_only_the_int4_artifacts_cache_key(make_recipe):
 
     (rtn, _r), (g, r), (g_act, _r2) = hashes("rtn"), hashes("gptq"), hashes({"gptq": {"act_order": False}})
     assert rtn["int4"] != g["int4"] != g_act["int4"] != rtn["int4"]
+    text, r3 = hashes({"gptq": {"text_tokens": 4096}})     # the held-in text's token count and sha256 are in it
+    assert text["int4"] != g["int4"] and text["int8"] == g["int8"]
+    from host.errors import ConfigError
+    from host.fsutil import sha256_file
+    from host.gptq import rounding_inputs
+
+    assert rounding_inputs(r3.models[0], "int4", r3.text.heldin)["text_sha256"] == sha256_file(r3.text.heldin)
+    r0 = load_recipe(_rounding_recipe(make_recipe, {"gptq": {"text_tokens": 0}}, onnx=["int4"]))
+    assert "text_sha256" not in rounding_inputs(r0.models[0], "int4", r0.text.heldin)
+    with pytest.raises(ConfigError, match="text_tokens reads the recipe's held-in text, and none is not a file"):
+        rounding_inputs(r3.models[0], "int4")
     assert {s: g[s] for s in ("fp32", "int8")} == {s: rtn[s] for s in ("fp32", "int8")}
     from host.build import onnx_int8
 

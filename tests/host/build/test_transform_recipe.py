@@ -342,12 +342,18 @@ def test_a_gptq_prerounding_serves_exactly_its_scheme_ahead_of_its_kind(make_rec
                                                                           "w4a16", "w8a8")}
     assert got == {"int4": "awq(w4a16-g64)", "w4a16-g64": "rotate+gptq(w4a16-g64)", "w4a16-g32": "awq(w4a16-g64)",
                    "w4a16": None, "w8a8": None}
-    pre = transform_inputs(m, "w4a16-g64")      # the held-in text it calibrates on is in the artifact's key
-    assert pre["pq"] == 1 and len(pre["text_sha256"]) == 64 and not {"pq", "text_sha256"} & set(transform_inputs(m, "int4"))
+    pre = transform_inputs(m, "w4a16-g64", r.text.heldin)   # the held-in text it calibrates on is in the key
+    assert pre["pq"] == 1 and len(pre["text_sha256"]) == 64
+    assert not {"pq", "text_sha256"} & set(transform_inputs(m, "int4", r.text.heldin))
+    with pytest.raises(ConfigError, match="calibrates on the recipe's held-in text, and none is not a file"):
+        transform_inputs(m, "w4a16-g64")
     alone = load_recipe(make_recipe(_llm(transform={"gptq": "w4a16-g64"}, onnx=["int4"]))).models[0]
     assert transform_for(alone, "int4") is None and transform_for(alone, "w4a16-g64").label() == "gptq(w4a16-g64)"
     assert ("smollm2-135m-instruct/rk3576/w4a16-g64 (rkllm): transform rotate+gptq(w4a16-g64) rounds the checkpoint "
             "onto this scheme's grid (not equivalent)") in check_lines(r, "rk3576")
+    # rk3588 builds no w4a16-g64: the pre-rounding is named idle (AWQ still serves its int4)
+    assert check_lines(r, "rk3588")[-1] == ("smollm2-135m-instruct: transform rotate+gptq(w4a16-g64) serves no scheme "
+                                            "built for rk3588")
     with pytest.raises(ConfigError, match=r"models.0.transform: two transforms serve the same schemes \(w4a16-g64\)"):
         load_recipe(make_recipe(_llm(transform=[PRE, {"gptq": "w4a16-g64"}])))
 

@@ -9,20 +9,22 @@ TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_lay
 FAMILIES = ("llama", "llama-bias", "qwen2", "gemma3")
 
 
-def tiny_model(family: str):
-    """A seeded tiny model of ``family`` (one of ``FAMILIES``), in eval mode."""
+def tiny_model(family: str, **config):
+    """A seeded tiny model of ``family`` (one of ``FAMILIES``), in eval mode; ``config`` overrides its config's
+    fields (e.g. Gemma 3's ``layer_types``)."""
     import torch
     import transformers
 
     torch.manual_seed(0)
     if family in ("llama", "llama-bias"):
         extra = dict(attention_bias=True, mlp_bias=True) if family == "llama-bias" else {}
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY, tie_word_embeddings=True, **extra))
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY, **config}, tie_word_embeddings=True,
+                                                                       **extra))
     elif family == "qwen2":    # q/k/v biases
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TINY, tie_word_embeddings=True))
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**TINY, **config}, tie_word_embeddings=True))
     elif family == "gemma3":
         model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
-            **TINY, head_dim=16, sliding_window=16, query_pre_attn_scalar=16))
+            **{**TINY, "head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16, **config}))
     else:
         raise ValueError(f"tiny_model: family {family!r}, expected one of {FAMILIES}")
     with torch.no_grad():    # random init has no outliers: non-trivial norms and biases, a few large input channels
