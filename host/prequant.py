@@ -12,9 +12,9 @@ of ``N`` input channels or per output channel, codes ``-qmax..qmax``):
   1.0, the toolkit's own scale, is a candidate, so never worse on that objective);
 - GPTQ (act-order, lazy batches; ``host.gptq.gptq`` with fixed grids) rounds the weights onto
   ``s × {-qmax..qmax}``;
-- each group's weight of largest magnitude is then put on ``±qmax`` (if GPTQ left it inside): the
-  toolkit recomputes ``absmax / qmax`` = ``s`` from the written group and rounds every weight back onto
-  the same code (checked for every linear: ``quant_weight(w) == w``);
+- where GPTQ left no code on ``±qmax`` in a group, its code of largest magnitude moves out to it (the
+  fewest steps), so the toolkit recomputes ``absmax / qmax`` = ``s`` from the written group and rounds every
+  weight back onto the same code (checked exactly for every linear); an all-zero group stays zero;
 - Hessians ``X^T X`` from the calibration tokens on the FLOAT model's inputs (one-shot, as GPTQ's
   non-sequential mode), gathered one decoder layer at a time: the layers are replayed with the arguments
   the model gave them (masks, rotary tables: Gemma's sliding layers get their own), so memory holds one
