@@ -79,7 +79,7 @@ def test_groups_cover_every_decoder_linear_once_with_gqa_repeat():
 
 
 @pytest.mark.parametrize("value,fragment", [
-    ({"gptq": {}}, "unknown method 'gptq'"),
+    ({"gptx": {}}, "unknown method 'gptx'"),
     ({"awq": {"scheme": "int4"}}, "awq.scheme: 'int4' has no fake-quant"),
     ({"awq": {"scheme": "fp16"}}, "quantizes no weights"),
     ({"awq": {"grid": [0.5, 2]}}, "grid: a non-empty list of exponents in [0, 1]"),
