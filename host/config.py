@@ -286,9 +286,8 @@ class ModelSpec(Strict):
         if len(parsed) > 1 and any(getattr(t, "scheme", None) is None for t in parsed):
             raise ValueError("a transform with no scheme serves every quantized scheme: it cannot share the list "
                              "(combine it with one search in one mapping, e.g. {rotate: {}, awq: {scheme: w4a16-g64}})")
-        fams = [transform_family(t.scheme) for t in parsed if getattr(t, "scheme", None)
-                and not getattr(t, "exact", False)]
-        exact = [t.scheme for t in parsed if getattr(t, "exact", False)]   # gptq pre-rounding: one scheme each
+        fams = [transform_family(t.scheme) for t in parsed if getattr(t, "scheme", None) and not t.exact]
+        exact = [t.scheme for t in parsed if t.exact]   # gptq pre-rounding: one scheme each
         dup = sorted({f for f in fams if fams.count(f) > 1} | {f for f in exact if exact.count(f) > 1})
         if dup:
             raise ValueError(f"two transforms serve the same schemes ({', '.join(dup)}); keep one per kind of scheme "

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.errors import BuildError, ConfigError
+from host.transforms import PREQUANT_TEXT_TOKENS, text_tokens_of
 
 #: Bump when the rounding changes (part of the artifact's cache key through the recipe's options).
 GPTQ_VERSION = 2     # 2: scales (builder | search) and symmetric in the options; defaults act-order + search
@@ -77,7 +78,7 @@ class Rounding:
     act_order: bool = True
     scales: str = "search"
     symmetric: bool = True
-    text_tokens: int = 16384     # tokens of the recipe's held-in text beside the calibration JSON's (Hessians)
+    text_tokens: int = PREQUANT_TEXT_TOKENS   # of the recipe's held-in text beside the calibration JSON's (Hessians)
 
     def to_dict(self) -> dict:
         """The manifest's builder option and the artifact's cache-key entry (with the GPTQ version)."""
@@ -116,11 +117,7 @@ def parse_rounding(value, where: str = "rounding") -> Rounding | None:
         sym = body.get("symmetric", True)
         if not isinstance(sym, bool):
             raise ConfigError(f"{where}.gptq.symmetric: true (signed int4) or false (a zero point per block); got {sym!r}")
-        tokens = body.get("text_tokens", Rounding.text_tokens)
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 1 << 20:
-            raise ConfigError(f"{where}.gptq.text_tokens: tokens of the recipe's held-in text (text.heldin) added to "
-                              f"the calibration JSON's for the Hessians, a whole number in 0..{1 << 20}; got {tokens!r}")
-        return Rounding("gptq", float(damp), act, scales, sym, tokens)
+        return Rounding("gptq", float(damp), act, scales, sym, text_tokens_of(body, f"{where}.gptq.text_tokens"))
     raise ConfigError(f"{where}: expected rtn, gptq or {{gptq: {{damp: 0.01, act_order: true, scales: search, "
                       f"symmetric: true}}}}; got {value!r}")
 
@@ -776,10 +773,9 @@ def rounding_inputs(model, scheme: str, heldin: Path | None = None) -> dict | No
                           f"{calib or 'none'} is not a file (recipe field 'calibration'; `rkdeploy calib build`)")
     out = {**r.to_dict(), "calibration_sha256": sha256_file(calib)}
     if r.text_tokens:
-        if heldin is None or not Path(heldin).is_file():
-            raise ConfigError(f"{model.name}: rounding: gptq text_tokens reads the recipe's held-in text, and "
-                              f"{heldin or 'none'} is not a file (recipe field text.heldin)")
-        out["text_sha256"] = sha256_file(heldin)
+        from host.transforms import heldin_sha256
+
+        out["text_sha256"] = heldin_sha256(heldin, f"{model.name}: rounding: gptq text_tokens reads")
     return out
 
 

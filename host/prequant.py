@@ -121,11 +121,14 @@ def _layer_inputs(model, layers, token_rows, head=None):
     arguments (masks, position embeddings: per layer, Gemma's sliding layers get their own) and, with ``head``
     (the lm_head module), ``X^T X / rows`` (float64) of what it reads — the model's own final norm, whatever
     its name."""
+    import contextlib
+
     import torch
+
+    from host.gptq import input_hessians
 
     calls: list[list] = [[] for _ in layers]
     first: list = []
-    acc = {"xx": None, "n": 0}
 
     def pre(i):
         def f(_m, args, kwargs):
@@ -134,29 +137,24 @@ def _layer_inputs(model, layers, token_rows, head=None):
             calls[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
         return f
 
-    def head_in(_m, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        xx = (x.T @ x).double()
-        acc["xx"] = xx if acc["xx"] is None else acc["xx"] + xx
-        acc["n"] += x.shape[0]
-        raise _Stop             # the logits are not needed
+    def stop(_m, _args):
+        raise _Stop             # lm_head's input is taken (input_hessians' hook ran first); the logits are not needed
 
     hooks = [lay.register_forward_pre_hook(pre(i), with_kwargs=True) for i, lay in enumerate(layers)]
-    if head is not None:
-        hooks.append(head.register_forward_pre_hook(head_in))
     try:
-        with torch.no_grad():
+        with input_hessians({"lm_head": head} if head is not None else {}) as hess, torch.no_grad():
+            if head is not None:
+                hooks.append(head.register_forward_pre_hook(stop))
             for ids in token_rows:
-                try:        # no KV cache: the layers are replayed; the whole model, so lm_head's input is its own
+                # no KV cache: the layers are replayed; the whole model, so lm_head's input is its own
+                with contextlib.suppress(_Stop):
                     (model if head is not None else model.model)(input_ids=torch.tensor([ids]), use_cache=False)
-                except _Stop:
-                    pass
     finally:
         for hk in hooks:
             hk.remove()
-    if head is not None and acc["xx"] is None:
+    if head is not None and "lm_head" not in hess:
         raise ConfigError(f"gptq: {type(model).__name__}'s forward never called its output layer")
-    return first, calls, (acc["xx"] / acc["n"] if head is not None else None)
+    return first, calls, hess.get("lm_head")
 
 
 def _call(layer, h, call):
@@ -216,7 +214,6 @@ def prequantize(model, token_rows, scheme: str, *, damp: float = 0.01, log=None)
     head = head if isinstance(head, torch.nn.Linear) else None
     with torch.no_grad():
         hs, calls, head_h = _layer_inputs(model, layers, token_rows, head)
-    hs = [h.detach() for h in hs]
     forced = groups = 0
     done: set = set()
     names = {id(m): n for n, m in model.named_modules()}

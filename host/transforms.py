@@ -68,6 +68,7 @@ class Transform:
     scheme: str
     grid: tuple[float, ...] = GRID
     samples: int = SAMPLE_ROWS     # activation rows per layer input in the search (recipe key ``samples``)
+    exact = False                  # serves its kind of scheme (not one grid: ``Prequant``)
 
     def to_dict(self) -> dict:
         body = {"scheme": self.scheme, "grid": list(self.grid)}
@@ -87,6 +88,7 @@ class Rotation:
     seed: int = 0
     method = ROTATE
     scheme = None               # serves every quantized scheme (host.build.source)
+    exact = False
 
     def to_dict(self) -> dict:
         return {ROTATE: {"kind": self.kind, "seed": self.seed}}
@@ -137,7 +139,7 @@ class Chain:
 
     @property
     def exact(self) -> bool:
-        return any(getattr(p, "exact", False) for p in self.parts)
+        return any(p.exact for p in self.parts)
 
     def to_dict(self) -> dict:
         out: dict = {}
@@ -211,12 +213,29 @@ def _parse_prequant(body, where: str) -> Prequant:
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp <= 1:
         raise ConfigError(f"{where}.damp: GPTQ's damping, a share of the mean Hessian diagonal in (0, 1] "
                           f"(default {PREQUANT_DAMP}); got {damp!r}")
+    return Prequant(scheme, float(damp), text_tokens_of(body, f"{where}.text_tokens"))
+
+
+def text_tokens_of(body: dict, where: str) -> int:
+    """``body``'s ``text_tokens`` (a ``gptq`` transform's or ``rounding.gptq``'s; default ``PREQUANT_TEXT_TOKENS``),
+    checked: one line naming ``where`` otherwise."""
     tokens = body.get("text_tokens", PREQUANT_TEXT_TOKENS)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 1 << 20:
-        raise ConfigError(f"{where}.text_tokens: tokens of the recipe's held-in text (text.heldin) added to the "
-                          f"calibration JSON's, a whole number in 0..{1 << 20} (default {PREQUANT_TEXT_TOKENS}); "
+        raise ConfigError(f"{where}: tokens of the recipe's held-in text (text.heldin) added to the calibration "
+                          f"JSON's for the Hessians, a whole number in 0..{1 << 20} (default {PREQUANT_TEXT_TOKENS}); "
                           f"got {tokens!r}")
-    return Prequant(scheme, float(damp), tokens)
+    return tokens
+
+
+def heldin_sha256(heldin: Path | None, what: str, hint: str = "") -> str:
+    """The held-in text's sha256 for a cache key; one line (``what`` the recipe's held-in text ...) when it is not
+    a file."""
+    from host.fsutil import sha256_file
+
+    if heldin is None or not Path(heldin).is_file():
+        raise ConfigError(f"{what} the recipe's held-in text, and {heldin or 'none'} is not a file (recipe field "
+                          f"text.heldin{hint})")
+    return sha256_file(heldin)
 
 
 def _parse_rotation(body, where: str) -> Rotation:
@@ -531,8 +550,9 @@ def transformed_checkpoint(model_dir: Path, calib: Path | None, t, *, text: Path
     if searches and (calib is None or not Path(calib).is_file()):
         raise ConfigError(f"transform {t.label()}: calibration file {calib} does not exist")
     calib = Path(calib) if searches else None
-    text = Path(text) if text is not None and text_tokens_wanted(t) else None
-    if text_tokens_wanted(t) and (text is None or not text.is_file()):
+    wants_text = text_tokens_wanted(t) > 0
+    text = Path(text) if text is not None and wants_text else None
+    if wants_text and (text is None or not text.is_file()):
         raise ConfigError(f"transform {t.label()}: the recipe's held-in text {text} does not exist (text.heldin; or "
                           "set gptq's text_tokens: 0 to calibrate on the calibration JSON alone)")
     key = transform_key(model_sha256(model_dir), sha256_file(calib) if calib else None, t,

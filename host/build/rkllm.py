@@ -110,7 +110,7 @@ def _prerounded(model, scheme: str) -> str | None:
     from host.build.source import transform_for
 
     t = transform_for(model, scheme)
-    return t.label() if getattr(t, "exact", False) else None
+    return t.label() if t is not None and t.exact else None
 
 
 def scheme_problems(model, target, scheme: str) -> list[str]:

@@ -37,13 +37,13 @@ def transform_for(model, scheme: str):
     if kind is None or kind.name not in KINDS or weight_bits(scheme) >= 16:
         return None
     ts = model.transforms()
-    exact = [t for t in ts if getattr(t, "exact", False)]
+    exact = [t for t in ts if t.exact]
     for t in exact:                     # a pre-rounding serves exactly its grid's scheme, before any family
         if t.scheme == scheme:
             return t
     fam = transform_family(scheme)
     for t in ts:
-        if getattr(t, "exact", False):
+        if t.exact:
             continue
         s = getattr(t, "scheme", None)
         if s is None or transform_family(s) == fam:
@@ -60,7 +60,7 @@ def transform_inputs(model, scheme: str, heldin: Path | None = None) -> dict | N
     """What the transform serving ``scheme`` adds to an artifact's inputs (None: no transform); ``heldin``: the
     recipe's held-in text (``text.heldin``), read by a ``gptq`` step."""
     from host.fsutil import sha256_file
-    from host.transforms import TRANSFORM_VERSION, prequant_version, text_tokens_wanted
+    from host.transforms import TRANSFORM_VERSION, heldin_sha256, prequant_version, text_tokens_wanted
 
     t = transform_for(model, scheme)
     if t is None:
@@ -74,10 +74,8 @@ def transform_inputs(model, scheme: str, heldin: Path | None = None) -> dict | N
     out = {"transform": t.to_dict(), "version": TRANSFORM_VERSION, "calibration_sha256": sha256_file(calib),
            **prequant_version(t)}
     if text_tokens_wanted(t):          # a gptq step calibrates on the recipe's held-in text too
-        if heldin is None or not Path(heldin).is_file():
-            raise ConfigError(f"{model.name}: transform {t.label()} calibrates on the recipe's held-in text, and "
-                              f"{heldin or 'none'} is not a file (recipe field text.heldin; or gptq text_tokens: 0)")
-        out["text_sha256"] = sha256_file(heldin)
+        out["text_sha256"] = heldin_sha256(heldin, f"{model.name}: transform {t.label()} calibrates on",
+                                           "; or gptq text_tokens: 0")
     return out
 
 
@@ -122,7 +120,7 @@ def check_lines(recipe, target: str, scheme: str | None = None) -> list[str]:
             t = transform_for(m, s)
             what = [] if t is None else [
                 f"transform {t.label()} " + ("rounds the checkpoint onto this scheme's grid (not equivalent)"
-                                             if getattr(t, "exact", False) else "folded into the float checkpoint")]
+                                             if t.exact else "folded into the float checkpoint")]
             if kind.name == "onnx" and s == "int4-mixed" and m.sensitive_layers == "auto":
                 what.append(f"int4/int8 mix within {m.budget}x fp32 by sensitivity")
             elif kind.name == "onnx" and s == "int4-mixed":
